@@ -1,0 +1,145 @@
+"""Small typed configs shared by every layer, with strict JSON (de)serialisation and format versions."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+from aladin.errors import AladinError
+
+#: Bumped whenever the on-disk layout of checkpoints or feature caches changes incompatibly.
+CHECKPOINT_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 1
+
+T = TypeVar("T")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Dataclass → plain dict (nested dataclasses included)."""
+    return asdict(cfg)
+
+
+def config_from_dict(cls: type[T], data: Any, where: str = "config") -> T:
+    """Dict → dataclass, refusing unknown fields and wrong types with a message naming the field."""
+    if not isinstance(data, dict):
+        raise AladinError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise AladinError(f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        default = getattr(cls, name, None) if not isinstance(known[name].default, type(dataclasses.MISSING)) else None
+        sub_type = _nested_type(known[name])
+        if sub_type is not None:
+            kwargs[name] = config_from_dict(sub_type, value, f"{where}.{name}")
+            continue
+        if default is not None and not _compatible(default, value):
+            raise AladinError(
+                f"{where}.{name}: expected {type(default).__name__}, got {type(value).__name__} ({value!r})"
+            )
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _nested_type(f: dataclasses.Field) -> type | None:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        made = f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(made):
+            return type(made)
+    return None
+
+
+def _compatible(default: Any, value: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+@dataclass
+class ImageEncoderConfig:
+    """Which image backbone gives the regions, and how."""
+
+    name: str = "efficientnet-lite0"
+    image_size: int = 224
+    #: Add the 14×14 stride-16 map as extra, finer regions (49 + 196 regions instead of 49).
+    multiscale: bool = False
+    #: Number of final backbone stages kept trainable; the cache then holds the map before them.
+    finetune_layers: int = 0
+
+
+@dataclass
+class TextEncoderConfig:
+    """Which text encoder gives the word features: a name of a bundled model or a local HF folder."""
+
+    name: str = "all-MiniLM-L6-v2"
+    max_length: int = 40
+    #: Number of final transformer layers kept trainable; the cache holds the hidden states before them.
+    finetune_layers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Heads on top of the encoders. Dimensions of the encoder features are recorded so loading can check them."""
+
+    image_feature_dim: int = 1280
+    text_feature_dim: int = 384
+    box_dim: int = 5
+    embed_dim: int = 256
+    global_dim: int = 256
+    num_layers: int = 1
+    num_heads: int = 4
+    ff_dim: int = 1024
+    dropout: float = 0.1
+    #: How word scores combine into one pair score: "mean" or "sum" over words.
+    word_aggregation: str = "mean"
+    #: How the matching head pools the contextualised sequence: "mean" (masked) or "max".
+    global_pooling: str = "mean"
+
+
+@dataclass
+class TrainConfig:
+    """One training stage. Stage "alignment" trains the teacher; stage "matching" the student."""
+
+    stage: str = "alignment"
+    #: alignment stage: "infonce", "hinge", or "infonce+hinge" (hinge added after `hinge_warmup_epochs`).
+    #: matching stage: "distill", "infonce" or "distill+infonce".
+    loss: str = "infonce"
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    grad_clip: float = 2.0
+    seed: int = 0
+    margin: float = 0.2
+    hinge_warmup_epochs: int = 2
+    init_temperature: float = 0.07
+    distill_temperature: float = 1.0
+    distill_weight: float = 1.0
+    infonce_weight: float = 1.0
+    #: Stop after this many epochs without a better validation rsum (0 = never stop early).
+    patience: int = 4
+    amp: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class DatasetSplitConfig:
+    """How a validation split is carved from train when a dataset has none."""
+
+    val_fraction: float = 0.1
+    val_size: int = 0
+    seed: int = 0
+
+
+@dataclass
+class AladinConfig:
+    """Everything that defines a trained model: saved in its checkpoint's config.json."""
+
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
