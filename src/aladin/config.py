@@ -30,7 +30,11 @@ def config_from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         raise AladinError(f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        default = getattr(cls, name, None) if not isinstance(known[name].default, type(dataclasses.MISSING)) else None
+        default = (
+            getattr(cls, name, None)
+            if not isinstance(known[name].default, type(dataclasses.MISSING))
+            else None
+        )
         sub_type = _nested_type(known[name])
         if sub_type is not None:
             kwargs[name] = config_from_dict(sub_type, value, f"{where}.{name}")
@@ -143,3 +147,29 @@ class AladinConfig:
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def _alignment_defaults() -> TrainConfig:
+    return TrainConfig(stage="alignment", loss="infonce", epochs=20, lr=5e-4, patience=4)
+
+
+def _matching_defaults() -> TrainConfig:
+    return TrainConfig(stage="matching", loss="distill+infonce", epochs=15, lr=5e-4, patience=4)
+
+
+def _baseline_defaults() -> TrainConfig:
+    return TrainConfig(stage="baseline", loss="infonce", epochs=20, lr=2e-3, warmup_steps=20, patience=3)
+
+
+@dataclass
+class RecipeConfig:
+    """A whole training run: the heads, each stage's settings, and the re-rank depth used in evaluation."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    alignment: TrainConfig = field(default_factory=_alignment_defaults)
+    matching: TrainConfig = field(default_factory=_matching_defaults)
+    baseline: TrainConfig = field(default_factory=_baseline_defaults)
+    #: The no-distillation ablation: the same student trained with plain InfoNCE.
+    train_infonce_student: bool = True
+    rerank_k: int = 20
+    device: str = "auto"

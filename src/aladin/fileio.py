@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,3 +52,37 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AladinError(f"{path}: not valid JSON ({exc})") from exc
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder; on success it takes the place of `path` (old content kept until then).
+
+    The swap is two renames; if a crash falls between them, `path` is missing and `recover_directory`
+    finds the previous version under its backup name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    backup = path.parent / f".{path.name}.previous"
+    try:
+        yield tmp
+        if backup.exists():
+            shutil.rmtree(backup)
+        if path.exists():
+            os.replace(path, backup)
+        os.replace(tmp, path)
+        if backup.exists():
+            shutil.rmtree(backup)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def recover_directory(path: str | Path) -> Path:
+    """The folder to read: `path`, or its previous version if a save was interrupted mid-swap."""
+    path = Path(path)
+    backup = path.parent / f".{path.name}.previous"
+    if not path.exists() and backup.is_dir():
+        return backup
+    return path

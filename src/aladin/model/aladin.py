@@ -1,0 +1,172 @@
+"""The ALADIN model: an alignment head (teacher) and a matching head (student) over shared contextualised features."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aladin.checkpoint import load_state_strict, read_checkpoint, save_checkpoint
+from aladin.config import AladinConfig, config_from_dict, config_to_dict
+from aladin.model.alignment import chunked_region_word_scores, region_word_scores
+from aladin.model.layers import LogitScale, SequenceEncoder, masked_mean
+
+CHECKPOINT_KIND = "aladin"
+
+
+@dataclass
+class ImageEmbedding:
+    """What the search index keeps per image: normalised regions for re-ranking, one global vector for kNN."""
+
+    regions: torch.Tensor  # [B, R, E], L2-normalised
+    region_mask: torch.Tensor  # [B, R]
+    global_vector: torch.Tensor  # [B, G], L2-normalised
+
+
+@dataclass
+class TextEmbedding:
+    words: torch.Tensor  # [B, L, E], L2-normalised
+    word_mask: torch.Tensor  # [B, L]: scored words (no [CLS]/[SEP]/padding)
+    global_vector: torch.Tensor  # [B, G], L2-normalised
+
+
+class MatchingHead(nn.Module):
+    """Student: its own transformer over the teacher's contextualised sequence, pooled to one vector."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        global_dim: int,
+        num_layers: int,
+        num_heads: int,
+        ff_dim: int,
+        dropout: float,
+        pooling: str,
+    ) -> None:
+        super().__init__()
+        self.encoder = SequenceEncoder(embed_dim, embed_dim, num_layers, num_heads, ff_dim, dropout)
+        self.project = nn.Linear(embed_dim, global_dim)
+        self.pooling = pooling
+
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor
+    ) -> torch.Tensor:
+        out = self.encoder(hidden, attention_mask)
+        if self.pooling == "max":
+            pooled = out.masked_fill(~pool_mask.unsqueeze(-1), float("-inf")).amax(dim=1)
+        else:
+            pooled = masked_mean(out, pool_mask)
+        return F.normalize(self.project(pooled), dim=-1)
+
+
+class AladinModel(nn.Module):
+    """Both heads. Stage 1 trains `image_encoder`, `text_encoder`, `alignment_scale`; stage 2 the matching heads."""
+
+    def __init__(self, config: AladinConfig) -> None:
+        super().__init__()
+        self.config = config
+        m = config.model
+        common = dict(num_layers=m.num_layers, num_heads=m.num_heads, ff_dim=m.ff_dim, dropout=m.dropout)
+        self.image_encoder = SequenceEncoder(
+            m.image_feature_dim, m.embed_dim, position_dim=m.box_dim, **common
+        )
+        self.text_encoder = SequenceEncoder(m.text_feature_dim, m.embed_dim, **common)
+        self.alignment_scale = LogitScale()
+        student = dict(common, pooling=m.global_pooling)
+        self.image_matching = MatchingHead(m.embed_dim, m.global_dim, **student)
+        self.text_matching = MatchingHead(m.embed_dim, m.global_dim, **student)
+        self.matching_scale = LogitScale()
+        self.info: dict[str, Any] = {}
+
+    # ---- encoding -------------------------------------------------------------------------------
+    def image_hidden(
+        self, regions: torch.Tensor, boxes: torch.Tensor, region_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Contextualised, unnormalised region features: the teacher's view, and the student's input."""
+        return self.image_encoder(regions, region_mask, boxes)
+
+    def text_hidden(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder(tokens, attention_mask)
+
+    def encode_image(
+        self, regions: torch.Tensor, boxes: torch.Tensor, region_mask: torch.Tensor, with_global: bool = True
+    ) -> ImageEmbedding:
+        """regions [B, R, Di], boxes [B, R, 5], region_mask [B, R] → normalised regions and global vector."""
+        hidden = self.image_hidden(regions, boxes, region_mask)
+        global_vector = (
+            self.image_matching(hidden, region_mask, region_mask) if with_global else hidden.new_zeros(0)
+        )
+        return ImageEmbedding(F.normalize(hidden, dim=-1), region_mask, global_vector)
+
+    def encode_text(
+        self,
+        tokens: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_mask: torch.Tensor,
+        with_global: bool = True,
+    ) -> TextEmbedding:
+        """tokens [B, L, Dt]; attention over real tokens incl. [CLS]/[SEP]; scoring only over token_mask."""
+        hidden = self.text_hidden(tokens, attention_mask)
+        global_vector = (
+            self.text_matching(hidden, attention_mask, token_mask) if with_global else hidden.new_zeros(0)
+        )
+        return TextEmbedding(F.normalize(hidden, dim=-1), token_mask, global_vector)
+
+    # ---- scoring --------------------------------------------------------------------------------
+    def alignment_scores(
+        self, image: ImageEmbedding, text: TextEmbedding, chunked: bool = False
+    ) -> torch.Tensor:
+        """Teacher score of every image against every text: [I, T]."""
+        fn = chunked_region_word_scores if chunked else region_word_scores
+        return fn(
+            image.regions, image.region_mask, text.words, text.word_mask, self.config.model.word_aggregation
+        )
+
+    @staticmethod
+    def matching_scores(image: ImageEmbedding, text: TextEmbedding) -> torch.Tensor:
+        """Student score: dot product of the global vectors, [I, T]."""
+        return image.global_vector @ text.global_vector.T
+
+    def alignment_parameters(self) -> list[nn.Parameter]:
+        return [
+            *self.image_encoder.parameters(),
+            *self.text_encoder.parameters(),
+            *self.alignment_scale.parameters(),
+        ]
+
+    def matching_parameters(self) -> list[nn.Parameter]:
+        return [
+            *self.image_matching.parameters(),
+            *self.text_matching.parameters(),
+            *self.matching_scale.parameters(),
+        ]
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, info: dict[str, Any] | None = None) -> Path:
+        """config.json + model.safetensors, written atomically."""
+        return save_checkpoint(
+            directory, CHECKPOINT_KIND, config_to_dict(self.config), self.state_dict(), info
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> AladinModel:
+        """Load a checkpoint folder, refusing other format versions or weights that do not match the config."""
+        raw, state, info = read_checkpoint(directory, CHECKPOINT_KIND)
+        config = config_from_dict(AladinConfig, raw, where=f"{Path(directory) / 'config.json'}: config")
+        model = cls(config)
+        load_state_strict(model, state, Path(directory) / "model.safetensors")
+        model.info = info
+        return model.to(map_location).eval()
+
+    def fingerprint(self) -> str:
+        """Identifies these exact weights, so an index built by another model is refused."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().float().numpy().tobytes())
+        return digest.hexdigest()[:16]

@@ -1,0 +1,78 @@
+"""The fine-grained alignment score (TERAN's MrSw): each word finds its best region; words are averaged."""
+
+from __future__ import annotations
+
+import torch
+
+
+def region_word_scores(
+    regions: torch.Tensor,
+    region_mask: torch.Tensor,
+    words: torch.Tensor,
+    word_mask: torch.Tensor,
+    aggregation: str = "mean",
+) -> torch.Tensor:
+    """Score every image against every text.
+
+    regions [I, R, D] and words [T, L, D] are L2-normalised; masks are True for real regions / scored words
+    (padding and special tokens False). Returns [I, T]. The same function gives both retrieval directions:
+    image→text ranks a column of the result, text→image ranks a row of its transpose.
+    """
+    num_images, num_regions, dim = regions.shape
+    num_texts, num_words, _ = words.shape
+    sim = regions.reshape(-1, dim) @ words.reshape(-1, dim).T  # [I*R, T*L]
+    sim = sim.view(num_images, num_regions, num_texts, num_words)
+    sim = sim.masked_fill(~region_mask.view(num_images, num_regions, 1, 1), float("-inf"))
+    best = sim.amax(dim=1)  # best region per word: [I, T, L]
+    best = torch.nan_to_num(best, neginf=0.0)  # an image with no region scores 0 rather than -inf
+    best = best.masked_fill(~word_mask.view(1, num_texts, num_words), 0.0)
+    total = best.sum(dim=-1)
+    if aggregation == "sum":
+        return total
+    if aggregation != "mean":
+        raise ValueError(f"word aggregation must be 'mean' or 'sum', got {aggregation!r}")
+    return total / word_mask.sum(dim=-1).clamp(min=1).view(1, num_texts)
+
+
+def word_region_similarity(regions: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """Cosine of every word with every region of one pair ([R, D] × [L, D] → [L, R]): the explanation heatmap."""
+    return words @ regions.T
+
+
+def chunked_region_word_scores(
+    regions: torch.Tensor,
+    region_mask: torch.Tensor,
+    words: torch.Tensor,
+    word_mask: torch.Tensor,
+    aggregation: str = "mean",
+    max_elements: int = 2**26,
+) -> torch.Tensor:
+    """region_word_scores over large collections without materialising the whole [I, R, T, L] tensor."""
+    num_images, num_regions = regions.shape[:2]
+    num_texts, num_words = words.shape[:2]
+    per_text = max(1, num_images * num_regions * num_words)
+    text_chunk = max(1, max_elements // per_text)
+    out = torch.empty(num_images, num_texts, dtype=torch.float32, device=regions.device)
+    for start in range(0, num_texts, text_chunk):
+        stop = min(num_texts, start + text_chunk)
+        out[:, start:stop] = region_word_scores(
+            regions, region_mask, words[start:stop], word_mask[start:stop], aggregation
+        ).float()
+    return out
+
+
+def paired_region_word_scores(
+    regions: torch.Tensor,
+    region_mask: torch.Tensor,
+    words: torch.Tensor,
+    word_mask: torch.Tensor,
+    aggregation: str = "mean",
+) -> torch.Tensor:
+    """The same score for P given (image, text) pairs only ([P, R, D] with [P, L, D] → [P]): re-ranking cost."""
+    sim = torch.einsum("prd,pld->prl", regions, words)
+    sim = sim.masked_fill(~region_mask.unsqueeze(-1), float("-inf"))
+    best = torch.nan_to_num(sim.amax(dim=1), neginf=0.0).masked_fill(~word_mask, 0.0)
+    total = best.sum(dim=-1)
+    if aggregation == "sum":
+        return total
+    return total / word_mask.sum(dim=-1).clamp(min=1)

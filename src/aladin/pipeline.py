@@ -1,0 +1,220 @@
+"""The verbs of aladin as Python functions (the CLI is a thin layer over these):
+generate demo data → extract features → train both stages (+ baselines) → evaluate."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from aladin.config import (
+    AladinConfig,
+    DatasetSplitConfig,
+    ImageEncoderConfig,
+    RecipeConfig,
+    TextEncoderConfig,
+    config_from_dict,
+    config_to_dict,
+)
+from aladin.data import Dataset
+from aladin.encoders.cache import FeatureCache, extract_features, load_split
+from aladin.errors import AladinError
+from aladin.evaluate.metrics import ScorerResult
+from aladin.evaluate.report import plot_recall_curves, print_results, results_markdown, write_results_json
+from aladin.evaluate.scorers import score_alignment, score_linear_baseline, score_matching, score_rerank
+from aladin.fileio import read_json, write_json
+from aladin.model import AladinModel, LinearGlobalModel
+from aladin.model.features import FeatureTensors, embed_split
+from aladin.train.stages import train_alignment, train_linear_baseline, train_matching
+
+MODEL_DIR = "model"
+INFONCE_STUDENT_DIR = "model-infonce-student"
+BASELINE_DIR = "linear-baseline"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_dataset(data_dir: str | Path, split_cfg: DatasetSplitConfig | None = None) -> Dataset:
+    """Read a dataset folder and make sure it has a validation split (carved from train when absent)."""
+    from aladin.data.folder import load_dataset_folder
+
+    return load_dataset_folder(Path(data_dir)).with_validation_split(split_cfg)
+
+
+def extract(
+    data_dir: str | Path,
+    cache_dir: str | Path,
+    image_encoder: ImageEncoderConfig | None = None,
+    text_encoder: TextEncoderConfig | None = None,
+    batch_size: int = 32,
+    split_cfg: DatasetSplitConfig | None = None,
+) -> FeatureCache:
+    """Run the frozen encoders over every image and caption once, into a float16 cache."""
+    from aladin.encoders.image import build_image_encoder
+    from aladin.encoders.text import build_text_encoder
+
+    dataset = load_dataset(data_dir, split_cfg)
+    image_cfg, text_cfg = image_encoder or ImageEncoderConfig(), text_encoder or TextEncoderConfig()
+    device = resolve_device()
+    return extract_features(
+        dataset,
+        build_image_encoder(image_cfg, device),
+        build_text_encoder(text_cfg, device),
+        Path(cache_dir),
+        batch_size=batch_size,
+    )
+
+
+def _load_tensors(cache_dir: Path, split: str) -> tuple[FeatureTensors, dict[str, Any]]:
+    cached = load_split(cache_dir, split)
+    return FeatureTensors.from_arrays(cached.arrays), cached.meta
+
+
+@dataclass
+class TrainReport:
+    """Where the trained models went and what each stage measured on validation."""
+
+    run_dir: Path
+    stages: dict[str, dict[str, Any]]
+
+
+def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | None = None) -> TrainReport:
+    """Train the linear baseline, the alignment head, then its students; checkpoints go under `run_dir`.
+
+    Each stage keeps the epoch with the best validation rsum; the test split is never read. A rerun with the
+    same settings resumes unfinished stages and skips finished ones.
+    """
+    recipe = recipe or RecipeConfig()
+    cache_dir, run_dir = Path(cache_dir), Path(run_dir)
+    device = resolve_device(recipe.device)
+    train_feats, meta = _load_tensors(cache_dir, "train")
+    val_feats, _ = _load_tensors(cache_dir, "val")
+    model_cfg = replace(
+        recipe.model,
+        image_feature_dim=int(train_feats.regions.shape[-1]),
+        text_feature_dim=int(train_feats.tokens.shape[-1]),
+        box_dim=int(train_feats.boxes.shape[-1]),
+    )
+    config = AladinConfig(
+        image_encoder=config_from_dict(ImageEncoderConfig, meta["image_encoder"], "cache meta.image_encoder"),
+        text_encoder=config_from_dict(TextEncoderConfig, meta["text_encoder"], "cache meta.text_encoder"),
+        model=model_cfg,
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "recipe.json", config_to_dict(recipe))
+    stages: dict[str, dict[str, Any]] = {}
+    state_root = run_dir / "training-state"
+
+    if not (run_dir / BASELINE_DIR / "config.json").is_file():
+        baseline, result = train_linear_baseline(train_feats, val_feats, recipe.baseline)
+        baseline.save_pretrained(run_dir / BASELINE_DIR, {"fit": result.__dict__})
+    stages["linear baseline"] = _fit_info(run_dir / BASELINE_DIR)
+
+    torch.manual_seed(recipe.alignment.seed)
+    model = AladinModel(config).to(device)
+    teacher_dir = run_dir / "alignment-teacher"
+    if (teacher_dir / "config.json").is_file():
+        model = AladinModel.from_pretrained(teacher_dir, device)
+    else:
+        result = train_alignment(model, train_feats, val_feats, recipe.alignment, state_root / "alignment")
+        model.save_pretrained(teacher_dir, {"fit": result.__dict__})
+    stages["alignment head"] = _fit_info(teacher_dir)
+
+    if recipe.train_infonce_student and not (run_dir / INFONCE_STUDENT_DIR / "config.json").is_file():
+        student = copy.deepcopy(model)
+        cfg = replace(recipe.matching, loss="infonce")
+        result = train_matching(student, train_feats, val_feats, cfg, state_root / "infonce-student")
+        student.save_pretrained(
+            run_dir / INFONCE_STUDENT_DIR, {"fit": result.__dict__, "student_loss": "infonce"}
+        )
+    if recipe.train_infonce_student:
+        stages["matching head (InfoNCE student)"] = _fit_info(run_dir / INFONCE_STUDENT_DIR)
+
+    if not (run_dir / MODEL_DIR / "config.json").is_file():
+        result = train_matching(
+            model, train_feats, val_feats, recipe.matching, state_root / "distilled-student"
+        )
+        model.save_pretrained(
+            run_dir / MODEL_DIR, {"fit": result.__dict__, "student_loss": recipe.matching.loss}
+        )
+    stages[f"matching head ({recipe.matching.loss})"] = _fit_info(run_dir / MODEL_DIR)
+    write_json(run_dir / "train_report.json", stages)
+    return TrainReport(run_dir, stages)
+
+
+def _fit_info(checkpoint_dir: Path) -> dict[str, Any]:
+    fit = read_json(checkpoint_dir / "config.json")["info"].get("fit", {})
+    return {k: fit.get(k) for k in ("best_epoch", "best_val_rsum", "epochs_run", "seconds")}
+
+
+def evaluate(
+    cache_dir: str | Path,
+    run_dir: str | Path,
+    split: str = "test",
+    rerank_k: int | None = None,
+    out_dir: str | Path | None = None,
+    console: Console | None = None,
+) -> list[ScorerResult]:
+    """Score `split` with every scorer (and the baseline), print the table, write JSON + recall plot."""
+    run_dir = Path(run_dir)
+    if not (run_dir / MODEL_DIR / "config.json").is_file():
+        raise AladinError(f"{run_dir}: no trained model found (expected {run_dir / MODEL_DIR}/config.json)")
+    recipe_path = run_dir / "recipe.json"
+    recipe = (
+        config_from_dict(RecipeConfig, read_json(recipe_path), str(recipe_path))
+        if recipe_path.is_file()
+        else RecipeConfig()
+    )
+    k = rerank_k or recipe.rerank_k
+    feats, _ = _load_tensors(Path(cache_dir), split)
+    caption_image = feats.caption_image.numpy()
+    model = AladinModel.from_pretrained(run_dir / MODEL_DIR)
+    image, text = embed_split(model, feats)
+    results = [score_alignment(model, image, text, caption_image, "alignment head (teacher, all pairs)")]
+    student_loss = model.info.get("student_loss", "distill")
+    results.append(score_matching(image, text, caption_image, f"matching head ({student_loss})"))
+    if (run_dir / INFONCE_STUDENT_DIR / "config.json").is_file():
+        infonce = AladinModel.from_pretrained(run_dir / INFONCE_STUDENT_DIR)
+        img_s, txt_s = embed_split(infonce, feats)
+        results.append(
+            score_matching(img_s, txt_s, caption_image, "matching head (InfoNCE, no distillation)")
+        )
+    results.append(score_rerank(model, image, text, caption_image, k, f"matching + re-rank top {k}"))
+    if (run_dir / BASELINE_DIR / "config.json").is_file():
+        results.append(
+            score_linear_baseline(LinearGlobalModel.from_pretrained(run_dir / BASELINE_DIR), feats)
+        )
+    out_dir = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
+    title = f"{split} split: {feats.num_images} images, {feats.num_captions} captions"
+    print_results(results, title, console=console)
+    write_results_json(
+        out_dir / "results.json", results, {"split": split, "rerank_k": k, "run_dir": str(run_dir)}
+    )
+    (out_dir / "results.md").write_text(results_markdown(results, title))
+    plot_recall_curves(results, out_dir / "recall.png")
+    return results
+
+
+def demo(
+    work_dir: str | Path = "runs/demo", recipe: RecipeConfig | None = None, seed: int = 0
+) -> list[ScorerResult]:
+    """The main job on the embedded default: synthetic scenes → features → both stages → test table."""
+    from aladin.data.synthetic import SyntheticConfig, generate_synthetic_dataset
+
+    work_dir = Path(work_dir)
+    started = time.perf_counter()
+    generate_synthetic_dataset(work_dir / "data", SyntheticConfig(seed=seed))
+    extract(work_dir / "data", work_dir / "cache")
+    train(work_dir / "cache", work_dir / "run", recipe)
+    results = evaluate(work_dir / "cache", work_dir / "run")
+    Console().print(f"demo finished in {time.perf_counter() - started:.0f} s; results in {work_dir / 'run'}")
+    return results

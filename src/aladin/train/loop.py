@@ -1,0 +1,181 @@
+"""One generic training loop for every stage: AdamW, warm-up + cosine, clipping, AMP on GPU, validation-based
+early stopping, and resume from the last finished epoch."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from aladin import distributed
+from aladin.config import TrainConfig, config_to_dict
+from aladin.errors import CheckpointError
+from aladin.fileio import atomic_write
+
+STATE_FILE = "training_state.pt"
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same run: Python, NumPy and torch generators (offset per rank under torch.distributed)."""
+    seed = seed + distributed.rank()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class FitResult:
+    """What a stage reports: the epoch kept (best on validation) and how long it took."""
+
+    best_epoch: int
+    best_val_rsum: float
+    epochs_run: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def fit(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    validate: Callable[[], float],
+    num_items: int,
+    cfg: TrainConfig,
+    desc: str,
+    state_dir: Path | None = None,
+    on_train_mode: Callable[[], None] | None = None,
+) -> FitResult:
+    """Train `params` of `model` on shuffled batches of item indices; keep the weights of the best validation epoch.
+
+    `batch_loss(indices, generator)` returns the scalar loss of one batch; `validate()` returns the validation
+    rsum. With `state_dir`, the state after each epoch is saved there and a rerun resumes from it.
+    """
+    seed_everything(cfg.seed)
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    world, rank = distributed.world_size(), distributed.rank()
+    steps_per_epoch = max(1, math.ceil(num_items / (cfg.batch_size * world)))
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, total_steps)
+    )
+    use_amp = cfg.amp and device.type == "cuda"
+    best_rsum, best_epoch, start_epoch = -math.inf, -1, 0
+    best_state: dict[str, torch.Tensor] = {}
+    history: list[dict] = []
+    if state_dir is not None and (state_dir / STATE_FILE).is_file():
+        saved = _load_state(state_dir / STATE_FILE, cfg)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        best_rsum, best_epoch, best_state = saved["best_rsum"], saved["best_epoch"], saved["best_state"]
+        history, start_epoch = saved["history"], saved["epoch"] + 1
+    started = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        if best_epoch >= 0 and cfg.patience and epoch - best_epoch > cfg.patience:
+            break
+        model.train()
+        if on_train_mode is not None:
+            on_train_mode()
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        order = torch.randperm(num_items, generator=generator)
+        usable = (num_items // world) * world if world > 1 else num_items
+        order = order[:usable][rank::world]  # each rank its share (a DistributedSampler without padding)
+        bar = tqdm(
+            range(0, len(order), cfg.batch_size),
+            desc=f"{desc} epoch {epoch + 1}/{cfg.epochs}",
+            leave=False,
+            disable=not distributed.is_main_process(),
+        )
+        total, batches = 0.0, 0
+        for start in bar:
+            idx = order[start : start + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                loss = batch_loss(idx, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach())
+            batches += 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        val_rsum = float(validate())
+        history.append({"epoch": epoch + 1, "loss": total / max(1, batches), "val_rsum": val_rsum})
+        if val_rsum > best_rsum:
+            best_rsum, best_epoch = val_rsum, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if state_dir is not None and distributed.is_main_process():
+            _save_state(
+                state_dir / STATE_FILE,
+                model,
+                optimizer,
+                scheduler,
+                epoch,
+                best_rsum,
+                best_epoch,
+                best_state,
+                history,
+                cfg,
+            )
+    if best_state:
+        model.load_state_dict(best_state)
+    return FitResult(best_epoch + 1, best_rsum, len(history), time.perf_counter() - started, history)
+
+
+def _save_state(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    epoch: int,
+    best_rsum: float,
+    best_epoch: int,
+    best_state: dict,
+    history: list[dict],
+    cfg: TrainConfig,
+) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "best_rsum": best_rsum,
+        "best_epoch": best_epoch,
+        "best_state": best_state,
+        "history": history,
+        "train_config": config_to_dict(cfg),
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_state(path: Path, cfg: TrainConfig) -> dict:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise CheckpointError(f"{path}: unreadable training state ({exc})") from exc
+    if saved.get("train_config") != config_to_dict(cfg):
+        raise CheckpointError(
+            f"{path}: saved with a different training config; delete it or use the same settings"
+        )
+    return copy.deepcopy(saved)
