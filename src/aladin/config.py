@@ -30,16 +30,13 @@ def config_from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         raise AladinError(f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        default = (
-            getattr(cls, name, None)
-            if not isinstance(known[name].default, type(dataclasses.MISSING))
-            else None
-        )
-        sub_type = _nested_type(known[name])
+        spec = known[name]
+        sub_type = _nested_type(spec)
         if sub_type is not None:
             kwargs[name] = config_from_dict(sub_type, value, f"{where}.{name}")
             continue
-        if default is not None and not _compatible(default, value):
+        default = spec.default
+        if default is not dataclasses.MISSING and default is not None and not _compatible(default, value):
             raise AladinError(
                 f"{where}.{name}: expected {type(default).__name__}, got {type(value).__name__} ({value!r})"
             )

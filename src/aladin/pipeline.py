@@ -163,6 +163,7 @@ def evaluate(
     rerank_k: int | None = None,
     out_dir: str | Path | None = None,
     console: Console | None = None,
+    quiet: bool = False,
 ) -> list[ScorerResult]:
     """Score `split` with every scorer (and the baseline), print the table, write JSON + recall plot."""
     run_dir = Path(run_dir)
@@ -195,7 +196,8 @@ def evaluate(
         )
     out_dir = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
     title = f"{split} split: {feats.num_images} images, {feats.num_captions} captions"
-    print_results(results, title, console=console)
+    if not quiet:
+        print_results(results, title, console=console)
     write_results_json(
         out_dir / "results.json", results, {"split": split, "rerank_k": k, "run_dir": str(run_dir)}
     )

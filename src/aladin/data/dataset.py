@@ -65,7 +65,7 @@ class Dataset:
     def with_validation_split(self, cfg: DatasetSplitConfig | None = None) -> Dataset:
         """Carve a seeded validation split out of train when the dataset has none; test is never touched."""
         cfg = cfg or DatasetSplitConfig()
-        if any(it.split == "val" for it in self.items):
+        if any(it.split == "val" for it in self.items) or (cfg.val_fraction <= 0 and cfg.val_size <= 0):
             return self
         train_idx = [i for i, it in enumerate(self.items) if it.split == "train"]
         if len(train_idx) < 2:

@@ -39,7 +39,8 @@ def load_dataset_folder(root: str | Path) -> Dataset:
             f"{captions_path}: not found (a dataset folder needs {CAPTIONS_FILE} beside its images)"
         )
     try:
-        lines = captions_path.read_text(encoding="utf-8").splitlines()
+        # split("\n"), not splitlines(): a caption may legitimately contain U+2028 or U+0085.
+        lines = captions_path.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as exc:
         raise DataError(f"{captions_path}: not UTF-8 text ({exc})") from exc
     base = image_base(root)
@@ -76,7 +77,9 @@ def _parse_line(line: str, where: str, base: Path) -> tuple[ImageItem, str]:
         )
     image = _non_empty_string(record, "image", where)
     rel = _safe_relative(image, where)
-    captions = record.get("captions")
+    if "captions" not in record:
+        raise DataError(f"{where}: missing field 'captions'")
+    captions = record["captions"]
     if not isinstance(captions, list) or not captions:
         raise DataError(
             f"{where}: field 'captions': expected a non-empty list of strings, got {captions!r:.60}"
@@ -106,15 +109,15 @@ def _non_empty_string(record: dict[str, Any], field: str, where: str) -> str:
     return value
 
 
-def _safe_relative(image: str, where: str) -> PurePosixPath:
+def _safe_relative(image: str, where: str, field: str = "image") -> PurePosixPath:
     """Image paths must stay inside the dataset folder: no absolute paths, no `..`."""
     rel = PurePosixPath(image.replace("\\", "/"))
     if rel.is_absolute() or PureWindowsPath(image).is_absolute() or PureWindowsPath(image).drive:
         raise DataError(
-            f"{where}: field 'image': expected a path relative to the dataset folder, got {image!r}"
+            f"{where}: field '{field}': expected a path relative to the dataset folder, got {image!r}"
         )
     if ".." in rel.parts:
-        raise DataError(f"{where}: field 'image': path must stay inside the dataset folder, got {image!r}")
+        raise DataError(f"{where}: field '{field}': path must stay inside the dataset folder, got {image!r}")
     return rel
 
 

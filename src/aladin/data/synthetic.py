@@ -215,8 +215,8 @@ def render_scene(scene: Scene, image_size: int = 224) -> Image.Image:
 
 
 def _check_config(cfg: SyntheticConfig) -> None:
-    if min(cfg.n_train, cfg.n_val, cfg.n_test) < 0:
-        raise AladinError(f"synthetic config: image counts must be ≥ 0, got {cfg}")
+    if min(cfg.n_train, cfg.n_val, cfg.n_test) < 0 or cfg.n_train + cfg.n_val + cfg.n_test == 0:
+        raise AladinError(f"synthetic config: image counts must be ≥ 0 and not all 0, got {cfg}")
     if not 1 <= cfg.min_objects <= cfg.max_objects <= len(SHAPES):
         raise AladinError(f"synthetic config: need 1 ≤ min_objects ≤ max_objects ≤ {len(SHAPES)}, got {cfg}")
     if cfg.twins and cfg.min_objects < 2:
@@ -235,12 +235,14 @@ def _read_marker(path: Path) -> Any:
 def _scene_group(cfg: SyntheticConfig, split: str, k: int) -> list[Scene]:
     """One scene, or a pair of twins: the second swaps the colours of two objects and keeps all else."""
     rng = random.Random(f"aladin-synthetic:{cfg.seed}:{split}:{k}")
-    objects = _place_objects(rng, cfg)
+    n = rng.randint(cfg.min_objects, cfg.max_objects)
+    pair = tuple(sorted(rng.sample(range(n), 2))) if cfg.twins else None
+    objects = _place_objects(rng, cfg, n, pair)
     background = _sample_background(rng)
     caption_seed = rng.getrandbits(64)
-    if not cfg.twins:
+    if pair is None:
         return [_captioned(f"{split}_{k:05d}", split, background, objects, caption_seed, cfg)]
-    i, j = sorted(rng.sample(range(len(objects)), 2))
+    i, j = pair
     swapped = list(objects)
     swapped[i], swapped[j] = (
         replace(objects[i], colour=objects[j].colour),
@@ -253,17 +255,22 @@ def _scene_group(cfg: SyntheticConfig, split: str, k: int) -> list[Scene]:
     return [replace(first, twin=second_id), replace(second, twin=first_id, swapped=(i, j))]
 
 
-def _place_objects(rng: random.Random, cfg: SyntheticConfig) -> tuple[SceneObject, ...]:
+def _place_objects(
+    rng: random.Random, cfg: SyntheticConfig, n: int, pair: tuple[int, ...] | None
+) -> tuple[SceneObject, ...]:
+    """Distinct shapes and colours at non-overlapping boxes; the twin `pair` gets equal sizes, so that
+    swapping their colours also keeps how many pixels each colour covers (nearly: shapes differ in area)."""
     scale = cfg.image_size / 224
-    n = rng.randint(cfg.min_objects, cfg.max_objects)
     shapes = rng.sample(SHAPES, n)
     colours = rng.sample(list(COLOURS), n)
     gap, margin = round(GAP_PX * scale), round(4 * scale)
     for _ in range(100):
+        sizes = [rng.choice(("small", "large")) for _ in range(n)]
+        sides = [round(rng.uniform(*SIZE_PX[size]) * scale) for size in sizes]
+        if pair is not None:
+            sizes[pair[1]], sides[pair[1]] = sizes[pair[0]], sides[pair[0]]
         objects: list[SceneObject] = []
-        for shape, colour in zip(shapes, colours, strict=True):
-            size = rng.choice(("small", "large"))
-            side = round(rng.uniform(*SIZE_PX[size]) * scale)
+        for shape, colour, size, side in zip(shapes, colours, sizes, sides, strict=True):
             texture = rng.choices(TEXTURES, weights=(2, 1, 1))[0] if cfg.textures else "plain"
             for _ in range(200):
                 x0 = rng.randint(margin, cfg.image_size - margin - side)

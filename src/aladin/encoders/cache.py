@@ -222,7 +222,8 @@ def _extract_split(
                 "attention_mask": torch.nn.functional.pad(batch.attention_mask, (0, pad)),
                 "input_ids": torch.nn.functional.pad(batch.input_ids, (0, pad)),
             }
-            arrays = {name: _to_disk(value, name, f"caption {start}") for name, value in padded.items()}
+            what = f"split {split!r} captions {start}..{start + len(chunk) - 1}"
+            arrays = {name: _to_disk(value, name, what) for name, value in padded.items()}
             writer.write("captions", start, arrays, len(texts))
             bar.update(len(chunk))
 
@@ -241,13 +242,13 @@ def _extract_split(
         "captions": texts,
     }
     write_json(partial / "meta.json", meta)
-    (partial / "progress.json").unlink()
     stale = cache_dir / f"{split}.old"
     if stale.exists():
         shutil.rmtree(stale)
     if final.exists():
         os.replace(final, stale)
     os.replace(partial, final)
+    (final / "progress.json").unlink()
     if stale.exists():
         shutil.rmtree(stale)
 
@@ -323,7 +324,11 @@ def available_splits(cache_dir: Path) -> list[str]:
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
         return []
-    return sorted(p.name for p in cache_dir.iterdir() if p.is_dir() and (p / "meta.json").is_file())
+    return sorted(
+        p.name
+        for p in cache_dir.iterdir()
+        if p.is_dir() and not p.name.endswith((".partial", ".old")) and (p / "meta.json").is_file()
+    )
 
 
 class FeatureCache:

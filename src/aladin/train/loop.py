@@ -87,6 +87,7 @@ def fit(
         scheduler.load_state_dict(saved["scheduler"])
         best_rsum, best_epoch, best_state = saved["best_rsum"], saved["best_epoch"], saved["best_state"]
         history, start_epoch = saved["history"], saved["epoch"] + 1
+        torch.set_rng_state(saved["torch_rng"])  # dropout masks continue exactly as in an uninterrupted run
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         if best_epoch >= 0 and cfg.patience and epoch - best_epoch > cfg.patience:
@@ -164,6 +165,7 @@ def _save_state(
         "best_epoch": best_epoch,
         "best_state": best_state,
         "history": history,
+        "torch_rng": torch.get_rng_state(),
         "train_config": config_to_dict(cfg),
     }
     atomic_write(path, lambda tmp: torch.save(state, tmp))

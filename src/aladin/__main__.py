@@ -1,0 +1,7 @@
+"""`python -m aladin` runs the CLI."""
+
+import sys
+
+from aladin.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `aladin` command line: flags → configs → the verbs in aladin.pipeline."""

@@ -1,0 +1,136 @@
+"""Entry point of the `aladin` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from aladin import __version__
+from aladin.errors import AladinError
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from aladin.data.synthetic import SyntheticConfig, generate_synthetic_dataset
+
+    cfg = SyntheticConfig(seed=args.seed, n_train=args.train, n_val=args.val, n_test=args.test)
+    dataset = generate_synthetic_dataset(args.out, cfg)
+    counts = {s: len(dataset.split(s)) for s in dataset.split_names()}
+    print(f"wrote {len(dataset)} images to {args.out}: {counts}")
+
+
+def _extract(args: argparse.Namespace) -> None:
+    from aladin import pipeline
+    from aladin.cli.options import encoder_configs, split_config
+
+    image_cfg, text_cfg = encoder_configs(args)
+    cache = pipeline.extract(args.data, args.cache, image_cfg, text_cfg, args.batch_size, split_config(args))
+    print(f"features cached in {cache.cache_dir} (splits: {', '.join(cache.splits)})")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from aladin import pipeline
+    from aladin.cli.options import recipe_config
+
+    report = pipeline.train(args.cache, args.out, recipe_config(args))
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"trained in {report.run_dir}")
+    for col in ("stage", "best epoch", "epochs run", "val rsum", "seconds"):
+        table.add_column(col, justify="right" if col != "stage" else "left")
+    for stage, info in report.stages.items():
+        table.add_row(
+            stage,
+            str(info["best_epoch"]),
+            str(info["epochs_run"]),
+            f"{info['best_val_rsum']:.1f}",
+            f"{info['seconds']:.0f}",
+        )
+    Console().print(table)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from aladin import pipeline
+
+    results = pipeline.evaluate(args.cache, args.run, args.split, args.rerank_k, args.out, quiet=args.json)
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from aladin import pipeline
+
+    pipeline.demo(args.work_dir, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from aladin.cli.options import add_encoder_flags, add_recipe_flags, add_split_flags
+
+    parser = argparse.ArgumentParser(prog="aladin", description=__doc__ and "ALADIN cross-modal search")
+    parser.add_argument("--version", action="version", version=f"aladin {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate-demo-data", help="write the synthetic scenes dataset (offline, seeded)")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=2000, help="training images")
+    p.add_argument("--val", type=int, default=300, help="validation images")
+    p.add_argument("--test", type=int, default=1000, help="test images")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("extract", help="run the frozen encoders once into a float16 feature cache")
+    p.add_argument("data", help="dataset folder (captions.jsonl + images)")
+    p.add_argument("--cache", required=True, help="feature cache folder")
+    p.add_argument("--batch-size", type=int, default=32)
+    add_encoder_flags(p)
+    add_split_flags(p)
+    p.set_defaults(func=_extract)
+
+    p = sub.add_parser("train", help="train the alignment head, then distil it into the matching head")
+    p.add_argument("--cache", required=True, help="feature cache folder (from `aladin extract`)")
+    p.add_argument("--out", required=True, help="run folder for checkpoints")
+    add_recipe_flags(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="recall@K of every scorer on a cached split")
+    p.add_argument("--cache", required=True, help="feature cache folder")
+    p.add_argument("--run", required=True, help="run folder (from `aladin train`)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--rerank-k", type=int, help="candidates re-ranked by the alignment head")
+    p.add_argument(
+        "--out", help="where results.json / results.md / recall.png go (default <run>/eval-<split>)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "demo", help="the whole job on the embedded synthetic data, ending in the results table"
+    )
+    p.add_argument("--work-dir", default="runs/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; user errors print one line and exit with status 2."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except AladinError as exc:
+        print(f"aladin: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aladin: interrupted (rerun the same command to resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The one place where command-line flags become typed configs."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from aladin.config import (
+    DatasetSplitConfig,
+    ImageEncoderConfig,
+    RecipeConfig,
+    TextEncoderConfig,
+    config_from_dict,
+)
+from aladin.fileio import read_json
+
+
+def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-encoder", default=ImageEncoderConfig.name, help="image backbone name")
+    parser.add_argument("--multiscale", action="store_true", help="add the 14×14 map as finer regions")
+    parser.add_argument("--image-finetune-layers", type=int, default=0, help="backbone stages left trainable")
+    parser.add_argument(
+        "--text-encoder", default=TextEncoderConfig.name, help="bundled model name or a local HF BERT folder"
+    )
+    parser.add_argument("--max-words", type=int, default=TextEncoderConfig.max_length, help="token limit")
+    parser.add_argument("--text-finetune-layers", type=int, default=0, help="text layers left trainable")
+
+
+def encoder_configs(args: argparse.Namespace) -> tuple[ImageEncoderConfig, TextEncoderConfig]:
+    image = ImageEncoderConfig(
+        name=args.image_encoder, multiscale=args.multiscale, finetune_layers=args.image_finetune_layers
+    )
+    text = TextEncoderConfig(
+        name=args.text_encoder, max_length=args.max_words, finetune_layers=args.text_finetune_layers
+    )
+    return image, text
+
+
+def add_split_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=DatasetSplitConfig.val_fraction,
+        help="share of train carved out for validation when the data has no val split",
+    )
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of that carve-out")
+
+
+def split_config(args: argparse.Namespace) -> DatasetSplitConfig:
+    return DatasetSplitConfig(val_fraction=args.val_fraction, seed=args.split_seed)
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = RecipeConfig()
+    parser.add_argument(
+        "--config", help="recipe JSON (as written to <run>/recipe.json); flags below override it"
+    )
+    parser.add_argument("--alignment-loss", choices=["infonce", "hinge", "infonce+hinge"])
+    parser.add_argument("--matching-loss", choices=["distill", "infonce", "distill+infonce"])
+    parser.add_argument("--alignment-epochs", type=int, help=f"default {defaults.alignment.epochs}")
+    parser.add_argument("--matching-epochs", type=int, help=f"default {defaults.matching.epochs}")
+    parser.add_argument("--batch-size", type=int, help=f"default {defaults.alignment.batch_size}")
+    parser.add_argument("--lr", type=float, help=f"default {defaults.alignment.lr}")
+    parser.add_argument(
+        "--layers", type=int, help=f"transformer layers per modality (default {defaults.model.num_layers})"
+    )
+    parser.add_argument("--embed-dim", type=int, help=f"default {defaults.model.embed_dim}")
+    parser.add_argument(
+        "--global-dim", type=int, help=f"matching-head vector size (default {defaults.model.global_dim})"
+    )
+    parser.add_argument("--seed", type=int, help="seed of every stage (default 0)")
+    parser.add_argument("--rerank-k", type=int, help=f"default {defaults.rerank_k}")
+    parser.add_argument("--no-infonce-student", action="store_true", help="skip the no-distillation ablation")
+    parser.add_argument("--device", help="auto (default), cpu or cuda")
+
+
+def recipe_config(args: argparse.Namespace) -> RecipeConfig:
+    """Recipe = defaults, then the --config file, then explicit flags."""
+    recipe = (
+        config_from_dict(RecipeConfig, read_json(args.config, "recipe"), args.config)
+        if args.config
+        else RecipeConfig()
+    )
+    model = recipe.model
+    if args.layers is not None:
+        model = replace(model, num_layers=args.layers)
+    if args.embed_dim is not None:
+        model = replace(model, embed_dim=args.embed_dim)
+    if args.global_dim is not None:
+        model = replace(model, global_dim=args.global_dim)
+    shared = {
+        k: v
+        for k, v in {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}.items()
+        if v is not None
+    }
+    alignment = replace(recipe.alignment, **shared)
+    matching = replace(recipe.matching, **shared)
+    if args.alignment_loss:
+        alignment = replace(alignment, loss=args.alignment_loss)
+    if args.matching_loss:
+        matching = replace(matching, loss=args.matching_loss)
+    if args.alignment_epochs is not None:
+        alignment = replace(alignment, epochs=args.alignment_epochs)
+    if args.matching_epochs is not None:
+        matching = replace(matching, epochs=args.matching_epochs)
+    return replace(
+        recipe,
+        model=model,
+        alignment=alignment,
+        matching=matching,
+        baseline=replace(recipe.baseline, **{k: v for k, v in shared.items() if k == "seed"}),
+        rerank_k=args.rerank_k if args.rerank_k is not None else recipe.rerank_k,
+        train_infonce_student=recipe.train_infonce_student and not args.no_infonce_student,
+        device=args.device or recipe.device,
+    )

@@ -1,0 +1,51 @@
+"""How an index is built: the FAISS recipe for the global vectors and the encoding of the region store."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from aladin.errors import AladinError
+
+#: Bumped whenever the on-disk layout of an index folder changes incompatibly.
+INDEX_FORMAT_VERSION = 1
+
+#: Encodings of the region/word store; see `aladin.index.store`.
+REGION_DTYPES = ("float16", "int8")
+
+_FACTORIES = re.compile(r"^(Flat|IVF(?P<nlist>[1-9]\d*),Flat|HNSW(?P<m>[1-9]\d*))$")
+
+
+@dataclass
+class IndexConfig:
+    """FAISS factory string (inner product over the normalised global vectors), its search knobs, and the store.
+
+    `factory`: "Flat" (exact), "IVF{nlist},Flat" (searched with `nprobe` lists) or "HNSW{M}" (searched with
+    `ef_search`). `region_dtype`: "float16" (half of float32) or "int8" (a quarter). `batch_size`: images or
+    captions encoded at once while building.
+    """
+
+    factory: str = "Flat"
+    nprobe: int = 16
+    ef_search: int = 128
+    region_dtype: str = "float16"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not _FACTORIES.match(self.factory):
+            raise AladinError(
+                f"index factory: expected 'Flat', 'IVF<nlist>,Flat' or 'HNSW<M>', got {self.factory!r}"
+            )
+        if self.region_dtype not in REGION_DTYPES:
+            raise AladinError(
+                f"region_dtype: expected one of {', '.join(REGION_DTYPES)}, got {self.region_dtype!r}"
+            )
+        for name in ("nprobe", "ef_search", "batch_size"):
+            if getattr(self, name) < 1:
+                raise AladinError(f"{name}: must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def nlist(self) -> int:
+        """Number of IVF lists (0 for other factories): the minimum number of vectors training needs."""
+        match = _FACTORIES.match(self.factory)
+        return int(match["nlist"]) if match and match["nlist"] else 0

@@ -1,0 +1,129 @@
+"""The manifest names every file of one index version with its size and checksum; switching it is one rename.
+
+Files are immutable once published: an update writes new files beside the old ones, then replaces
+`manifest.json` atomically, then deletes the files no manifest refers to any more. A crash before the switch
+leaves the previous manifest and all its files untouched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from aladin.errors import AladinError, CheckpointError
+from aladin.fileio import read_json, write_json
+from aladin.index.config import INDEX_FORMAT_VERSION
+
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".lock"
+#: Names this package writes (published files and their temporaries); garbage collection touches nothing else.
+_OWNED = re.compile(r"^\.?(vectors|texts|regions|words|meta)\.\d{6}\.|^\.manifest\.json\..*\.tmp$")
+
+
+def generation_name(stem: str, generation: int, suffix: str) -> str:
+    """File name of one version's file, e.g. regions.000003.f16: versions never overwrite each other."""
+    return f"{stem}.{generation:06d}.{suffix}"
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def temp_path(final: Path) -> Path:
+    """A fresh hidden temporary file beside `final`, so publishing it is a rename within one file system."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def publish(tmp: Path, final: Path, sha256: str | None = None) -> dict[str, Any]:
+    """Flush `tmp` to disk and rename it to `final`; returns the manifest record (size and checksum)."""
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    record = {"bytes": tmp.stat().st_size, "sha256": sha256 or sha256_file(tmp)}
+    os.replace(tmp, final)
+    return record
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the renames in `directory` durable before the manifest points at the renamed files."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of the index in `directory`, refusing other format versions with a message naming the file."""
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found ({directory} is not an aladin index)")
+    try:
+        manifest = read_json(path, "index manifest")
+    except AladinError as exc:
+        raise CheckpointError(str(exc)) from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise CheckpointError(f"{path}: not an aladin index manifest")
+    version = manifest.get("format_version")
+    if version != INDEX_FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: index format version {version!r}, this aladin reads version {INDEX_FORMAT_VERSION}; "
+            "rebuild the index with `aladin index build`"
+        )
+    return manifest
+
+
+def verify_files(directory: Path, manifest: dict[str, Any], checksums: bool = True) -> None:
+    """Refuse a missing, truncated or (with `checksums`) corrupt file, naming it."""
+    for name, record in sorted(manifest["files"].items()):
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (listed in {directory / MANIFEST_NAME})")
+        size = path.stat().st_size
+        if size != record["bytes"]:
+            raise CheckpointError(
+                f"{path}: {size} bytes, the manifest says {record['bytes']} (truncated or overwritten)"
+            )
+        if checksums and sha256_file(path) != record["sha256"]:
+            raise CheckpointError(f"{path}: checksum does not match the manifest (the file is corrupt)")
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """The switch: every listed file is already durable, so one atomic rename makes the new version current."""
+    fsync_directory(directory)
+    write_json(directory / MANIFEST_NAME, manifest)
+    fsync_directory(directory)
+
+
+def collect_garbage(directory: Path, manifest: dict[str, Any]) -> list[str]:
+    """Delete the files of earlier versions (and leftovers of interrupted updates); returns their names."""
+    removed = []
+    for path in directory.iterdir():
+        if path.is_file() and _OWNED.match(path.name) and path.name not in manifest["files"]:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return sorted(removed)
+
+
+@contextmanager
+def writer_lock(directory: Path) -> Iterator[None]:
+    """One writer at a time per index folder: a second concurrent update fails instead of mixing versions."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_NAME, "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise AladinError(f"{directory}: another process is updating this index") from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -1,0 +1,294 @@
+"""Packed per-item vector sets (an image's regions, a caption's words), memory-mapped and looked up by item id.
+
+A segment holds the items `first_id .. first_id + count - 1`: their rows packed one after another in one raw
+file (`regions.000001.f16` or `.i8`, [rows, dim]), an offsets array ([count + 1], item i owns rows
+offsets[i]:offsets[i+1], so items may have different numbers of rows) and, for regions, their boxes. Segments
+are written once and never changed; an index version lists the segments it uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aladin.errors import AladinError, CheckpointError
+from aladin.index.manifest import generation_name, publish, temp_path
+
+
+class Float16Codec:
+    """Half precision: half the size of float32, error far below what re-ranking can notice."""
+
+    name, suffix, dtype = "float16", "f16", np.dtype(np.float16)
+
+    def encode(self, rows: np.ndarray) -> np.ndarray:
+        return rows.astype(np.float16)
+
+    def decode(self, stored: np.ndarray) -> np.ndarray:
+        return stored.astype(np.float32)
+
+
+class Int8Codec:
+    """Symmetric int8 with a per-vector scale (max |x| → 127): a quarter of float32.
+
+    The scale is not stored: rows are unit vectors, so decoding divides by the quantised vector's own norm,
+    which restores scale and unit length together, keeping the store at exactly one byte per dimension.
+    """
+
+    name, suffix, dtype = "int8", "i8", np.dtype(np.int8)
+
+    def encode(self, rows: np.ndarray) -> np.ndarray:
+        peak = np.abs(rows).max(axis=1, keepdims=True)
+        return np.rint(rows * (127.0 / np.maximum(peak, 1e-12))).astype(np.int8)
+
+    def decode(self, stored: np.ndarray) -> np.ndarray:
+        values = stored.astype(np.float32)
+        return values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
+
+
+CODECS: dict[str, Float16Codec | Int8Codec] = {codec.name: codec for codec in (Float16Codec(), Int8Codec())}
+
+
+@dataclass
+class ReconstructionStats:
+    """How far decoded rows are from the originals (cosine and L2), accumulated while writing."""
+
+    rows: int = 0
+    cosine_sum: float = 0.0
+    min_cosine: float = 1.0
+    l2_sum: float = 0.0
+
+    def update(self, original: np.ndarray, decoded: np.ndarray) -> None:
+        norms = np.maximum(np.linalg.norm(original, axis=1) * np.linalg.norm(decoded, axis=1), 1e-12)
+        cosine = (original * decoded).sum(axis=1) / norms
+        self.rows += len(original)
+        self.cosine_sum += float(cosine.sum())
+        self.min_cosine = min(self.min_cosine, float(cosine.min(initial=1.0)))
+        self.l2_sum += float(np.linalg.norm(original - decoded, axis=1).sum())
+
+    def to_json(self) -> dict[str, float]:
+        rows = max(self.rows, 1)
+        return {
+            "mean_cosine": self.cosine_sum / rows,
+            "min_cosine": self.min_cosine,
+            "mean_l2_error": self.l2_sum / rows,
+        }
+
+
+@dataclass
+class EncodedChunk:
+    """Model outputs for a run of items, in the store's packed layout (only real regions / scored words)."""
+
+    global_vectors: np.ndarray  # [n, G] float32, L2-normalised
+    rows: np.ndarray  # [sum(counts), E], L2-normalised
+    counts: np.ndarray  # [n] int64: rows per item
+    boxes: np.ndarray | None = None  # [sum(counts), 5] for regions; None for words
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def save(self, path: Path) -> None:
+        arrays = {"global_vectors": self.global_vectors, "rows": self.rows, "counts": self.counts}
+        if self.boxes is not None:
+            arrays["boxes"] = self.boxes
+        with open(path, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> EncodedChunk:
+        with np.load(path) as data:
+            boxes = data["boxes"] if "boxes" in data.files else None
+            return cls(data["global_vectors"], data["rows"], data["counts"], boxes)
+
+
+class SegmentWriter:
+    """Streams one segment into temporary files; `finish` publishes them, `discard` removes them."""
+
+    def __init__(self, directory: Path, stem: str, generation: int, first_id: int, dtype: str, dim: int):
+        self.codec = CODECS[dtype]
+        self.directory, self.dim, self.first_id = directory, dim, first_id
+        self.names = {
+            "data": generation_name(stem, generation, self.codec.suffix),
+            "offsets": generation_name(stem, generation, "offsets.npy"),
+            "boxes": generation_name(stem, generation, "boxes.f16"),
+        }
+        self.temps: dict[str, Path] = {"data": temp_path(directory / self.names["data"])}
+        self._data = open(self.temps["data"], "wb")  # closed in finish or discard
+        self._hash = hashlib.sha256()
+        self.counts: list[np.ndarray] = []
+        self.stats = ReconstructionStats() if dtype != "float16" else None
+        # Boxes are stored once per segment while every item has the same ones (grid encoders).
+        self.box_template: np.ndarray | None = None
+        self._boxes_file: Any = None
+        self.has_boxes: bool | None = None
+
+    @property
+    def num_items(self) -> int:
+        return int(sum(len(c) for c in self.counts))
+
+    def append(self, chunk: EncodedChunk) -> None:
+        rows = np.asarray(chunk.rows, dtype=np.float32)
+        counts = np.asarray(chunk.counts, dtype=np.int64)
+        if rows.ndim != 2 or rows.shape[1] != self.dim or int(counts.sum()) != len(rows):
+            raise AladinError(
+                f"store: expected {int(counts.sum())} rows of dim {self.dim}, got shape {tuple(rows.shape)}"
+            )
+        if self.has_boxes is None:
+            self.has_boxes = chunk.boxes is not None
+        elif self.has_boxes != (chunk.boxes is not None):
+            raise AladinError("store: every chunk of a segment must have boxes, or none")
+        encoded = self.codec.encode(rows)
+        if self.stats is not None:
+            self.stats.update(rows, self.codec.decode(encoded))
+        data = encoded.tobytes()
+        self._data.write(data)
+        self._hash.update(data)
+        if chunk.boxes is not None:
+            self._append_boxes(np.asarray(chunk.boxes, dtype=np.float16), counts)
+        self.counts.append(counts)
+
+    def _append_boxes(self, boxes: np.ndarray, counts: np.ndarray) -> None:
+        if not len(counts):
+            return
+        if self.num_items == 0:
+            self.box_template = boxes[: counts[0]].copy()
+        template = self.box_template
+        if template is not None and np.array_equal(boxes, np.tile(template, (len(counts), 1))):
+            return
+        if self._boxes_file is None:  # items differ from now on: write out the boxes shared so far, then stream
+            self.temps["boxes"] = temp_path(self.directory / self.names["boxes"])
+            self._boxes_file = open(self.temps["boxes"], "wb")  # closed in finish or discard
+            if template is not None:
+                self._boxes_file.write(np.tile(template, (self.num_items, 1)).tobytes())
+            self.box_template = None
+        self._boxes_file.write(boxes.tobytes())
+
+    def finish(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """Publish the segment's files; returns its manifest entry and the file records."""
+        self._data.close()
+        counts = np.concatenate(self.counts) if self.counts else np.zeros(0, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.temps["offsets"] = temp_path(self.directory / self.names["offsets"])
+        np.save(self.temps["offsets"], offsets)
+        if self.box_template is not None:
+            self.temps["boxes"] = temp_path(self.directory / self.names["boxes"])
+            self.box_template.tofile(self.temps["boxes"])
+        elif self._boxes_file is not None:
+            self._boxes_file.close()
+        files = {
+            self.names[key]: publish(
+                tmp, self.directory / self.names[key], self._hash.hexdigest() if key == "data" else None
+            )
+            for key, tmp in self.temps.items()
+        }
+        entry = {
+            "first_id": self.first_id,
+            "count": len(counts),
+            "rows": int(offsets[-1]),
+            "dim": self.dim,
+            "dtype": self.codec.name,
+            "data": self.names["data"],
+            "offsets": self.names["offsets"],
+            "boxes": self.names["boxes"] if "boxes" in self.temps else None,
+            "boxes_shared": self.box_template is not None,
+            "reconstruction": self.stats.to_json() if self.stats is not None else None,
+        }
+        return entry, files
+
+    def discard(self) -> None:
+        self._data.close()
+        if self._boxes_file is not None:
+            self._boxes_file.close()
+        for tmp in self.temps.values():
+            tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class _Segment:
+    first_id: int
+    count: int
+    codec: Float16Codec | Int8Codec
+    data: np.ndarray  # memory-mapped [rows, dim]
+    offsets: np.ndarray  # [count + 1]
+    boxes: np.ndarray | None  # [R, 5] shared template or [rows, 5]
+    boxes_shared: bool
+
+
+def _open_segment(directory: Path, entry: dict[str, Any]) -> _Segment:
+    codec = CODECS[entry["dtype"]]
+    path = directory / entry["data"]
+    shape = (int(entry["rows"]), int(entry["dim"]))
+    data = np.memmap(path, codec.dtype, mode="r", shape=shape) if shape[0] else np.zeros(shape, codec.dtype)
+    offsets = np.load(directory / entry["offsets"])
+    if offsets.shape != (entry["count"] + 1,) or int(offsets[-1]) != shape[0]:
+        raise CheckpointError(f"{directory / entry['offsets']}: does not describe {path}")
+    boxes = None
+    if entry["boxes"]:
+        boxes = np.fromfile(directory / entry["boxes"], dtype=np.float16).reshape(-1, 5)
+    return _Segment(
+        int(entry["first_id"]), int(entry["count"]), codec, data, offsets, boxes, bool(entry["boxes_shared"])
+    )
+
+
+class PackedStore:
+    """Read side over a version's segments: `lookup(ids)` gathers only the rows of those items."""
+
+    def __init__(self, directory: Path, entries: list[dict[str, Any]], dim: int):
+        self.dim = dim
+        self.segments = sorted((_open_segment(directory, e) for e in entries), key=lambda s: s.first_id)
+        self._firsts = np.array([s.first_id for s in self.segments], dtype=np.int64)
+
+    @property
+    def num_items(self) -> int:
+        return sum(s.count for s in self.segments)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.data.nbytes + s.offsets.nbytes for s in self.segments)
+
+    def _locate(self, ids: np.ndarray) -> np.ndarray:
+        where = np.searchsorted(self._firsts, ids, side="right") - 1
+        ok = where >= 0
+        ok[ok] &= ids[ok] < self._firsts[where[ok]] + np.array([self.segments[i].count for i in where[ok]])
+        if not ok.all():
+            raise AladinError(f"store: unknown item id {int(ids[~ok][0])}")
+        return where
+
+    def lookup(self, ids: np.ndarray | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items `ids` as padded float32 rows [n, Rmax, dim] and a mask [n, Rmax] (True = real row)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        where = self._locate(ids)
+        starts = np.zeros(len(ids), np.int64)
+        counts = np.zeros(len(ids), np.int64)
+        for s in np.unique(where):
+            pick = where == s
+            segment = self.segments[s]
+            local = ids[pick] - segment.first_id
+            starts[pick] = segment.offsets[local]
+            counts[pick] = segment.offsets[local + 1] - starts[pick]
+        width = max(int(counts.max(initial=0)), 1)
+        item = np.repeat(np.arange(len(ids)), counts)
+        within = np.arange(len(item)) - np.repeat(np.cumsum(counts) - counts, counts)
+        rows = starts[item] + within
+        out = np.zeros((len(ids), width, self.dim), np.float32)
+        for s in np.unique(where):
+            pick = where[item] == s
+            segment = self.segments[s]
+            out[item[pick], within[pick]] = segment.codec.decode(segment.data[rows[pick]])
+        mask = np.zeros((len(ids), width), bool)
+        mask[item, within] = True
+        return torch.from_numpy(out), torch.from_numpy(mask)
+
+    def boxes(self, item_id: int) -> np.ndarray | None:
+        """Boxes [R, 5] of one item's regions (x1, y1, x2, y2, area in 0..1), or None when none were stored."""
+        segment = self.segments[int(self._locate(np.array([item_id]))[0])]
+        if segment.boxes is None:
+            return None
+        if segment.boxes_shared:
+            return segment.boxes.astype(np.float32)
+        local = item_id - segment.first_id
+        return segment.boxes[segment.offsets[local] : segment.offsets[local + 1]].astype(np.float32)

@@ -1,0 +1,144 @@
+"""load_image: every common format and mode comes out as upright 8-bit RGB; bad files give one-line DataErrors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aladin.data.images import load_image
+from aladin.errors import DataError
+
+
+def close(pixel: tuple[int, ...], expected: tuple[int, int, int], tol: int = 0) -> bool:
+    return all(abs(a - b) <= tol for a, b in zip(pixel, expected, strict=True))
+
+
+def test_rgba_composited_over_white(tmp_path: Path) -> None:
+    img = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    img.putpixel((1, 1), (255, 0, 0, 255))
+    img.putpixel((2, 2), (0, 0, 0, 128))
+    img.save(tmp_path / "a.png")
+    out = load_image(tmp_path / "a.png")
+    assert out.mode == "RGB" and out.size == (4, 4)
+    assert out.getpixel((0, 0)) == (255, 255, 255)  # transparent → white, not the hidden red
+    assert out.getpixel((1, 1)) == (255, 0, 0)
+    assert close(out.getpixel((2, 2)), (127, 127, 127), tol=1)
+
+
+def test_la_composited_over_white(tmp_path: Path) -> None:
+    img = Image.new("LA", (3, 3), (0, 0))
+    img.putpixel((1, 1), (50, 255))
+    img.save(tmp_path / "la.png")
+    out = load_image(tmp_path / "la.png")
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+    assert out.getpixel((1, 1)) == (50, 50, 50)
+
+
+def test_palette_with_transparency(tmp_path: Path) -> None:
+    img = Image.new("P", (3, 3), 0)
+    img.putpalette([0, 0, 0, 0, 200, 0] + [0] * 762)
+    img.putpixel((1, 1), 1)
+    img.save(tmp_path / "p.png", transparency=0)
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    out = load_image(tmp_path / "p.png")
+    assert out.getpixel((0, 0)) == (255, 255, 255)  # index 0 is transparent black → white
+    assert out.getpixel((1, 1)) == (0, 200, 0)
+
+
+def test_cmyk_jpeg(tmp_path: Path) -> None:
+    Image.new("CMYK", (16, 16), (255, 0, 0, 0)).save(tmp_path / "c.jpg")
+    assert Image.open(tmp_path / "c.jpg").mode == "CMYK"
+    out = load_image(tmp_path / "c.jpg")
+    assert out.mode == "RGB"
+    assert close(out.getpixel((8, 8)), (0, 255, 255), tol=8)  # pure cyan
+
+
+def test_greyscale(tmp_path: Path) -> None:
+    Image.new("L", (5, 5), 100).save(tmp_path / "g.png")
+    assert load_image(tmp_path / "g.png").getpixel((2, 2)) == (100, 100, 100)
+
+
+def test_16bit_png_is_rescaled_not_clipped(tmp_path: Path) -> None:
+    arr = np.full((6, 6), 100 * 257, dtype=np.uint16)
+    arr[0, 0] = 65535
+    Image.fromarray(arr).save(tmp_path / "w.png")
+    assert Image.open(tmp_path / "w.png").mode.startswith("I")
+    out = load_image(tmp_path / "w.png")
+    assert out.getpixel((3, 3)) == (100, 100, 100)  # a plain convert("RGB") would clip this to white
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_32bit_int_and_float_greyscale(tmp_path: Path) -> None:
+    Image.fromarray(np.full((4, 4), 200 * 257, dtype=np.int32)).save(tmp_path / "i.tif")
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(tmp_path / "f.tif")
+    assert Image.open(tmp_path / "i.tif").mode == "I"
+    assert Image.open(tmp_path / "f.tif").mode == "F"
+    assert load_image(tmp_path / "i.tif").getpixel((1, 1)) == (200, 200, 200)
+    assert close(load_image(tmp_path / "f.tif").getpixel((1, 1)), (128, 128, 128), tol=1)
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".bmp", ".jpg", ".png"])
+def test_common_formats(tmp_path: Path, suffix: str) -> None:
+    img = Image.new("RGB", (10, 8), (30, 60, 200))
+    options = {"lossless": True} if suffix == ".webp" else {}
+    img.save(tmp_path / f"x{suffix}", **options)
+    out = load_image(tmp_path / f"x{suffix}")
+    assert out.mode == "RGB" and out.size == (10, 8)
+    assert close(out.getpixel((5, 4)), (30, 60, 200), tol=6)
+
+
+def test_gif_first_frame(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (6, 6), (255, 0, 0)), Image.new("RGB", (6, 6), (0, 0, 255))]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=50)
+    out = load_image(tmp_path / "a.gif")
+    assert out.mode == "RGB"
+    assert close(out.getpixel((3, 3)), (255, 0, 0), tol=4)
+
+
+def test_exif_orientation_applied(tmp_path: Path) -> None:
+    img = Image.new("RGB", (60, 30), "white")
+    img.paste((255, 0, 0), (0, 0, 15, 15))  # red block at the stored top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    img.save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    out = load_image(tmp_path / "rot.jpg")
+    assert out.size == (30, 60)
+    assert close(out.getpixel((22, 7)), (255, 0, 0), tol=20)  # stored top-left → displayed top-right
+    assert close(out.getpixel((7, 7)), (255, 255, 255), tol=20)
+
+
+def assert_one_line_error(path: Path, *fragments: str) -> None:
+    with pytest.raises(DataError) as info:
+        load_image(path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert_one_line_error(tmp_path / "nope.jpg", "not found")
+
+
+def test_directory(tmp_path: Path) -> None:
+    (tmp_path / "dir.jpg").mkdir()
+    assert_one_line_error(tmp_path / "dir.jpg", "directory")
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "junk.jpg"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes())
+    assert_one_line_error(path, "cannot identify image file")
+
+
+def test_truncated_jpeg_fails_at_load(tmp_path: Path) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "full.jpg", quality=90)
+    data = (tmp_path / "full.jpg").read_bytes()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) // 2])
+    assert_one_line_error(path, "cannot read image", "truncated")

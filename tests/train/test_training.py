@@ -1,0 +1,111 @@
+import copy
+
+import pytest
+import torch
+from feature_fixtures import make_features, tiny_config
+
+from aladin.config import TrainConfig
+from aladin.errors import CheckpointError
+from aladin.evaluate.metrics import retrieval_metrics
+from aladin.evaluate.scorers import alignment_matrix, matching_matrix
+from aladin.model import AladinModel
+from aladin.model.features import embed_split
+from aladin.train.stages import sample_captions, train_alignment, train_linear_baseline, train_matching
+
+FAST = dict(epochs=6, batch_size=32, lr=2e-3, warmup_steps=5, patience=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_splits):
+    train, val = tiny_splits
+    torch.manual_seed(0)
+    model = AladinModel(tiny_config())
+    fit = train_alignment(model, train, val, TrainConfig(**FAST))
+    return model, fit
+
+
+def test_alignment_head_learns(trained, tiny_splits):
+    model, fit = trained
+    _, val = tiny_splits
+    image, text = embed_split(model, val, with_global=False)
+    metrics = retrieval_metrics(alignment_matrix(model, image, text).numpy(), val.caption_image.numpy())
+    # chance R@5 with 100 images is 5 %; the head must do far better
+    assert metrics["t2i_r5"] > 40 and metrics["i2t_r5"] > 40
+    assert fit.best_val_rsum == pytest.approx(metrics["rsum"], abs=1e-3)
+
+
+@pytest.mark.parametrize("loss", ["distill", "infonce", "distill+infonce"])
+def test_matching_head_learns_and_teacher_stays_frozen(trained, tiny_splits, loss):
+    teacher, _ = trained
+    train, val = tiny_splits
+    model = copy.deepcopy(teacher)
+    before = {k: v.clone() for k, v in model.image_encoder.state_dict().items()}
+    train_matching(model, train, val, TrainConfig(stage="matching", loss=loss, **FAST))
+    for k, v in model.image_encoder.state_dict().items():
+        assert torch.equal(v, before[k]), f"teacher weight {k} changed in stage 2"
+    image, text = embed_split(model, val)
+    metrics = retrieval_metrics(matching_matrix(image, text).numpy(), val.caption_image.numpy())
+    assert metrics["t2i_r5"] > 25 and metrics["i2t_r5"] > 25
+
+
+def test_hinge_loss_trains(tiny_splits):
+    train, val = tiny_splits
+    torch.manual_seed(0)
+    model = AladinModel(tiny_config())
+    fit = train_alignment(model, train, val, TrainConfig(loss="infonce+hinge", hinge_warmup_epochs=1, **FAST))
+    assert fit.best_val_rsum > 100  # chance rsum with 100 images is about 48
+
+
+def test_linear_baseline_learns(tiny_splits):
+    train, val = tiny_splits
+    _, fit = train_linear_baseline(train, val, TrainConfig(**FAST))
+    assert fit.best_val_rsum > 100
+
+
+def test_sampled_captions_belong_to_their_images():
+    feats = make_features(10, seed=3, captions_per_image=3)
+    g = torch.Generator().manual_seed(0)
+    images = torch.tensor([0, 4, 9])
+    for _ in range(20):
+        caps = sample_captions(feats, images, g)
+        assert torch.equal(feats.caption_image[caps], images)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    train, val = make_features(96, seed=5), make_features(30, seed=6)
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=1e-3, warmup_steps=2, patience=0)
+    torch.manual_seed(0)
+    reference = AladinModel(tiny_config())
+    start = copy.deepcopy(reference.state_dict())
+    train_alignment(reference, train, val, cfg)
+
+    class Interrupt(Exception):
+        pass
+
+    torch.manual_seed(0)
+    model = AladinModel(tiny_config())
+    model.load_state_dict(start)
+    calls = {"n": 0}
+    import aladin.train.stages as stages
+
+    original = stages.validation_rsum
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Interrupt  # the process dies during the 2nd epoch's validation
+        return original(*args, **kwargs)
+
+    stages.validation_rsum = flaky
+    try:
+        with pytest.raises(Interrupt):
+            train_alignment(model, train, val, cfg, state_dir=tmp_path)
+    finally:
+        stages.validation_rsum = original
+    resumed = AladinModel(tiny_config())
+    result = train_alignment(resumed, train, val, cfg, state_dir=tmp_path)
+    assert result.epochs_run == 3
+    for k, v in reference.state_dict().items():
+        assert torch.allclose(v, resumed.state_dict()[k], atol=1e-5), k
+    with pytest.raises(CheckpointError, match="different training config"):
+        train_alignment(AladinModel(tiny_config()), train, val, TrainConfig(epochs=5), state_dir=tmp_path)
