@@ -70,6 +70,10 @@ class ImageEncoderConfig:
     multiscale: bool = False
     #: Number of final backbone stages kept trainable; the cache then holds the map before them.
     finetune_layers: int = 0
+    #: For name="precomputed": a folder of per-image .npy/.npz files or one HDF5 file of detector regions.
+    features_path: str = ""
+    #: For name="precomputed": keep at most this many regions per image (0 = the most any image has).
+    max_regions: int = 0
 
 
 @dataclass

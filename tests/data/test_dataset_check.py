@@ -93,7 +93,10 @@ def test_split_warnings(tmp_path: Path) -> None:
     path = make_image(tmp_path / "a.png")
     only_train = Dataset(tmp_path, [item("a", path, 5, "train"), item("b", path, 5, "train")])
     report = check_dataset(only_train, open_images=False)
-    assert report.warnings == ["no val split: one will be carved from train", "no test split: evaluation needs one"]
+    assert report.warnings == [
+        "no val split: one will be carved from train",
+        "no test split: evaluation needs one",
+    ]
     assert report.ok  # warnings are not problems
     assert "warning: no val split: one will be carved from train" in format_report(report)
     odd = Dataset(tmp_path, [item("a", path, 5, "test"), item("b", path, 5, "holdout")])

@@ -91,9 +91,15 @@ def test_coco_strips_captions(tmp_path: Path) -> None:
         (lambda d: d.update(images={"id": 1}), ["field 'images'", "expected a list"]),
         (lambda d: d["images"][1].pop("file_name"), ["images[1]", "'file_name'"]),
         (lambda d: d["images"][0].update(id=1.5), ["images[0]", "field 'id'"]),
-        (lambda d: d["images"].append({"id": 1, "file_name": "x.jpg"}), ["images[2]", "duplicate image id '1'"]),
+        (
+            lambda d: d["images"].append({"id": 1, "file_name": "x.jpg"}),
+            ["images[2]", "duplicate image id '1'"],
+        ),
         (lambda d: d["annotations"][3].update(image_id=99), ["annotations[3]", "field 'image_id'", "'99'"]),
-        (lambda d: d["annotations"][2].update(caption="  "), ["annotations[2]", "field 'caption'", "non-empty"]),
+        (
+            lambda d: d["annotations"][2].update(caption="  "),
+            ["annotations[2]", "field 'caption'", "non-empty"],
+        ),
         (lambda d: d["annotations"][2].update(caption=7), ["annotations[2]", "field 'caption'"]),
         (lambda d: d["annotations"][0].pop("caption"), ["annotations[0]", "'caption'"]),
         (lambda d: d["annotations"].__setitem__(1, "x"), ["annotations[1]", "expected a JSON object"]),
@@ -213,7 +219,10 @@ def test_karpathy_flickr_ids_are_stems_and_flat_folders_work(tmp_path: Path) -> 
         (lambda d: d["images"][0].update(split="dev"), ["images[0]", "field 'split'", "'dev'", "restval"]),
         (lambda d: d["images"][3].pop("filename"), ["images[3]", "'filename'"]),
         (lambda d: d["images"][3].update(cocoid=2), ["images[3]", "duplicate image id '2'"]),
-        (lambda d: d["images"][0].update(filename="gone.jpg"), ["images[0]", "'filename'", "image file not found"]),
+        (
+            lambda d: d["images"][0].update(filename="gone.jpg"),
+            ["images[0]", "'filename'", "image file not found"],
+        ),
     ],
 )
 def test_karpathy_malformed(tmp_path: Path, mutate: Any, parts: list[str]) -> None:
@@ -388,7 +397,11 @@ def test_auto_detects_flickr_with_split_files(tmp_path: Path) -> None:
     flickr_fixture(tmp_path)
     (tmp_path / "Flickr8k.lemma.token.txt").write_text("junk")
     ds = load_dataset(tmp_path)
-    assert [(it.image_id, it.split) for it in ds.items] == [("111_a", "train"), ("222_b", "train"), ("333_c", "test")]
+    assert [(it.image_id, it.split) for it in ds.items] == [
+        ("111_a", "train"),
+        ("222_b", "train"),
+        ("333_c", "test"),
+    ]
 
 
 def test_auto_detects_coco_annotations_folder(tmp_path: Path) -> None:

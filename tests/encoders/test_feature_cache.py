@@ -229,3 +229,26 @@ def test_corrupt_image_names_the_file_and_leaves_no_split(grid_encoder, minilm, 
         extract_features(dataset, grid_encoder, minilm, cache_dir, batch_size=2, progress=False)
     assert not (cache_dir / "train").exists()
     assert FeatureCache(cache_dir).splits == []
+
+
+def test_encoders_of_stored_features_never_load_pictures(minilm, tmp_path: Path) -> None:
+    class Stored(ImageEncoder):
+        """Serves per-item features, like a detector-feature store: pixels are never looked at."""
+
+        config = ImageEncoderConfig(name="stored-test")
+        feature_dim = 4
+        num_regions = 2
+
+        def encode(self, images: list[Image.Image]) -> RegionBatch:
+            raise AssertionError("pictures must not be loaded")
+
+        def encode_items(self, items) -> RegionBatch:
+            values = torch.tensor([float(it.image_id[2:]) for it in items]).view(-1, 1, 1).expand(-1, 2, 4)
+            return RegionBatch(
+                values.clone(), torch.zeros(len(items), 2, 5), torch.ones(len(items), 2, dtype=bool)
+            )
+
+    dataset = make_dataset(tmp_path, corrupt=2)  # the corrupt picture is never opened
+    cache = extract_features(dataset, Stored(), minilm, tmp_path / "cache", batch_size=3, progress=False)
+    train = cache.split("train")
+    assert train.image_batch([2, 3]).regions[:, 0, 0].tolist() == [2.0, 3.0]

@@ -41,7 +41,7 @@ def item(image_id: str, path: Path | None = None) -> ImageItem:
 
 def npz_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "feats"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     np.savez(
         folder / "1.npz",
         features=feats(3, 1),
@@ -157,20 +157,30 @@ def assert_error(excinfo: pytest.ExceptionInfo[DataError], *parts: str) -> None:
         ({"features": feats(3, 0), "boxes": pixel_boxes(2)}, ["field 'boxes'", "2 boxes for 3"]),
         ({"features": feats(2, 0), "boxes": np.zeros((2, 5))}, ["field 'boxes'", "[N, 4]"]),
         ({"features": np.full((2, DIM), np.nan), "boxes": pixel_boxes(2)}, ["field 'features'", "NaN"]),
-        ({"features": feats(2, 0), "boxes": pixel_boxes(2) * np.inf}, ["field 'boxes'", "NaN or infinite"]),
+        ({"features": feats(2, 0), "boxes": np.full((2, 4), np.inf)}, ["field 'boxes'", "NaN or infinite"]),
         ({"features": feats(2, 0)}, ["missing field 'boxes'"]),
         ({"boxes": pixel_boxes(2)}, ["missing field 'features'"]),
         ({"features": np.array([["a"] * DIM] * 2), "boxes": pixel_boxes(2)}, ["field 'features'", "numbers"]),
         ({"features": feats(2, 0), "boxes": pixel_boxes(2), "image_w": 200}, ["'image_h'"]),
-        ({"features": feats(2, 0), "boxes": pixel_boxes(2), "image_w": -1, "image_h": 5}, ["field 'image_w'"]),
-        ({"features": feats(2, 0), "boxes": pixel_boxes(2)[:, [2, 1, 0, 3]]}, ["field 'boxes'", "row 1"]),
+        (
+            {"features": feats(2, 0), "boxes": pixel_boxes(2), "image_w": -1, "image_h": 5},
+            ["field 'image_w'"],
+        ),
+        (
+            {"features": feats(2, 0), "boxes": np.array([[0, 0, 9, 9], [30, 0, 20, 9]])},
+            ["field 'boxes'", "row 1"],
+        ),
         ({"features": feats(2, 3), "boxes": pixel_boxes(2), "tags": np.zeros((2, 2))}, ["field 'tags'"]),
-        ({"features": feats(2, 0)[:, :4], "boxes": pixel_boxes(2)}, ["field 'features'", "expected 6 values"]),
+        (
+            {"features": feats(2, 0)[:, :4], "boxes": pixel_boxes(2)},
+            ["field 'features'", "expected 6 values"],
+        ),
     ],
 )
 def test_malformed_npz(tmp_path: Path, arrays: dict[str, Any], parts: list[str]) -> None:
     folder = npz_folder(tmp_path)
-    np.savez(folder / "bad.npz", **{"image_w": 200, "image_h": 100, **arrays})
+    size = {} if "image_w" in arrays else {"image_w": 200, "image_h": 100}
+    np.savez(folder / "bad.npz", **size, **arrays)
     enc = PrecomputedRegionEncoder(CFG, folder, max_regions=8)
     with pytest.raises(DataError) as excinfo:
         enc.encode_items([item("1"), item("bad")])
@@ -179,15 +189,15 @@ def test_malformed_npz(tmp_path: Path, arrays: dict[str, Any], parts: list[str])
 
 def test_malformed_files_and_missing_features(tmp_path: Path) -> None:
     folder = npz_folder(tmp_path)
+    (folder / "junk.npz").write_bytes(b"garbage")
+    np.save(folder / "lonely.npy", feats(2, 0))
     enc = PrecomputedRegionEncoder(CFG, folder, max_regions=8)
     with pytest.raises(DataError) as excinfo:
         enc.encode_items([item("3", Path("/x/COCO_3.jpg"))])
     assert_error(excinfo, str(folder), "'3'", "3.npz or 3.npy", "COCO_3.npz")
-    (folder / "junk.npz").write_bytes(b"garbage")
     with pytest.raises(DataError) as excinfo:
         enc.encode_items([item("junk")])
     assert_error(excinfo, "junk.npz", "cannot read")
-    np.save(folder / "lonely.npy", feats(2, 0))
     with pytest.raises(DataError) as excinfo:
         enc.encode_items([item("lonely")])
     assert_error(excinfo, "lonely_boxes.npy", "field 'boxes'", "not found")
@@ -224,7 +234,10 @@ def test_registered_under_precomputed(tmp_path: Path) -> None:
     with pytest.raises(AladinError, match="features_path"):
         build_image_encoder(CFG)
     # the config fields this encoder reads (features_path, max_regions), as the config will carry them
-    fields = [("features_path", str, dataclasses.field(default="")), ("max_regions", int, dataclasses.field(default=0))]
+    fields = [
+        ("features_path", str, dataclasses.field(default="")),
+        ("max_regions", int, dataclasses.field(default=0)),
+    ]
     extended = dataclasses.make_dataclass("Cfg", fields, bases=(ImageEncoderConfig,))
     cfg = extended(name="precomputed", features_path=str(npz_folder(tmp_path)), max_regions=7)
     enc = build_image_encoder(cfg)

@@ -9,6 +9,7 @@ from aladin.encoders.image import (
     image_encoder_names,
     register_image_encoder,
 )
+from aladin.encoders.precomputed import PrecomputedRegionEncoder  # registers the "precomputed" image encoder
 from aladin.encoders.text import HFTextEncoder, TextEncoder, TokenBatch, build_text_encoder
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "FeatureCache",
     "HFTextEncoder",
     "ImageEncoder",
+    "PrecomputedRegionEncoder",
     "RegionBatch",
     "TextEncoder",
     "TokenBatch",

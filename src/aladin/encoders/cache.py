@@ -3,7 +3,8 @@
 Layout per split: `cache_dir/<split>/` holds regions/boxes/region_mask (images) and tokens/token_mask/
 attention_mask/input_ids/caption_image (captions) as .npy files, plus meta.json. Extraction writes into
 `<split>.partial/` batch by batch, records progress in progress.json (so an interrupted run resumes), and renames
-the folder into place only when complete.
+the folder into place only when complete. Images go through `ImageEncoder.encode_items`, so encoders that serve
+stored features never open the pictures.
 """
 
 from __future__ import annotations
@@ -184,8 +185,6 @@ def _extract_split(
     batch_size: int,
     progress: bool,
 ) -> None:
-    from aladin.data.images import load_image
-
     identity = _identity(data.fingerprint(), image_encoder.config, text_encoder.config)
     final = cache_dir / split
     if _split_is_current(final, identity):
@@ -207,7 +206,7 @@ def _extract_split(
     ) as bar:
         for start in range(state["images_done"], len(data.items), batch_size):
             items = data.items[start : start + batch_size]
-            batch = image_encoder.encode([load_image(item.path) for item in items])
+            batch = image_encoder.encode_items(items)
             what = f"images {items[0].path}..{items[-1].path}"
             arrays = {name: _to_disk(getattr(batch, name), name, what) for name in IMAGE_ARRAYS}
             writer.write("images", start, arrays, len(data.items))

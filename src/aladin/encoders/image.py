@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from aladin.config import ImageEncoderConfig
+from aladin.data.dataset import ImageItem
 from aladin.errors import AladinError
 
 
@@ -53,6 +54,15 @@ class ImageEncoder(ABC):
 
     @abstractmethod
     def encode(self, images: list[Image.Image]) -> RegionBatch: ...
+
+    def encode_items(self, items: Sequence[ImageItem]) -> RegionBatch:
+        """Regions of dataset images (what feature extraction calls): loads the pictures and encodes them.
+
+        Encoders that serve stored features instead of looking at pixels override this.
+        """
+        from aladin.data.images import load_image
+
+        return self.encode([load_image(item.path) for item in items])
 
     def make_tail(self) -> nn.Module | None:
         """A fresh trainable copy of the backbone's last layers, or None when nothing is fine-tuned."""

@@ -24,7 +24,7 @@ import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,7 +84,7 @@ class PrecomputedRegions(ABC):
         image_id = item.image_id if isinstance(item, ImageItem) else item
         candidates = [image_id]
         if isinstance(item, ImageItem):
-            candidates.append(PurePosixPath(Path(item.path).as_posix()).stem)
+            candidates.append(Path(item.path).stem)
         candidates = [c for c in dict.fromkeys(candidates) if c and "/" not in c]
         for key in candidates:
             if key in self:
@@ -468,13 +468,13 @@ def _reason(exc: BaseException) -> str:
 
 def _build(cfg: ImageEncoderConfig, device: torch.device) -> ImageEncoder:
     # `features_path` / `max_regions` are the ImageEncoderConfig fields this encoder needs.
-    features_path = getattr(cfg, "features_path", "")
+    features_path = cfg.features_path
     if not features_path:
         raise AladinError(
             "image_encoder.features_path: the 'precomputed' image encoder needs the folder or HDF5 file "
             "of region features"
         )
-    return PrecomputedRegionEncoder(cfg, features_path, getattr(cfg, "max_regions", 0), device)
+    return PrecomputedRegionEncoder(cfg, features_path, cfg.max_regions, device)
 
 
 register_image_encoder("precomputed", _build)

@@ -114,6 +114,14 @@ def collect_garbage(directory: Path, manifest: dict[str, Any]) -> list[str]:
     return sorted(removed)
 
 
+def remove_generation(directory: Path, generation: int) -> None:
+    """Delete the files of a version whose switch never happened (an update that failed part-way)."""
+    marker = f".{generation:06d}."
+    for path in directory.iterdir():
+        if path.is_file() and _OWNED.match(path.name) and marker in path.name:
+            path.unlink(missing_ok=True)
+
+
 @contextmanager
 def writer_lock(directory: Path) -> Iterator[None]:
     """One writer at a time per index folder: a second concurrent update fails instead of mixing versions."""

@@ -97,6 +97,12 @@ class Metadata:
         ).fetchall()
         return np.array([row[0] for row in rows], dtype=np.int64)
 
+    def missing(self, table: str, ids: Sequence[int]) -> list[int]:
+        """Those of `ids` that are not live items of `table` (never added, or removed)."""
+        rows = self._rows(f"SELECT id FROM {_table(table)} WHERE deleted = 0 AND id IN ({{marks}})", ids)
+        live = {row[0] for row in rows}
+        return sorted({int(i) for i in ids} - live)
+
     def texts_of(self, image_ids: Sequence[int]) -> np.ndarray:
         """Live caption ids describing `image_ids`: removed with them."""
         rows = self._rows("SELECT id FROM texts WHERE deleted = 0 AND image_id IN ({marks})", image_ids)

@@ -34,7 +34,9 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
         else:
             raise DataError(f"{path}: no such image file or folder")
     if not found:
-        raise DataError(f"{', '.join(map(str, paths))}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(
+            f"{', '.join(map(str, paths))}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     return found
 
 
@@ -86,7 +88,8 @@ class ImageFolderSource(_PictureSource):
         self.root = Path(root)
         self.name = str(self.root)
         self.items = [
-            ImageRecord(str(path), path.relative_to(self.root).as_posix()) for path in find_images([self.root])
+            ImageRecord(str(path), path.relative_to(self.root).as_posix())
+            for path in find_images([self.root])
         ]
 
 
@@ -138,7 +141,9 @@ class CachedSplitSource(IndexSource):
         return self.cached.text_batch(np.arange(start, stop))
 
 
-def open_source(path: str | Path, split: str | None = None, config: AladinConfig | None = None) -> IndexSource:
+def open_source(
+    path: str | Path, split: str | None = None, config: AladinConfig | None = None
+) -> IndexSource:
     """Recognise what `path` is: a feature cache (or one split of it), a dataset folder, or a folder of images."""
     path = Path(path)
     if not path.is_dir():
@@ -150,5 +155,7 @@ def open_source(path: str | Path, split: str | None = None, config: AladinConfig
     if (path / CAPTIONS_FILE).is_file():
         return DatasetSource(path, split)
     if split is not None:
-        raise AladinError(f"{path}: --split needs a dataset folder or a feature cache, not a folder of images")
+        raise AladinError(
+            f"{path}: --split needs a dataset folder or a feature cache, not a folder of images"
+        )
     return ImageFolderSource(path)

@@ -26,10 +26,11 @@ class Float16Codec:
     name, suffix, dtype = "float16", "f16", np.dtype(np.float16)
 
     def encode(self, rows: np.ndarray) -> np.ndarray:
-        return rows.astype(np.float16)
+        return rows.astype(np.float16, copy=False)
 
-    def decode(self, stored: np.ndarray) -> np.ndarray:
-        return stored.astype(np.float32)
+    def decode(self, stored: torch.Tensor) -> torch.Tensor:
+        """Stored rows (any leading shape, zero padding allowed) → float32 (torch converts faster than numpy)."""
+        return stored.float()
 
 
 class Int8Codec:
@@ -42,12 +43,13 @@ class Int8Codec:
     name, suffix, dtype = "int8", "i8", np.dtype(np.int8)
 
     def encode(self, rows: np.ndarray) -> np.ndarray:
+        rows = rows.astype(np.float32, copy=False)
         peak = np.abs(rows).max(axis=1, keepdims=True)
         return np.rint(rows * (127.0 / np.maximum(peak, 1e-12))).astype(np.int8)
 
-    def decode(self, stored: np.ndarray) -> np.ndarray:
-        values = stored.astype(np.float32)
-        return values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
+    def decode(self, stored: torch.Tensor) -> torch.Tensor:
+        values = stored.float()
+        return values / values.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 CODECS: dict[str, Float16Codec | Int8Codec] = {codec.name: codec for codec in (Float16Codec(), Int8Codec())}
@@ -131,7 +133,7 @@ class SegmentWriter:
         return int(sum(len(c) for c in self.counts))
 
     def append(self, chunk: EncodedChunk) -> None:
-        rows = np.asarray(chunk.rows, dtype=np.float32)
+        rows = np.asarray(chunk.rows)
         counts = np.asarray(chunk.counts, dtype=np.int64)
         if rows.ndim != 2 or rows.shape[1] != self.dim or int(counts.sum()) != len(rows):
             raise AladinError(
@@ -143,7 +145,7 @@ class SegmentWriter:
             raise AladinError("store: every chunk of a segment must have boxes, or none")
         encoded = self.codec.encode(rows)
         if self.stats is not None:
-            self.stats.update(rows, self.codec.decode(encoded))
+            self.stats.update(rows.astype(np.float32), self.codec.decode(torch.from_numpy(encoded)).numpy())
         data = encoded.tobytes()
         self._data.write(data)
         self._hash.update(data)
@@ -159,7 +161,9 @@ class SegmentWriter:
         template = self.box_template
         if template is not None and np.array_equal(boxes, np.tile(template, (len(counts), 1))):
             return
-        if self._boxes_file is None:  # items differ from now on: write out the boxes shared so far, then stream
+        if (
+            self._boxes_file is None
+        ):  # items differ from now on: write out the boxes shared so far, then stream
             self.temps["boxes"] = temp_path(self.directory / self.names["boxes"])
             self._boxes_file = open(self.temps["boxes"], "wb")  # closed in finish or discard
             if template is not None:
@@ -173,7 +177,8 @@ class SegmentWriter:
         counts = np.concatenate(self.counts) if self.counts else np.zeros(0, np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.temps["offsets"] = temp_path(self.directory / self.names["offsets"])
-        np.save(self.temps["offsets"], offsets)
+        with open(self.temps["offsets"], "wb") as handle:  # a path would get ".npy" appended
+            np.save(handle, offsets)
         if self.box_template is not None:
             self.temps["boxes"] = temp_path(self.directory / self.names["boxes"])
             self.box_template.tofile(self.temps["boxes"])
@@ -240,6 +245,10 @@ class PackedStore:
     def __init__(self, directory: Path, entries: list[dict[str, Any]], dim: int):
         self.dim = dim
         self.segments = sorted((_open_segment(directory, e) for e in entries), key=lambda s: s.first_id)
+        dtypes = {s.codec.name for s in self.segments}
+        if len(dtypes) > 1:
+            raise CheckpointError(f"{directory}: store segments of different types {sorted(dtypes)}")
+        self.codec = self.segments[0].codec if self.segments else CODECS["float16"]
         self._firsts = np.array([s.first_id for s in self.segments], dtype=np.int64)
 
     @property
@@ -274,14 +283,15 @@ class PackedStore:
         item = np.repeat(np.arange(len(ids)), counts)
         within = np.arange(len(item)) - np.repeat(np.cumsum(counts) - counts, counts)
         rows = starts[item] + within
-        out = np.zeros((len(ids), width, self.dim), np.float32)
+        # Gather in the stored dtype (a plain copy), then convert the padded block in one go.
+        out = np.zeros((len(ids) * width, self.dim), self.codec.dtype)
         for s in np.unique(where):
             pick = where[item] == s
-            segment = self.segments[s]
-            out[item[pick], within[pick]] = segment.codec.decode(segment.data[rows[pick]])
+            out[item[pick] * width + within[pick]] = self.segments[s].data[rows[pick]]
         mask = np.zeros((len(ids), width), bool)
         mask[item, within] = True
-        return torch.from_numpy(out), torch.from_numpy(mask)
+        decoded = self.codec.decode(torch.from_numpy(out).view(len(ids), width, self.dim))
+        return decoded, torch.from_numpy(mask)
 
     def boxes(self, item_id: int) -> np.ndarray | None:
         """Boxes [R, 5] of one item's regions (x1, y1, x2, y2, area in 0..1), or None when none were stored."""

@@ -123,6 +123,10 @@ def fit(
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         val_rsum = float(validate())
         history.append({"epoch": epoch + 1, "loss": total / max(1, batches), "val_rsum": val_rsum})
+        if distributed.is_main_process():
+            tqdm.write(
+                f"{desc} epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, validation rsum {val_rsum:.1f}"
+            )
         if val_rsum > best_rsum:
             best_rsum, best_epoch = val_rsum, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

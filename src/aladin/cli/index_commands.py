@@ -1,0 +1,207 @@
+"""`aladin index build|add|remove|info` and `aladin search`: flags → the index/search API → a table or JSON.
+
+`register(subparsers)` adds the commands to the `aladin` parser; each sets `func`, so `args.func(args)` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from aladin.errors import AladinError
+from aladin.index.config import REGION_DTYPES, IndexConfig
+
+
+def register(subparsers: Any) -> None:
+    """Add `index build|add|remove|info` and `search` to an argparse subparsers object."""
+    defaults = IndexConfig()
+    index = subparsers.add_parser("index", help="build and maintain a search index")
+    commands = index.add_subparsers(dest="index_command", required=True)
+
+    p = commands.add_parser("build", help="encode images (and captions) into a new search index")
+    p.add_argument("source", help="folder of images, dataset folder (captions.jsonl) or feature cache split")
+    p.add_argument("--out", required=True, help="index folder to write")
+    _add_model_flags(p)
+    p.add_argument("--factory", default=defaults.factory, help="Flat (exact), IVF<nlist>,Flat or HNSW<M>")
+    p.add_argument("--nprobe", type=int, default=defaults.nprobe, help="IVF lists searched per query")
+    p.add_argument("--ef-search", type=int, default=defaults.ef_search, help="HNSW candidate list size")
+    p.add_argument("--region-dtype", choices=REGION_DTYPES, default=defaults.region_dtype)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images encoded at once")
+    p.add_argument("--with-texts", action="store_true", help="also index the captions (image→text search)")
+    p.add_argument("--split", help="only this split of a dataset folder (feature cache: default test)")
+    p.add_argument("--overwrite", action="store_true", help="replace an index already in --out")
+    p.set_defaults(func=_build)
+
+    p = commands.add_parser("add", help="encode more images into an index")
+    p.add_argument("index", help="index folder")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    _add_model_flags(p)
+    p.set_defaults(func=_add)
+
+    p = commands.add_parser("remove", help="remove images (and their captions) from an index")
+    p.add_argument("index", help="index folder")
+    p.add_argument("ids", nargs="+", type=int, help="image ids (as shown by `aladin search`)")
+    p.set_defaults(func=_remove)
+
+    p = commands.add_parser("info", help="what an index holds: counts, sizes, settings, model")
+    p.add_argument("index", help="index folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_info)
+
+    p = subparsers.add_parser("search", help="search an index with a text (or --image)")
+    p.add_argument("query", nargs="?", help="the text to search images for")
+    p.add_argument("--image", help="search with this image instead of a text")
+    p.add_argument(
+        "--target",
+        choices=["images", "texts"],
+        default="images",
+        help="with --image: similar images or captions",
+    )
+    p.add_argument("--index", required=True, help="index folder")
+    _add_model_flags(p)
+    p.add_argument("--k", type=int, default=10, help="results to show")
+    p.add_argument(
+        "--rerank", type=int, default=100, help="kNN candidates re-ranked by the alignment head (0: none)"
+    )
+    p.add_argument("--nprobe", type=int, help="override the index's IVF nprobe")
+    p.add_argument("--ef-search", type=int, help="override the index's HNSW efSearch")
+    p.add_argument(
+        "--skip-checksums", action="store_true", help="check file sizes only when loading (faster)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_search)
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="checkpoint folder of the model (the one that built the index)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+
+
+def _load_model(args: argparse.Namespace, hint: str = "") -> Any:
+    from aladin.model.aladin import AladinModel
+    from aladin.pipeline import resolve_device
+
+    if args.model is None:
+        raise AladinError(f"--model is required: the checkpoint folder of the model{hint}")
+    return AladinModel.from_pretrained(args.model, resolve_device(args.device))
+
+
+def _built_with(index_dir: str) -> str:
+    """A hint naming the checkpoint the index was built from, for the --model error."""
+    from aladin.fileio import read_json
+    from aladin.index.manifest import MANIFEST_NAME
+
+    try:
+        checkpoint = read_json(f"{index_dir}/{MANIFEST_NAME}")["model"]["checkpoint"]
+    except (AladinError, KeyError, TypeError):
+        return " that built the index"
+    return f" that built the index ({checkpoint})" if checkpoint else " that built the index"
+
+
+def _build(args: argparse.Namespace) -> None:
+    from aladin.index.builder import build_index
+
+    model = _load_model(args, " to index with")
+    cfg = IndexConfig(
+        factory=args.factory,
+        nprobe=args.nprobe,
+        ef_search=args.ef_search,
+        region_dtype=args.region_dtype,
+        batch_size=args.batch_size,
+    )
+    started = time.perf_counter()
+    index = build_index(
+        args.source,
+        model,
+        args.out,
+        cfg,
+        with_texts=args.with_texts,
+        split=args.split,
+        overwrite=args.overwrite,
+        checkpoint=str(args.model),
+    )
+    texts = f" and {index.meta.count('texts')} captions" if index.has_texts else ""
+    Console().print(
+        f"indexed {len(index)} images{texts} into {args.out} in {time.perf_counter() - started:.1f} s"
+    )
+
+
+def _add(args: argparse.Namespace) -> None:
+    from aladin.index.index import SearchIndex
+
+    model = _load_model(args, _built_with(args.index))
+    index = SearchIndex.load(args.index, model)
+    ids = index.add(args.paths, progress=True)
+    Console().print(f"added {len(ids)} images (ids {ids[0]}..{ids[-1]}); the index now holds {len(index)}")
+
+
+def _remove(args: argparse.Namespace) -> None:
+    from aladin.index.index import SearchIndex
+
+    index = SearchIndex.load(args.index)
+    index.remove(args.ids)
+    Console().print(f"removed {len(set(args.ids))} images; the index now holds {len(index)}")
+
+
+def _info(args: argparse.Namespace) -> None:
+    from aladin.index.index import SearchIndex
+
+    info = SearchIndex.load(args.index, verify_checksums=False).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table(title=f"index {info['directory']} (version {info['generation']})", show_header=False)
+    table.add_row(
+        "model", f"{info['model']['fingerprint']} ({info['model']['checkpoint'] or 'checkpoint unknown'})"
+    )
+    table.add_row("settings", ", ".join(f"{k}={v}" for k, v in info["index_config"].items()))
+    for kind, c in info["collections"].items():
+        line = f"{c['live']} live, {c['removed']} removed, {c['segments']} segments, {c['store_bytes'] / 2**20:.1f} MiB store"
+        for rec in c["reconstruction"]:
+            line += f"; int8 mean cosine {rec['mean_cosine']:.5f}, min {rec['min_cosine']:.4f}"
+        table.add_row(kind, line)
+    table.add_row("on disk", f"{info['total_bytes'] / 2**20:.1f} MiB")
+    Console().print(table)
+
+
+def _search(args: argparse.Namespace) -> None:
+    from aladin.index.index import SearchIndex
+    from aladin.search.searcher import Searcher
+
+    if (args.query is None) == (args.image is None):
+        raise AladinError("search: give either a text query or --image PATH")
+    model = _load_model(args, _built_with(args.index))
+    index = SearchIndex.load(args.index, model, verify_checksums=not args.skip_checksums)
+    index.set_search_params(args.nprobe, args.ef_search)
+    searcher = Searcher(index, model)
+    if args.image is not None:
+        hits = searcher.search_image(args.image, args.k, args.rerank, target=args.target)
+    else:
+        hits = searcher.search_text(args.query, args.k, args.rerank)
+    query = args.query if args.image is None else args.image
+    if args.json:
+        print(json.dumps({"query": query, "hits": [hit.to_json() for hit in hits]}, indent=2))
+        return
+    table = Table(title=f"{query!r}: top {len(hits)}")
+    for column in (
+        "rank",
+        "id",
+        "score",
+        "kNN score",
+        "external id",
+        "caption" if hits and hits[0].caption else "path",
+    ):
+        table.add_column(
+            column, justify="right" if column in ("rank", "id", "score", "kNN score") else "left"
+        )
+    for rank, hit in enumerate(hits, start=1):
+        knn = "" if hit.first_stage_score is None else f"{hit.first_stage_score:.4f}"
+        table.add_row(
+            str(rank), str(hit.id), f"{hit.score:.4f}", knn, hit.external_id, hit.caption or hit.path
+        )
+    Console().print(table)

@@ -1,0 +1,454 @@
+"""A persistent search index: FAISS over global vectors, packed region/word stores, SQLite metadata, a manifest.
+
+Every change (build, add, remove) is staged as new files and published by one atomic rename of the manifest
+(see `aladin.index.manifest`), so a crash at any point leaves the previous version loadable and unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aladin.config import AladinConfig, config_from_dict, config_to_dict
+from aladin.data.images import load_image
+from aladin.encoders.image import ImageEncoder, build_image_encoder
+from aladin.errors import AladinError, CheckpointError
+from aladin.index.config import INDEX_FORMAT_VERSION, IndexConfig
+from aladin.index.encoding import embed_images, model_device
+from aladin.index.manifest import (
+    MANIFEST_NAME,
+    collect_garbage,
+    generation_name,
+    publish,
+    read_manifest,
+    remove_generation,
+    temp_path,
+    verify_files,
+    write_manifest,
+    writer_lock,
+)
+from aladin.index.metadata import IMAGES, TEXTS, ImageRecord, Metadata, TextRecord
+from aladin.index.sources import find_images
+from aladin.index.store import EncodedChunk, PackedStore, SegmentWriter
+from aladin.index.vectors import VectorIndex
+from aladin.model.aladin import AladinModel
+
+#: File stems of each collection's FAISS index and store segments.
+_STEMS = {IMAGES: ("vectors", "regions"), TEXTS: ("texts", "words")}
+
+
+@dataclass
+class Collection:
+    """One searchable side (images or captions): FAISS over global vectors and the store of per-item sets."""
+
+    vectors: VectorIndex
+    store: PackedStore
+    entry: dict[str, Any]  # its part of the manifest
+
+
+def _model_entry(model: AladinModel, checkpoint: str | None) -> dict[str, Any]:
+    return {
+        "fingerprint": model.fingerprint(),
+        "config": config_to_dict(model.config),
+        "checkpoint": checkpoint,
+    }
+
+
+class SearchIndex:
+    """Load with `SearchIndex.load`, start a new one with `SearchIndex.create`; change it with `update()`,
+    `add(paths)` or `remove(ids)`. Item ids are assigned in order and never reused."""
+
+    def __init__(
+        self,
+        directory: Path,
+        manifest: dict[str, Any],
+        collections: dict[str, Collection],
+        meta: Metadata,
+        model: AladinModel | None,
+    ):
+        self.directory = directory
+        self.manifest = manifest
+        self.collections = collections
+        self.meta = meta
+        self.model = model
+
+    # ---- opening --------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        directory: str | Path,
+        model: AladinModel,
+        cfg: IndexConfig | None = None,
+        with_texts: bool = False,
+        checkpoint: str | None = None,
+    ) -> SearchIndex:
+        """An empty index for `model`, held in memory until its first update commits. In a folder that already
+        holds an index, that commit replaces it (a rebuild), still with one atomic switch."""
+        directory = Path(directory)
+        cfg = cfg or IndexConfig()
+        previous = _disk_generation(directory)
+        m = model.config.model
+        manifest: dict[str, Any] = {
+            "format_version": INDEX_FORMAT_VERSION,
+            "generation": previous,
+            "model": _model_entry(model, checkpoint),
+            "index_config": config_to_dict(cfg),
+            "next_ids": {IMAGES: 0, TEXTS: 0},
+            "collections": {},
+            "meta": None,
+            "files": {},
+        }
+        collections = {}
+        for kind in (IMAGES, TEXTS) if with_texts else (IMAGES,):
+            entry = {
+                "vectors": None,
+                "global_dim": m.global_dim,
+                "row_dim": m.embed_dim,
+                "segments": [],
+                "vectors_hold_deleted": False,
+            }
+            manifest["collections"][kind] = entry
+            store = PackedStore(directory, [], m.embed_dim)
+            collections[kind] = Collection(VectorIndex.empty(cfg, m.global_dim), store, entry)
+        return cls(directory, manifest, collections, Metadata.empty(), model)
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, model: AladinModel | None = None, verify_checksums: bool = True
+    ) -> SearchIndex:
+        """Open the current version, checking every file's size (and checksum) and that `model` built it.
+
+        Without `model` the index can be inspected and items removed, but nothing can be encoded.
+        """
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        if model is not None:
+            check_model(manifest, model, directory)
+        verify_files(directory, manifest, checksums=verify_checksums)
+        try:
+            cfg = config_from_dict(IndexConfig, manifest["index_config"], "manifest.json: index_config")
+            meta = Metadata.open(directory / manifest["meta"])
+            collections = {}
+            for kind, entry in manifest["collections"].items():
+                tombstones = meta.ids(kind, deleted=True) if entry["vectors_hold_deleted"] else None
+                vectors = VectorIndex.read(directory / entry["vectors"], cfg, tombstones)
+                if vectors.dim != entry["global_dim"]:
+                    raise CheckpointError(
+                        f"{directory / entry['vectors']}: vectors of dim {vectors.dim}, "
+                        f"the manifest says {entry['global_dim']}"
+                    )
+                store = PackedStore(directory, entry["segments"], entry["row_dim"])
+                collections[kind] = Collection(vectors, store, entry)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, AladinError) as exc:
+            raise CheckpointError(f"{directory / 'manifest.json'}: malformed manifest ({exc})") from exc
+        return cls(directory, manifest, collections, meta, model)
+
+    # ---- reading --------------------------------------------------------------------------------
+    @property
+    def config(self) -> IndexConfig:
+        return config_from_dict(IndexConfig, self.manifest["index_config"], "index_config")
+
+    @property
+    def generation(self) -> int:
+        return int(self.manifest["generation"])
+
+    @property
+    def has_texts(self) -> bool:
+        return TEXTS in self.collections
+
+    @property
+    def model_config(self) -> AladinConfig:
+        return config_from_dict(AladinConfig, self.manifest["model"]["config"], "manifest.json: model")
+
+    def __len__(self) -> int:
+        return self.meta.count(IMAGES)
+
+    def collection(self, kind: str) -> Collection:
+        if kind not in self.collections:
+            hint = " (build it with --with-texts for image→text search)" if kind == TEXTS else ""
+            raise AladinError(f"{self.directory}: this index has no {kind}{hint}")
+        return self.collections[kind]
+
+    def search(self, kind: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """First stage: top-k global-vector inner products per query ([nq, k] scores and ids, -1 = none)."""
+        return self.collection(kind).vectors.search(queries, k)
+
+    def lookup(self, kind: str, ids: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Second stage input: the items' stored regions (or words), padded, and their mask."""
+        return self.collection(kind).store.lookup(np.asarray(ids))
+
+    def set_search_params(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Trade recall for speed at query time without rebuilding (IVF lists probed, HNSW candidate list)."""
+        cfg = self.config
+        for collection in self.collections.values():
+            collection.vectors.set_search_params(nprobe or cfg.nprobe, ef_search or cfg.ef_search)
+
+    def info(self) -> dict[str, Any]:
+        """What `aladin index info` shows: sizes, counts, model, settings, store reconstruction error."""
+        files = self.manifest["files"]
+        collections = {}
+        for kind, collection in self.collections.items():
+            segments = collection.entry["segments"]
+            collections[kind] = {
+                "live": self.meta.count(kind),
+                "removed": self.meta.count(kind, deleted=True),
+                "vectors_in_faiss": collection.vectors.ntotal,
+                "segments": len(segments),
+                "stored_rows": sum(s["rows"] for s in segments),
+                "store_bytes": sum(
+                    files[s[key]]["bytes"] for s in segments for key in ("data", "offsets", "boxes") if s[key]
+                ),
+                "reconstruction": [s["reconstruction"] for s in segments if s["reconstruction"]],
+            }
+        return {
+            "directory": str(self.directory),
+            "generation": self.generation,
+            "format_version": self.manifest["format_version"],
+            "model": {k: v for k, v in self.manifest["model"].items() if k != "config"},
+            "index_config": self.manifest["index_config"],
+            "collections": collections,
+            "total_bytes": sum(record["bytes"] for record in files.values()),
+        }
+
+    # ---- changing -------------------------------------------------------------------------------
+    def update(self) -> IndexUpdate:
+        """Stage changes (`with index.update() as up: ...`); they become visible together when it commits."""
+        return IndexUpdate(self)
+
+    def add(
+        self, paths: Iterable[str | Path], image_encoder: ImageEncoder | None = None, progress: bool = False
+    ) -> list[int]:
+        """Encode and add images (files, or folders searched recursively); returns their new ids."""
+        from tqdm import tqdm
+
+        model = self._require_model("add images")
+        files = find_images(paths)
+        encoder = image_encoder or build_image_encoder(model.config.image_encoder, model_device(model))
+        batch_size = self.config.batch_size
+        ids: list[int] = []
+        with (
+            self.update() as up,
+            tqdm(total=len(files), desc="add", unit="image", disable=not progress) as bar,
+        ):
+            for start in range(0, len(files), batch_size):
+                batch = files[start : start + batch_size]
+                chunk = embed_images(model, encoder.encode([load_image(p) for p in batch]))
+                ids.extend(up.add_images(chunk, [ImageRecord(str(p), str(p)) for p in batch]).tolist())
+                bar.update(len(batch))
+        return ids
+
+    def remove(self, ids: Iterable[int]) -> None:
+        """Remove images (and their captions) from search; their ids are never given out again."""
+        with self.update() as up:
+            up.remove_images(ids)
+
+    def _require_model(self, what: str) -> AladinModel:
+        if self.model is None:
+            raise AladinError(f"{self.directory}: to {what}, load the index with the model that built it")
+        return self.model
+
+    def _switch(self, manifest: dict[str, Any], vectors: dict[str, VectorIndex]) -> None:
+        """Point this object at the version just committed (the FAISS indexes it wrote are reused as they are)."""
+        meta = Metadata.open(self.directory / manifest["meta"])
+        self.meta.close()
+        self.meta = meta
+        self.manifest = manifest
+        for kind, entry in manifest["collections"].items():
+            store = PackedStore(self.directory, entry["segments"], entry["row_dim"])
+            self.collections[kind] = Collection(vectors[kind], store, entry)
+
+
+def check_model(manifest: dict[str, Any], model: AladinModel, directory: Path) -> None:
+    """Refuse to search an index with a model other than the one that built it: the vectors would not match."""
+    built_by = manifest.get("model", {}).get("fingerprint")
+    if built_by != model.fingerprint():
+        checkpoint = manifest.get("model", {}).get("checkpoint")
+        hint = f" (built from {checkpoint})" if checkpoint else ""
+        raise CheckpointError(
+            f"{directory}: index was built by model {built_by}{hint}, but the model given is "
+            f"{model.fingerprint()}; use that model or rebuild the index with `aladin index build`"
+        )
+
+
+class IndexUpdate:
+    """Changes staged as new files, published by one manifest switch when the `with` block ends without error.
+
+    Until then, and if anything fails, the index on disk and in memory stays as it was.
+    """
+
+    def __init__(self, index: SearchIndex):
+        self.index = index
+        self.generation = index.generation + 1
+        self.next_ids = dict(index.manifest["next_ids"])
+        self._writers: dict[str, SegmentWriter] = {}
+        self._vectors: dict[str, list[np.ndarray]] = {kind: [] for kind in index.collections}
+        self._ids: dict[str, list[np.ndarray]] = {kind: [] for kind in index.collections}
+        self._images: list[tuple[int, ImageRecord]] = []
+        self._texts: list[tuple[int, TextRecord]] = []
+        self._removed = {kind: np.zeros(0, np.int64) for kind in (IMAGES, TEXTS)}
+        self._stack = ExitStack()
+
+    def __enter__(self) -> IndexUpdate:
+        self._stack.enter_context(writer_lock(self.index.directory))
+        on_disk = _disk_generation(self.index.directory)
+        if on_disk != self.index.generation:
+            self._stack.close()
+            raise AladinError(
+                f"{self.index.directory}: the index changed on disk since it was loaded "
+                f"(version {on_disk}, loaded {self.index.generation}); load it again"
+            )
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self._commit()
+            else:
+                self._discard()
+        finally:
+            self._stack.close()
+
+    def _stage(self, kind: str, chunk: EncodedChunk) -> np.ndarray:
+        entry = self.index.collection(kind).entry
+        n = len(chunk)
+        if chunk.global_vectors.shape != (n, entry["global_dim"]):
+            raise AladinError(
+                f"{kind}: expected global vectors of shape ({n}, {entry['global_dim']}), "
+                f"got {tuple(chunk.global_vectors.shape)}"
+            )
+        if kind not in self._writers:
+            self._writers[kind] = SegmentWriter(
+                self.index.directory,
+                _STEMS[kind][1],
+                self.generation,
+                self.next_ids[kind],
+                self.index.config.region_dtype,
+                entry["row_dim"],
+            )
+        self._writers[kind].append(chunk)
+        ids = np.arange(self.next_ids[kind], self.next_ids[kind] + n, dtype=np.int64)
+        self.next_ids[kind] += n
+        self._vectors[kind].append(np.asarray(chunk.global_vectors, dtype=np.float32))
+        self._ids[kind].append(ids)
+        return ids
+
+    def add_images(self, chunk: EncodedChunk, records: Sequence[ImageRecord]) -> np.ndarray:
+        """Stage images (model outputs `chunk`, metadata `records`); returns the ids they will have."""
+        if len(records) != len(chunk):
+            raise AladinError(f"add_images: {len(chunk)} encoded images but {len(records)} records")
+        ids = self._stage(IMAGES, chunk)
+        self._images.extend(zip(ids.tolist(), records, strict=True))
+        return ids
+
+    def add_texts(self, chunk: EncodedChunk, records: Sequence[TextRecord]) -> np.ndarray:
+        """Stage captions of images already in the index or staged in this update; returns their ids."""
+        if len(records) != len(chunk):
+            raise AladinError(f"add_texts: {len(chunk)} encoded captions but {len(records)} records")
+        owners = {r.image_id for r in records} - {int(i) for ids in self._ids[IMAGES] for i in ids}
+        unknown = self.index.meta.missing(IMAGES, sorted(owners))
+        if unknown:
+            raise AladinError(f"add_texts: unknown image id {unknown[0]}")
+        ids = self._stage(TEXTS, chunk)
+        self._texts.extend(zip(ids.tolist(), records, strict=True))
+        return ids
+
+    def remove_images(self, ids: Iterable[int]) -> None:
+        """Stage removing images (and their captions); unknown or already removed ids are refused."""
+        ids = np.unique(np.asarray(list(ids), dtype=np.int64))
+        unknown = self.index.meta.missing(IMAGES, ids.tolist())
+        if unknown:
+            raise AladinError(
+                f"{self.index.directory}: no image with id {', '.join(map(str, unknown[:5]))} "
+                "(unknown or already removed)"
+            )
+        self._removed[IMAGES] = np.union1d(self._removed[IMAGES], ids)
+        self._removed[TEXTS] = np.union1d(self._removed[TEXTS], self.index.meta.texts_of(ids.tolist()))
+
+    def _discard(self) -> None:
+        for writer in self._writers.values():
+            writer.discard()
+        self._writers.clear()
+
+    def _commit(self) -> None:
+        """Publish the new files, switch the manifest, then delete what no version refers to any more."""
+        directory = self.index.directory
+        try:
+            manifest, vectors = self._publish()
+            write_manifest(directory, manifest)
+        except BaseException:
+            self._discard()
+            if _disk_generation(directory) != self.generation:  # the switch did not happen: drop our files
+                remove_generation(directory, self.generation)
+            raise
+        self.index._switch(manifest, vectors)
+        collect_garbage(directory, manifest)
+
+    def _publish(self) -> tuple[dict[str, Any], dict[str, VectorIndex]]:
+        """Write every new file of this version; returns its manifest (not yet switched) and FAISS indexes."""
+        index, directory = self.index, self.index.directory
+        old = index.manifest
+        files: dict[str, dict[str, Any]] = {}
+        collections: dict[str, dict[str, Any]] = {}
+        vectors: dict[str, VectorIndex] = {}
+        for kind, current in index.collections.items():
+            entry = dict(current.entry)
+            if kind in self._writers:
+                segment, records = self._writers.pop(kind).finish()
+                files.update(records)
+                entry["segments"] = [*entry["segments"], segment]
+            added = self._vectors[kind]
+            if entry["vectors"] is not None and not added and not len(self._removed[kind]):
+                vectors[kind] = current.vectors
+            else:
+                vectors[kind] = current.vectors.with_changes(
+                    np.concatenate(added) if added else np.zeros((0, entry["global_dim"]), np.float32),
+                    np.concatenate(self._ids[kind]) if added else np.zeros(0, np.int64),
+                    self._removed[kind],
+                )
+                entry["vectors"] = generation_name(_STEMS[kind][0], self.generation, "faiss")
+                entry["vectors_hold_deleted"] = bool(len(vectors[kind].tombstones))
+                files[entry["vectors"]] = _publish_with(directory / entry["vectors"], vectors[kind].write)
+            kept = [entry["vectors"]] + [
+                s[key] for s in entry["segments"] for key in ("data", "offsets", "boxes") if s[key]
+            ]
+            files.update({name: old["files"][name] for name in kept if name in old["files"]})
+            collections[kind] = entry
+        meta = generation_name("meta", self.generation, "sqlite")
+        files[meta] = _publish_with(
+            directory / meta,
+            lambda tmp: index.meta.write_version(
+                tmp, self._images, self._texts, self._removed[IMAGES], self._removed[TEXTS]
+            ),
+        )
+        manifest = {
+            **old,
+            "generation": self.generation,
+            "next_ids": self.next_ids,
+            "collections": collections,
+            "meta": meta,
+            "files": files,
+        }
+        return manifest, vectors
+
+
+def _publish_with(final: Path, write: Callable[[Path], None]) -> dict[str, Any]:
+    """`write` a temporary file, then publish it as `final`; returns its manifest record."""
+    tmp = temp_path(final)
+    try:
+        write(tmp)
+        return publish(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _disk_generation(directory: Path) -> int:
+    """The version the manifest on disk points at (0 when there is none yet)."""
+    return int(read_manifest(directory)["generation"]) if (directory / MANIFEST_NAME).is_file() else 0

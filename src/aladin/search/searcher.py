@@ -1,0 +1,262 @@
+"""Two-stage search: kNN over the matching head's global vectors finds a short list fast, then the alignment head
+(every query word against every region) re-ranks that list with the finer score it was distilled from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from aladin.data.images import load_image
+from aladin.encoders.image import ImageEncoder, build_image_encoder
+from aladin.encoders.text import TextEncoder, build_text_encoder
+from aladin.errors import AladinError
+from aladin.index.encoding import model_device
+from aladin.index.index import SearchIndex, check_model
+from aladin.index.metadata import IMAGES, TEXTS
+from aladin.model.aladin import AladinModel
+from aladin.model.alignment import paired_region_word_scores, region_word_scores, word_region_similarity
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result. `score` ranks the results: the alignment score when re-ranked, else the kNN score."""
+
+    id: int  # the image id, or the caption id for image→text hits
+    score: float
+    first_stage_score: float | None  # the kNN (global vector) score; None when no kNN stage ran
+    path: str  # the image file (for a caption hit: the image it describes)
+    external_id: str
+    image_id: int
+    caption: str | None = None  # set for caption hits
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Explanation:
+    """Why an image matches a text: each scored word piece's cosine with each region (a heatmap per word)."""
+
+    item_id: int
+    path: str
+    words: list[str]  # word pieces, [L]
+    similarity: np.ndarray  # [L, R] cosine of word l with region r
+    boxes: np.ndarray | None  # [R, 5] x1, y1, x2, y2, area in 0..1 (None when the index holds no boxes)
+    score: float  # the alignment score of the pair (what re-ranking used)
+
+
+@dataclass
+class EncodedQueries:
+    """Queries through the model: global vectors for kNN, plus the padded words or regions for re-ranking."""
+
+    global_vectors: torch.Tensor  # [nq, G]
+    rows: torch.Tensor  # [nq, L, E]
+    mask: torch.Tensor  # [nq, L]
+
+    def __len__(self) -> int:
+        return len(self.global_vectors)
+
+
+class Searcher:
+    """Searches `index` with the model that built it (checked); encoders default to those the model names."""
+
+    def __init__(
+        self,
+        index: SearchIndex,
+        model: AladinModel,
+        text_encoder: TextEncoder | None = None,
+        image_encoder: ImageEncoder | None = None,
+        pair_batch: int = 2048,
+    ):
+        check_model(index.manifest, model, index.directory)
+        self.index = index
+        self.model = model.eval()
+        self.pair_batch = pair_batch
+        self._text_encoder = text_encoder
+        self._image_encoder = image_encoder
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        if self._text_encoder is None:
+            self._text_encoder = build_text_encoder(self.model.config.text_encoder, model_device(self.model))
+        return self._text_encoder
+
+    @property
+    def image_encoder(self) -> ImageEncoder:
+        if self._image_encoder is None:
+            cfg = self.model.config.image_encoder
+            self._image_encoder = build_image_encoder(cfg, model_device(self.model))
+        return self._image_encoder
+
+    # ---- encoding queries -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode_texts(self, queries: Sequence[str]) -> EncodedQueries:
+        """Text queries → global vectors and words; an empty or blank query is refused."""
+        for query in queries:
+            if not isinstance(query, str) or not query.strip():
+                raise AladinError(f"empty query {query!r}: give some words to search for")
+        batch = self.text_encoder.encode(list(queries)).to(model_device(self.model))
+        emb = self.model.encode_text(batch.tokens, batch.attention_mask, batch.token_mask)
+        wordless = [q for q, n in zip(queries, emb.word_mask.sum(dim=1).tolist(), strict=True) if n == 0]
+        if wordless:
+            raise AladinError(f"query {wordless[0]!r} has no words the model can score")
+        return EncodedQueries(emb.global_vector, emb.words, emb.word_mask)
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[str | Path | Image.Image]) -> EncodedQueries:
+        """Image queries (files or PIL images) → global vectors and regions; an unreadable file is named."""
+        pictures = [img if isinstance(img, Image.Image) else load_image(img) for img in images]
+        batch = self.image_encoder.encode(pictures).to(model_device(self.model))
+        emb = self.model.encode_image(batch.regions, batch.boxes, batch.region_mask)
+        return EncodedQueries(emb.global_vector, emb.regions, emb.region_mask)
+
+    # ---- searching ------------------------------------------------------------------------------
+    def search_text(self, query: str, k: int = 10, rerank: int = 100) -> list[Hit]:
+        """Text → images: kNN for the top `rerank` (at least k), re-ranked by the alignment head; rerank=0: kNN only."""
+        return self.search_texts([query], k, rerank)[0]
+
+    def search_texts(self, queries: Sequence[str], k: int = 10, rerank: int = 100) -> list[list[Hit]]:
+        """`search_text` for many queries, encoded, searched and re-ranked in batches."""
+        return self.search_encoded(IMAGES, self.encode_texts(queries), k, rerank)
+
+    def search_image(
+        self, image: str | Path | Image.Image, k: int = 10, rerank: int = 100, target: str = IMAGES
+    ) -> list[Hit]:
+        """Image → similar images (kNN over global vectors: the alignment head scores regions against words, so
+        there is nothing to re-rank with and `rerank` is not used), or image → captions (target="texts"),
+        re-ranked like text search."""
+        if target not in (IMAGES, TEXTS):
+            raise AladinError(f"search target must be {IMAGES!r} or {TEXTS!r}, got {target!r}")
+        query = self.encode_images([image])
+        return self.search_encoded(target, query, k, rerank if target == TEXTS else 0)[0]
+
+    @torch.inference_mode()
+    def search_encoded(self, kind: str, queries: EncodedQueries, k: int, rerank: int) -> list[list[Hit]]:
+        """Both stages for encoded queries against `kind` ("images" for text queries, "texts" for image ones)."""
+        if k < 1 or rerank < 0:
+            raise AladinError(f"need k >= 1 and rerank >= 0, got k={k}, rerank={rerank}")
+        depth = max(k, rerank)
+        scores, ids = self.index.search(kind, queries.global_vectors.float().cpu().numpy(), depth)
+        found = ids >= 0
+        candidates = [ids[q][found[q]] for q in range(len(queries))]
+        first = [scores[q][found[q]] for q in range(len(queries))]
+        if not rerank:
+            return [self._hits(kind, c[:k], f[:k], f[:k]) for c, f in zip(candidates, first, strict=True)]
+        aligned = self._align(kind, queries, candidates)
+        results = []
+        for cand, knn, score in zip(candidates, first, aligned, strict=True):
+            order = np.argsort(-score, kind="stable")[:k]
+            results.append(self._hits(kind, cand[order], score[order], knn[order]))
+        return results
+
+    def rerank_text(self, query: str, ids: Sequence[int]) -> list[Hit]:
+        """Order given images by the alignment head alone (candidates from elsewhere, e.g. a filter)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        missing = self.index.meta.missing(IMAGES, ids.tolist())
+        if missing:
+            raise AladinError(f"{self.index.directory}: no image with id {missing[0]}")
+        score = self._align(IMAGES, self.encode_texts([query]), [ids])[0]
+        order = np.argsort(-score, kind="stable")
+        return self._hits(IMAGES, ids[order], score[order], None)
+
+    def exhaustive_text(self, query: str, k: int = 10) -> list[Hit]:
+        """The alignment head over every image: the slow reference that kNN + re-ranking approximates."""
+        return self.exhaustive_encoded(self.encode_texts([query]), k)[0]
+
+    @torch.inference_mode()
+    def exhaustive_encoded(
+        self, queries: EncodedQueries, k: int, ids: np.ndarray | None = None, batch_size: int = 1024
+    ) -> list[list[Hit]]:
+        """Alignment scores of text queries with every live image (or only `ids`), `batch_size` images at a time."""
+        ids = self.index.meta.ids(IMAGES) if ids is None else np.asarray(ids, dtype=np.int64)
+        device = queries.rows.device
+        scores = np.empty((len(queries), len(ids)), np.float32)
+        for start in range(0, len(ids), batch_size):
+            regions, mask = self.index.lookup(IMAGES, ids[start : start + batch_size])
+            aligned = region_word_scores(
+                regions.to(device),
+                mask.to(device),
+                queries.rows,
+                queries.mask,
+                self.model.config.model.word_aggregation,
+            )
+            scores[:, start : start + len(regions)] = aligned.T.float().cpu().numpy()
+        results = []
+        for row in scores:
+            order = np.argsort(-row, kind="stable")[:k]
+            results.append(self._hits(IMAGES, ids[order], row[order], None))
+        return results
+
+    @torch.inference_mode()
+    def explain(self, text: str, item_id: int) -> Explanation:
+        """Word pieces of `text` and their cosine with each region of image `item_id`, for heatmaps."""
+        if self.index.meta.missing(IMAGES, [item_id]):
+            raise AladinError(f"{self.index.directory}: no image with id {item_id}")
+        encoded = self.encode_texts([text])
+        words = encoded.rows[0][encoded.mask[0]]
+        regions, mask = self.index.lookup(IMAGES, [item_id])
+        regions, mask = regions.to(words.device), mask.to(words.device)
+        score = paired_region_word_scores(
+            regions, mask, encoded.rows, encoded.mask, self.model.config.model.word_aggregation
+        )
+        pieces = self.text_encoder.word_pieces(text)
+        if len(pieces) != len(words):
+            raise AladinError(
+                f"explain: {len(pieces)} word pieces but {len(words)} scored words for {text!r}"
+            )
+        return Explanation(
+            item_id=int(item_id),
+            path=self.index.meta.images([item_id])[item_id].path,
+            words=pieces,
+            similarity=word_region_similarity(regions[0][mask[0]], words).cpu().numpy(),
+            boxes=self.index.collection(IMAGES).store.boxes(item_id),
+            score=float(score[0]),
+        )
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def _align(self, kind: str, queries: EncodedQueries, candidates: list[np.ndarray]) -> list[np.ndarray]:
+        """Alignment score of each query with each of its candidates, `pair_batch` pairs at a time."""
+        counts = [len(c) for c in candidates]
+        owner = torch.from_numpy(np.repeat(np.arange(len(candidates)), counts)).to(queries.rows.device)
+        flat = np.concatenate(candidates) if candidates else np.zeros(0, np.int64)
+        out = np.empty(len(flat), np.float32)
+        aggregation = self.model.config.model.word_aggregation
+        for start in range(0, len(flat), self.pair_batch):
+            stop = start + self.pair_batch
+            stored, stored_mask = self.index.lookup(kind, flat[start:stop])
+            stored, stored_mask = stored.to(queries.rows.device), stored_mask.to(queries.rows.device)
+            rows, mask = queries.rows[owner[start:stop]], queries.mask[owner[start:stop]]
+            if kind == IMAGES:  # text queries: stored regions against the query's words
+                pair = paired_region_word_scores(stored, stored_mask, rows, mask, aggregation)
+            else:  # image queries: the query's regions against stored words
+                pair = paired_region_word_scores(rows, mask, stored, stored_mask, aggregation)
+            out[start:stop] = pair.float().cpu().numpy()
+        return np.split(out, np.cumsum(counts)[:-1])
+
+    def _hits(self, kind: str, ids: np.ndarray, scores: np.ndarray, first: np.ndarray | None) -> list[Hit]:
+        ids = [int(i) for i in ids]
+        if kind == TEXTS:
+            texts = self.index.meta.texts(ids)
+            owners = {i: texts[i].image_id for i in ids}
+            captions = {i: texts[i].caption for i in ids}
+        else:
+            owners, captions = {i: i for i in ids}, {}
+        images = self.index.meta.images(set(owners.values()))
+        return [
+            Hit(
+                id=i,
+                score=float(scores[n]),
+                first_stage_score=None if first is None else float(first[n]),
+                path=images[owners[i]].path,
+                external_id=images[owners[i]].external_id,
+                image_id=owners[i],
+                caption=captions.get(i),
+            )
+            for n, i in enumerate(ids)
+        ]

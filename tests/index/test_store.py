@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aladin.errors import AladinError
+from aladin.index.store import CODECS, EncodedChunk, PackedStore, SegmentWriter
+
+
+def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def chunk(counts: list[int], dim: int, seed: int, boxes: np.ndarray | None = None) -> EncodedChunk:
+    rows = unit_rows(sum(counts), dim, seed)
+    return EncodedChunk(np.zeros((len(counts), 4), np.float32), rows, np.array(counts), boxes)
+
+
+def write_segment(directory: Path, chunks: list[EncodedChunk], dtype: str, first_id: int, generation: int):
+    writer = SegmentWriter(directory, "regions", generation, first_id, dtype, chunks[0].rows.shape[1])
+    for c in chunks:
+        writer.append(c)
+    return writer.finish()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_lookup_reads_variable_length_items_across_segments(tmp_path: Path, dtype: str) -> None:
+    first = [chunk([3, 1, 4], 32, 0), chunk([2], 32, 1)]
+    second = [chunk([5, 0, 2], 32, 2)]
+    entries = [
+        write_segment(tmp_path, first, dtype, 0, 1)[0],
+        write_segment(tmp_path, second, dtype, 4, 2)[0],
+    ]
+    store = PackedStore(tmp_path, entries, 32)
+    assert store.num_items == 7
+
+    rows, mask = store.lookup([6, 0, 5, 2])
+    assert rows.shape == (4, 4, 32) and rows.dtype.is_floating_point
+    assert mask.sum(dim=1).tolist() == [2, 3, 0, 4]
+    expected = {6: second[0].rows[5:7], 0: first[0].rows[0:3], 2: first[0].rows[4:8]}
+    tolerance = 2e-3 if dtype == "float16" else 5e-2
+    for position, item in enumerate([6, 0, 5, 2]):
+        real = rows[position][mask[position]].numpy()
+        np.testing.assert_allclose(real, expected.get(item, np.zeros((0, 32))), atol=tolerance)
+        assert not rows[position][~mask[position]].any()
+    with pytest.raises(AladinError, match="unknown item id 7"):
+        store.lookup([7])
+
+
+def test_int8_store_is_a_quarter_of_float32_with_small_reconstruction_error(tmp_path: Path) -> None:
+    rows = unit_rows(2000, 256)
+    codec = CODECS["int8"]
+    decoded = codec.decode(torch.from_numpy(codec.encode(rows))).numpy()
+    cosine = (rows * decoded).sum(axis=1)
+    assert cosine.min() > 0.998 and cosine.mean() > 0.999
+    entry, files = write_segment(
+        tmp_path, [EncodedChunk(rows[:10, :4], rows, np.full(10, 200))], "int8", 0, 1
+    )
+    assert files[entry["data"]]["bytes"] == rows.nbytes // 4
+    stats = entry["reconstruction"]
+    assert stats["mean_cosine"] == pytest.approx(cosine.mean(), abs=1e-6)
+    assert stats["min_cosine"] == pytest.approx(cosine.min(), abs=1e-6)
+    assert 0 < stats["mean_l2_error"] < 0.06
+
+
+def test_shared_boxes_are_stored_once_and_differing_boxes_per_row(tmp_path: Path) -> None:
+    grid = np.random.default_rng(0).random((3, 5)).astype(np.float16)
+    same = [chunk([3, 3], 8, 0, np.tile(grid, (2, 1))), chunk([3], 8, 1, grid)]
+    entry, files = write_segment(tmp_path, same, "float16", 0, 1)
+    assert entry["boxes_shared"] and files[entry["boxes"]]["bytes"] == grid.nbytes
+    store = PackedStore(tmp_path, [entry], 8)
+    np.testing.assert_array_equal(store.boxes(2), grid.astype(np.float32))
+
+    other = np.random.default_rng(1).random((2, 5)).astype(np.float16)
+    mixed = [chunk([3], 8, 0, grid), chunk([3, 2], 8, 1, np.concatenate([grid, other]))]
+    entry, _ = write_segment(tmp_path, mixed, "float16", 0, 2)
+    assert not entry["boxes_shared"]
+    store = PackedStore(tmp_path, [entry], 8)
+    np.testing.assert_array_equal(store.boxes(0), grid.astype(np.float32))
+    np.testing.assert_array_equal(store.boxes(1), grid.astype(np.float32))
+    np.testing.assert_array_equal(store.boxes(2), other.astype(np.float32))
+
+
+def test_writer_refuses_rows_of_the_wrong_size(tmp_path: Path) -> None:
+    writer = SegmentWriter(tmp_path, "regions", 1, 0, "float16", 16)
+    with pytest.raises(AladinError, match="dim 16"):
+        writer.append(chunk([2], 8, 0))
+    writer.discard()
+    assert not list(tmp_path.iterdir())

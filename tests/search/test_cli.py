@@ -1,0 +1,140 @@
+"""The index/search commands end to end: a small model over the real (bundled, offline) MiniLM text encoder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+from index_fixtures import tiny_model, write_dataset, write_images
+
+from aladin.cli.index_commands import register
+from aladin.errors import AladinError
+
+
+def run(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="aladin")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+def output_json(capsys: pytest.CaptureFixture[str]) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    root = tmp_path_factory.mktemp("cli")
+    tiny_model(text_feature_dim=384).save_pretrained(root / "model")
+    write_dataset(root / "data", 8)
+    index = root / "index"
+    run(
+        ["index", "build", str(root / "data"), "--model", str(root / "model"), "--out", str(index)]
+        + ["--with-texts", "--batch-size", "3", "--region-dtype", "int8", "--factory", "HNSW8"]
+    )
+    return {"root": str(root), "model": str(root / "model"), "index": str(index), "data": str(root / "data")}
+
+
+def test_search_prints_json_hits(workspace: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    run(
+        [
+            "search",
+            "a red circle",
+            "--index",
+            workspace["index"],
+            "--model",
+            workspace["model"],
+            "--k",
+            "3",
+            "--json",
+        ]
+    )
+    result = output_json(capsys)
+    assert result["query"] == "a red circle" and len(result["hits"]) == 3
+    assert {"id", "score", "first_stage_score", "path", "external_id"} <= set(result["hits"][0])
+
+    run(
+        [
+            "search",
+            "a red circle",
+            "--index",
+            workspace["index"],
+            "--model",
+            workspace["model"],
+            "--rerank",
+            "0",
+            "--json",
+        ]
+    )
+    knn = output_json(capsys)["hits"]
+    assert len(knn) == 8 and all(h["score"] == h["first_stage_score"] for h in knn)
+
+    image = str(Path(workspace["data"]) / "images" / "img002.png")
+    run(
+        [
+            "search",
+            "--image",
+            image,
+            "--target",
+            "texts",
+            "--index",
+            workspace["index"],
+            "--model",
+            workspace["model"],
+            "--json",
+        ]
+    )
+    captions = output_json(capsys)["hits"]
+    assert len(captions) == 10 and all(h["caption"] for h in captions)
+
+
+def test_search_prints_a_table(workspace: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    run(["search", "dog", "--index", workspace["index"], "--model", workspace["model"], "--k", "2"])
+    table = capsys.readouterr().out
+    assert "kNN score" in table and "img0" in table
+
+
+def test_commands_need_a_model_and_a_query(workspace: dict[str, str]) -> None:
+    with pytest.raises(AladinError, match=r"--model is required.*that built the index \(.*model\)"):
+        run(["search", "dog", "--index", workspace["index"]])
+    with pytest.raises(AladinError, match="either a text query or --image"):
+        run(["search", "--index", workspace["index"], "--model", workspace["model"]])
+    with pytest.raises(AladinError, match="empty query"):
+        run(["search", "  ", "--index", workspace["index"], "--model", workspace["model"]])
+
+
+def test_add_remove_and_info(
+    workspace: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    index = str(Path(workspace["root"]) / "index-copy")
+    run(["index", "build", workspace["data"], "--model", workspace["model"], "--out", index])
+    new = write_images(tmp_path / "new", 2, first_seed=70)
+    run(["index", "add", index, str(tmp_path / "new"), "--model", workspace["model"]])
+    assert "added 2 images (ids 8..9)" in capsys.readouterr().out
+    run(["index", "remove", index, "0", "9"])
+    capsys.readouterr()
+    run(["index", "info", index, "--json"])
+    info = output_json(capsys)
+    assert info["collections"]["images"]["live"] == 8 and info["collections"]["images"]["removed"] == 2
+    assert info["model"]["checkpoint"] == workspace["model"]
+    run(
+        [
+            "search",
+            "--image",
+            str(new[0]),
+            "--index",
+            index,
+            "--model",
+            workspace["model"],
+            "--k",
+            "1",
+            "--json",
+        ]
+    )
+    assert output_json(capsys)["hits"][0]["id"] == 8
+    run(["index", "info", workspace["index"]])
+    assert "int8 mean cosine" in capsys.readouterr().out

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from index_fixtures import ToyImageEncoder, ToyTextEncoder, picture
+
+from aladin.errors import AladinError, DataError
+from aladin.index import IMAGES, TEXTS, SearchIndex, build_index
+from aladin.model.aladin import AladinModel
+from aladin.model.alignment import paired_region_word_scores
+from aladin.search import Searcher
+
+
+@pytest.fixture
+def searcher(built: SearchIndex, model: AladinModel, text_encoder: ToyTextEncoder) -> Searcher:
+    return Searcher(built, model, text_encoder, ToyImageEncoder(model.config.image_encoder))
+
+
+def reference_scores(searcher: Searcher, query: str) -> tuple[np.ndarray, np.ndarray]:
+    """kNN and alignment scores of every image, computed directly from the model and the stored regions."""
+    with torch.inference_mode():
+        batch = searcher.text_encoder.encode([query])
+        text = searcher.model.encode_text(batch.tokens, batch.attention_mask, batch.token_mask)
+        ids = np.arange(len(searcher.index))
+        regions, mask = searcher.index.lookup(IMAGES, ids)
+        n = len(ids)
+        aligned = paired_region_word_scores(
+            regions, mask, text.words.expand(n, -1, -1), text.word_mask.expand(n, -1)
+        ).numpy()
+        vectors = searcher.index.collection(IMAGES).vectors.cpu
+        stored = np.stack([vectors.index.reconstruct(int(i)) for i in ids])
+        knn = stored @ text.global_vector[0].numpy()
+    return knn, aligned
+
+
+def test_rerank_orders_the_knn_candidates_by_the_alignment_head(searcher: Searcher) -> None:
+    query = "red circle on the left of the dog"
+    knn, aligned = reference_scores(searcher, query)
+    candidates = set(np.argsort(-knn)[:6].tolist())
+    hits = searcher.search_text(query, k=4, rerank=6)
+    expected = sorted(candidates, key=lambda i: -aligned[i])[:4]
+    assert [h.id for h in hits] == expected
+    np.testing.assert_allclose([h.score for h in hits], aligned[expected], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([h.first_stage_score for h in hits], knn[expected], rtol=1e-5, atol=1e-6)
+    assert all(h.path.endswith(f"img{h.id:03d}.png") and h.image_id == h.id for h in hits)
+
+    # re-ranking everything is the exhaustive alignment search
+    everything = searcher.search_text(query, k=12, rerank=12)
+    assert [h.id for h in everything] == [h.id for h in searcher.exhaustive_text(query, k=12)]
+    assert [h.id for h in searcher.rerank_text(query, sorted(candidates))] == sorted(
+        candidates, key=lambda i: -aligned[i]
+    )
+
+
+def test_rerank_zero_is_the_knn_order(searcher: Searcher) -> None:
+    query = "blue square"
+    knn, _ = reference_scores(searcher, query)
+    hits = searcher.search_text(query, k=5, rerank=0)
+    assert [h.id for h in hits] == np.argsort(-knn, kind="stable")[:5].tolist()
+    assert all(h.score == h.first_stage_score for h in hits)
+
+
+def test_batched_queries_match_single_ones(searcher: Searcher) -> None:
+    queries = ["red circle", "a big cat on the right of a small green star", "dog"]
+    batched = searcher.search_texts(queries, k=5, rerank=8)
+    for query, hits in zip(queries, batched, strict=True):
+        single = searcher.search_text(query, k=5, rerank=8)
+        assert [h.id for h in hits] == [h.id for h in single]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in single], atol=1e-5)
+
+
+def test_image_queries(searcher: Searcher, dataset: Path) -> None:
+    similar = searcher.search_image(dataset / "images" / "img004.png", k=3)
+    assert similar[0].id == 4 and similar[0].score == pytest.approx(1.0, abs=1e-5)
+    assert searcher.search_image(picture(4), k=1)[0].id == 4
+
+    captions = searcher.search_image(picture(4), k=5, rerank=10, target=TEXTS)
+    assert len(captions) == 5 and all(h.caption for h in captions)
+    assert [h.score for h in captions] == sorted((h.score for h in captions), reverse=True)
+    texts = searcher.index.meta.texts([h.id for h in captions])
+    assert all(texts[h.id].image_id == h.image_id and texts[h.id].caption == h.caption for h in captions)
+
+
+def test_bad_queries_give_clear_errors(searcher: Searcher, tmp_path: Path) -> None:
+    for query in ("", "   \n\t"):
+        with pytest.raises(AladinError, match="empty query"):
+            searcher.search_text(query)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 this is not really a jpeg")
+    with pytest.raises(DataError, match="broken.jpg: cannot read image"):
+        searcher.search_image(broken)
+    with pytest.raises(DataError, match="missing.png: cannot read image"):
+        searcher.search_image(tmp_path / "missing.png")
+    with pytest.raises(AladinError, match="need k >= 1"):
+        searcher.search_text("dog", k=0)
+    with pytest.raises(AladinError, match="search target"):
+        searcher.search_image(picture(0), target="videos")
+    with pytest.raises(AladinError, match="no image with id 99"):
+        searcher.explain("dog", 99)
+
+
+def test_image_to_text_needs_indexed_captions(
+    tmp_path: Path, dataset: Path, model: AladinModel, text_encoder: ToyTextEncoder
+) -> None:
+    index = build_index(dataset, model, tmp_path / "images-only", progress=False)
+    searcher = Searcher(index, model, text_encoder, ToyImageEncoder(model.config.image_encoder))
+    with pytest.raises(AladinError, match="no texts.*--with-texts"):
+        searcher.search_image(picture(1), target=TEXTS)
+
+
+def test_explain_gives_word_by_region_similarities(searcher: Searcher) -> None:
+    explanation = searcher.explain("Red circle on the left", 5)
+    assert explanation.words == ["red", "circle", "on", "the", "left"]
+    assert explanation.similarity.shape == (5, 4) and explanation.boxes.shape == (4, 5)
+    assert np.abs(explanation.similarity).max() <= 1.0 + 1e-5
+    mean_best = explanation.similarity.max(axis=1).mean()
+    assert explanation.score == pytest.approx(mean_best, abs=1e-5)
+    hit = searcher.rerank_text("Red circle on the left", [5])[0]
+    assert hit.score == pytest.approx(explanation.score, abs=1e-5) and hit.first_stage_score is None
