@@ -20,6 +20,7 @@ Writes benchmarks/results/search.json and search.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -59,20 +60,23 @@ CAPTION_WORDS = "a man woman dog cat red blue small large on the of with near st
 
 
 # ---- measuring ------------------------------------------------------------------------------------
-def latency(fn: Callable[[int], Any], n: int, warmup: int = 3) -> dict[str, float]:
-    """p50/p95 (ms) and queries per second of `fn(i)` run one query at a time."""
-    for i in range(warmup):
-        fn(i)
-    times = []
-    for i in range(n):
-        start = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - start)
-    times_ms = np.array(times) * 1e3
+def latency(fns: dict[str, Callable[[int], Any]], n: int, warmup: int = 3) -> dict[str, dict[str, float]]:
+    """p50/p95 (ms) and queries per second of each `fn(i)`, one query at a time. The functions take turns
+    query by query, so a burst of other load on the machine slows them all alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(-warmup, n):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(i)
+            if i >= 0:
+                times[name].append(time.perf_counter() - start)
     return {
-        "p50_ms": float(np.percentile(times_ms, 50)),
-        "p95_ms": float(np.percentile(times_ms, 95)),
-        "qps": float(n / sum(times)),
+        name: {
+            "p50_ms": float(np.percentile(np.array(t) * 1e3, 50)),
+            "p95_ms": float(np.percentile(np.array(t) * 1e3, 95)),
+            "qps": float(n / sum(t)),
+        }
+        for name, t in times.items()
     }
 
 
@@ -191,44 +195,53 @@ def run_size(
     searcher = Searcher(index, model, pair_batch=RERANK)
     queries = data.queries(args.queries, seed=7)
     query_vectors = queries.global_vectors.numpy()
-    _, exact = index.search(IMAGES, query_vectors, 10)
     flat = index.collection(IMAGES).vectors
+    _, exact = flat.search(query_vectors, 10)
     result["factories"] = {}
-    texts = caption_queries(args.e2e_queries)
+    searchers = {}
     for name, cfg in ann_factories(n).items():
-        entry: dict[str, Any] = {}
+        entry: dict[str, Any] = {"settings": {"nprobe": cfg.nprobe} if cfg.nlist else {}}
+        if "HNSW" in name:
+            entry["settings"] = {"ef_search": cfg.ef_search}
         if name == "Flat":
             vectors_index, entry["build_seconds"] = flat, None
         else:
             start = time.perf_counter()
             vectors_index = VectorIndex.empty(cfg, DIM).with_changes(vectors, np.arange(n), np.zeros(0))
             entry["build_seconds"] = time.perf_counter() - start
-        entry["settings"] = (
-            {"nprobe": cfg.nprobe} if cfg.nlist else {"ef_search": cfg.ef_search} if "HNSW" in name else {}
-        )
-        index.collections[IMAGES] = replace(index.collection(IMAGES), vectors=vectors_index)
         entry["memory_bytes_per_item"] = len(faiss_bytes(vectors_index)) / n
         _, found = vectors_index.search(query_vectors, 10)
         entry["recall_at_10"] = recall_at_10(exact, found)
-        entry["knn_only"] = latency(
-            lambda i: searcher.search_encoded(IMAGES, _one(queries, i), 10, 0), args.queries
-        )
-        entry["knn_rerank"] = latency(
-            lambda i: searcher.search_encoded(IMAGES, _one(queries, i), 10, RERANK), args.queries
-        )
-        entry["end_to_end"] = latency(
-            lambda i: searcher.search_text(texts[i % len(texts)], 10, RERANK), args.e2e_queries
-        )
+        view = copy.copy(index)  # the same store and metadata, this FAISS index
+        view.collections = {IMAGES: replace(index.collection(IMAGES), vectors=vectors_index)}
+        searchers[name] = Searcher(view, model, searcher.text_encoder, pair_batch=RERANK)
+        result["factories"][name] = entry
+    texts = caption_queries(args.e2e_queries)
+    stages = {
+        "knn_only": (lambda s: lambda i: s.search_encoded(IMAGES, _one(queries, i), 10, 0), args.queries),
+        "knn_rerank": (
+            lambda s: lambda i: s.search_encoded(IMAGES, _one(queries, i), 10, RERANK),
+            args.queries,
+        ),
+        "end_to_end": (
+            lambda s: lambda i: s.search_text(texts[i % len(texts)], 10, RERANK),
+            args.e2e_queries,
+        ),
+    }
+    for stage, (make, count) in stages.items():
+        for name, stats in latency({name: make(s) for name, s in searchers.items()}, count).items():
+            result["factories"][name][stage] = stats
+    for name, entry in result["factories"].items():
         print(
             f"{name:>12}: recall@10 {entry['recall_at_10']:.3f}  kNN p95 {entry['knn_only']['p95_ms']:.2f} ms  "
             f"+re-rank p95 {entry['knn_rerank']['p95_ms']:.2f} ms  end-to-end p95 {entry['end_to_end']['p95_ms']:.1f} ms"
             + (f"  built in {entry['build_seconds']:.1f} s" if entry["build_seconds"] else ""),
             flush=True,
         )
-        result["factories"][name] = entry
-    index.collections[IMAGES] = replace(index.collection(IMAGES), vectors=flat)
 
-    scan = latency(lambda i: flat.search(query_vectors[i % len(query_vectors)][None], 10), args.queries)
+    scan = latency(
+        {"flat": lambda i: flat.search(query_vectors[i % len(query_vectors)][None], 10)}, args.queries
+    )["flat"]
     scanned = n * DIM * 4
     result["exact_scan"] = {
         **scan,

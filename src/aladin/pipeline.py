@@ -100,8 +100,8 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
     val_feats, _ = _load_tensors(cache_dir, "val")
     model_cfg = replace(
         recipe.model,
-        image_feature_dim=int(train_feats.regions.shape[-1]),
-        text_feature_dim=int(train_feats.tokens.shape[-1]),
+        image_feature_dim=int(meta["image_feature_dim"]),  # after any fine-tuned encoder tail
+        text_feature_dim=int(meta["text_feature_dim"]),
         box_dim=int(train_feats.boxes.shape[-1]),
     )
     config = AladinConfig(

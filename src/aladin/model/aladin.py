@@ -64,12 +64,28 @@ class MatchingHead(nn.Module):
         return F.normalize(self.project(pooled), dim=-1)
 
 
+def _encoder_tail(config: AladinConfig, side: str) -> nn.Module | None:
+    """A trainable copy of the encoder's last layers (pretrained weights), when the config fine-tunes them."""
+    if side == "image" and config.image_encoder.finetune_layers:
+        from aladin.encoders.image import build_image_encoder
+
+        return build_image_encoder(config.image_encoder).make_tail()
+    if side == "text" and config.text_encoder.finetune_layers:
+        from aladin.encoders.text import build_text_encoder
+
+        return build_text_encoder(config.text_encoder).make_tail()
+    return None
+
+
 class AladinModel(nn.Module):
     """Both heads. Stage 1 trains `image_encoder`, `text_encoder`, `alignment_scale`; stage 2 the matching heads."""
 
     def __init__(self, config: AladinConfig) -> None:
         super().__init__()
         self.config = config
+        # Fine-tuned encoder layers: the feature cache holds the hidden states before them.
+        self.image_tail = _encoder_tail(config, "image")
+        self.text_tail = _encoder_tail(config, "text")
         m = config.model
         common = dict(num_layers=m.num_layers, num_heads=m.num_heads, ff_dim=m.ff_dim, dropout=m.dropout)
         self.image_encoder = SequenceEncoder(
@@ -88,9 +104,13 @@ class AladinModel(nn.Module):
         self, regions: torch.Tensor, boxes: torch.Tensor, region_mask: torch.Tensor
     ) -> torch.Tensor:
         """Contextualised, unnormalised region features: the teacher's view, and the student's input."""
+        if self.image_tail is not None:
+            regions = self.image_tail(regions)
         return self.image_encoder(regions, region_mask, boxes)
 
     def text_hidden(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.text_tail is not None:
+            tokens = self.text_tail(tokens, attention_mask)
         return self.text_encoder(tokens, attention_mask)
 
     def encode_image(
@@ -133,7 +153,9 @@ class AladinModel(nn.Module):
         return image.global_vector @ text.global_vector.T
 
     def alignment_parameters(self) -> list[nn.Parameter]:
+        tails = [t for t in (self.image_tail, self.text_tail) if t is not None]
         return [
+            *(p for tail in tails for p in tail.parameters()),
             *self.image_encoder.parameters(),
             *self.text_encoder.parameters(),
             *self.alignment_scale.parameters(),

@@ -100,7 +100,9 @@ def train_matching(
     device = next(model.parameters()).device
     for p in model.alignment_parameters():
         p.requires_grad_(False)
-    teacher_modules = (model.image_encoder, model.text_encoder)
+    teacher_modules = [
+        m for m in (model.image_tail, model.text_tail, model.image_encoder, model.text_encoder) if m
+    ]
 
     def teacher_eval_mode() -> None:
         for module in teacher_modules:
