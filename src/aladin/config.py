@@ -151,11 +151,11 @@ class AladinConfig:
 
 
 def _alignment_defaults() -> TrainConfig:
-    return TrainConfig(stage="alignment", loss="infonce", epochs=20, lr=5e-4, patience=4)
+    return TrainConfig(stage="alignment", loss="infonce", epochs=15, lr=5e-4, patience=3)
 
 
 def _matching_defaults() -> TrainConfig:
-    return TrainConfig(stage="matching", loss="distill+infonce", epochs=15, lr=5e-4, patience=4)
+    return TrainConfig(stage="matching", loss="distill+infonce", epochs=20, lr=1e-3, patience=4)
 
 
 def _baseline_defaults() -> TrainConfig:
@@ -172,5 +172,5 @@ class RecipeConfig:
     baseline: TrainConfig = field(default_factory=_baseline_defaults)
     #: The no-distillation ablation: the same student trained with plain InfoNCE.
     train_infonce_student: bool = True
-    rerank_k: int = 20
+    rerank_k: int = 100
     device: str = "auto"

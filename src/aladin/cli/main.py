@@ -69,6 +69,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from aladin.cli.options import add_encoder_flags, add_recipe_flags, add_split_flags
+    from aladin.data.synthetic import SyntheticConfig
 
     parser = argparse.ArgumentParser(prog="aladin", description=__doc__ and "ALADIN cross-modal search")
     parser.add_argument("--version", action="version", version=f"aladin {__version__}")
@@ -77,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate-demo-data", help="write the synthetic scenes dataset (offline, seeded)")
     p.add_argument("out", help="output folder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train", type=int, default=2000, help="training images")
-    p.add_argument("--val", type=int, default=300, help="validation images")
-    p.add_argument("--test", type=int, default=1000, help="test images")
+    p.add_argument("--train", type=int, default=SyntheticConfig.n_train, help="training images")
+    p.add_argument("--val", type=int, default=SyntheticConfig.n_val, help="validation images")
+    p.add_argument("--test", type=int, default=SyntheticConfig.n_test, help="test images")
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("extract", help="run the frozen encoders once into a float16 feature cache")
@@ -113,11 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
+
+    from aladin.cli import index_commands
+
+    index_commands.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; user errors print one line and exit with status 2."""
+    # torch and faiss each bring an OpenMP runtime; spinning waiters of one starve the other's threads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = build_parser().parse_args(argv)

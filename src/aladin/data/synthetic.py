@@ -78,8 +78,8 @@ class SyntheticConfig:
     """What to generate. `n_*` are image counts; with twins they are rounded up to whole pairs."""
 
     seed: int = 0
-    n_train: int = 2000
-    n_val: int = 300
+    n_train: int = 1500
+    n_val: int = 250
     n_test: int = 1000
     image_size: int = 224
     min_objects: int = 3

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aladin.config import AladinConfig, config_from_dict, config_to_dict
+from aladin.config import config_from_dict, config_to_dict
 from aladin.data.images import load_image
 from aladin.encoders.image import ImageEncoder, build_image_encoder
 from aladin.errors import AladinError, CheckpointError
@@ -100,6 +100,7 @@ class SearchIndex:
             "model": _model_entry(model, checkpoint),
             "index_config": config_to_dict(cfg),
             "next_ids": {IMAGES: 0, TEXTS: 0},
+            "counts": {},
             "collections": {},
             "meta": None,
             "files": {},
@@ -114,6 +115,7 @@ class SearchIndex:
                 "vectors_hold_deleted": False,
             }
             manifest["collections"][kind] = entry
+            manifest["counts"][kind] = {"live": 0, "removed": 0}
             store = PackedStore(directory, [], m.embed_dim)
             collections[kind] = Collection(VectorIndex.empty(cfg, m.global_dim), store, entry)
         return cls(directory, manifest, collections, Metadata.empty(), model)
@@ -164,12 +166,9 @@ class SearchIndex:
     def has_texts(self) -> bool:
         return TEXTS in self.collections
 
-    @property
-    def model_config(self) -> AladinConfig:
-        return config_from_dict(AladinConfig, self.manifest["model"]["config"], "manifest.json: model")
-
     def __len__(self) -> int:
-        return self.meta.count(IMAGES)
+        """Number of images that can be found (removed ones excluded)."""
+        return int(self.manifest["counts"][IMAGES]["live"])
 
     def collection(self, kind: str) -> Collection:
         if kind not in self.collections:
@@ -198,8 +197,7 @@ class SearchIndex:
         for kind, collection in self.collections.items():
             segments = collection.entry["segments"]
             collections[kind] = {
-                "live": self.meta.count(kind),
-                "removed": self.meta.count(kind, deleted=True),
+                **self.manifest["counts"][kind],
                 "vectors_in_faiss": collection.vectors.ntotal,
                 "segments": len(segments),
                 "stored_rows": sum(s["rows"] for s in segments),
@@ -421,6 +419,15 @@ class IndexUpdate:
             ]
             files.update({name: old["files"][name] for name in kept if name in old["files"]})
             collections[kind] = entry
+        counts = {
+            kind: {
+                "live": old["counts"][kind]["live"]
+                + sum(map(len, self._ids[kind]))
+                - len(self._removed[kind]),
+                "removed": old["counts"][kind]["removed"] + len(self._removed[kind]),
+            }
+            for kind in collections
+        }
         meta = generation_name("meta", self.generation, "sqlite")
         files[meta] = _publish_with(
             directory / meta,
@@ -432,6 +439,7 @@ class IndexUpdate:
             **old,
             "generation": self.generation,
             "next_ids": self.next_ids,
+            "counts": counts,
             "collections": collections,
             "meta": meta,
             "files": files,

@@ -120,6 +120,9 @@ class CachedSplitSource(IndexSource):
         )
         self.name = f"{cache_dir}:{split}"
         owners = np.asarray(self.cached.caption_image)
+        # Text batches follow the cache's caption order, which must be `captions` (image by image).
+        if not np.all(np.diff(owners) >= 0):
+            raise AladinError(f"{self.name}: cached captions are not grouped by image")
         texts = self.cached.captions
         per_image: list[list[str]] = [[] for _ in range(self.cached.num_images)]
         for owner, caption in zip(owners, texts, strict=True):
@@ -130,9 +133,6 @@ class CachedSplitSource(IndexSource):
                 self.cached.image_paths, self.cached.image_ids, per_image, strict=True
             )
         ]
-        # The cache's caption order is the order of `captions` (image by image), which text batches rely on.
-        if not np.all(np.diff(owners) >= 0):
-            raise AladinError(f"{self.name}: cached captions are not grouped by image")
 
     def region_batch(self, start: int, stop: int, encoder: ImageEncoder | None) -> RegionBatch:
         return self.cached.image_batch(np.arange(start, stop))

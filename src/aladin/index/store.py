@@ -43,9 +43,9 @@ class Int8Codec:
     name, suffix, dtype = "int8", "i8", np.dtype(np.int8)
 
     def encode(self, rows: np.ndarray) -> np.ndarray:
-        rows = rows.astype(np.float32, copy=False)
-        peak = np.abs(rows).max(axis=1, keepdims=True)
-        return np.rint(rows * (127.0 / np.maximum(peak, 1e-12))).astype(np.int8)
+        values = torch.from_numpy(rows).float()  # torch: several times faster than numpy on float16 input
+        peak = values.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+        return (values * (127.0 / peak)).round_().to(torch.int8).numpy()
 
     def decode(self, stored: torch.Tensor) -> torch.Tensor:
         values = stored.float()
@@ -53,6 +53,10 @@ class Int8Codec:
 
 
 CODECS: dict[str, Float16Codec | Int8Codec] = {codec.name: codec for codec in (Float16Codec(), Int8Codec())}
+
+
+#: Rows per appended chunk on which the reconstruction error of a lossy store is measured.
+STATS_SAMPLE = 4096
 
 
 @dataclass
@@ -144,8 +148,10 @@ class SegmentWriter:
         elif self.has_boxes != (chunk.boxes is not None):
             raise AladinError("store: every chunk of a segment must have boxes, or none")
         encoded = self.codec.encode(rows)
-        if self.stats is not None:
-            self.stats.update(rows.astype(np.float32), self.codec.decode(torch.from_numpy(encoded)).numpy())
+        if self.stats is not None:  # on evenly spaced rows: exact for small chunks, cheap for large ones
+            sample = slice(None, None, max(1, len(rows) // STATS_SAMPLE))
+            decoded = self.codec.decode(torch.from_numpy(encoded[sample])).numpy()
+            self.stats.update(rows[sample].astype(np.float32), decoded)
         data = encoded.tobytes()
         self._data.write(data)
         self._hash.update(data)

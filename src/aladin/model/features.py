@@ -28,7 +28,7 @@ class FeatureTensors:
         """Copy the cache's (memory-mapped) arrays into RAM once, so training epochs are not I/O bound."""
 
         def tensor(name: str) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(arrays[name]))
+            return torch.from_numpy(np.array(arrays[name]))  # a private, writable copy in RAM
 
         return cls(
             regions=tensor("regions").half(),

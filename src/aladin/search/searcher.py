@@ -155,6 +155,7 @@ class Searcher:
             results.append(self._hits(kind, cand[order], score[order], knn[order]))
         return results
 
+    @torch.inference_mode()
     def rerank_text(self, query: str, ids: Sequence[int]) -> list[Hit]:
         """Order given images by the alignment head alone (candidates from elsewhere, e.g. a filter)."""
         ids = np.asarray(ids, dtype=np.int64)

@@ -108,13 +108,14 @@ def train_matching(
         for module in teacher_modules:
             module.eval()  # the teacher is frozen: no dropout noise in its scores
 
+    image_hidden_all, text_hidden_all = _frozen_teacher_states(model, train, device)
+
     def batch_loss(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         captions = sample_captions(train, images, generator)
-        regions, boxes, region_mask = train.image_batch(images, device)
-        tokens, attention, scored = train.text_batch(captions, device)
-        with torch.no_grad():
-            image_hidden = model.image_hidden(regions, boxes, region_mask)
-            text_hidden = model.text_hidden(tokens, attention)
+        region_mask = train.region_mask[images].to(device)
+        _, attention, scored = train.text_batch(captions, device)
+        image_hidden = image_hidden_all[images].to(device, torch.float32)
+        text_hidden = text_hidden_all[captions, : attention.shape[1]].to(device, torch.float32)
         image_vec = gather_with_grad(model.image_matching(image_hidden, region_mask, region_mask))
         text_vec = gather_with_grad(model.text_matching(text_hidden, attention, scored))
         student = image_vec @ text_vec.T
@@ -161,6 +162,31 @@ def train_matching(
     finally:
         for p in model.alignment_parameters():
             p.requires_grad_(True)
+
+
+@torch.no_grad()
+def _frozen_teacher_states(
+    model: AladinModel, feats: FeatureTensors, device: torch.device, batch: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen teacher's contextualised features of the whole split, computed once for all of stage 2."""
+    was_training = model.training
+    model.eval()
+    images = torch.cat(
+        [
+            model.image_hidden(*feats.image_batch(torch.arange(s, min(s + batch, feats.num_images)), device))
+            .half()
+            .cpu()
+            for s in range(0, feats.num_images, batch)
+        ]
+    )
+    width = feats.tokens.shape[1]
+    texts = []
+    for s in range(0, feats.num_captions, batch):
+        tokens, attention, _ = feats.text_batch(torch.arange(s, min(s + batch, feats.num_captions)), device)
+        hidden = model.text_hidden(tokens, attention)
+        texts.append(F.pad(hidden, (0, 0, 0, width - hidden.shape[1])).half().cpu())
+    model.train(was_training)
+    return images, torch.cat(texts)
 
 
 def train_linear_baseline(
