@@ -55,7 +55,9 @@ def _nested_type(f: dataclasses.Field) -> type | None:
 def _compatible(default: Any, value: Any) -> bool:
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, (int, float)):
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
         return isinstance(value, (int, float))
     return isinstance(value, type(default))
 
@@ -104,6 +106,26 @@ class ModelConfig:
     #: How the matching head pools the contextualised sequence: "mean" (masked) or "max".
     global_pooling: str = "mean"
 
+    def __post_init__(self) -> None:
+        _choice("model.word_aggregation", self.word_aggregation, ("mean", "sum"))
+        _choice("model.global_pooling", self.global_pooling, ("mean", "max"))
+        for name in (
+            "image_feature_dim",
+            "text_feature_dim",
+            "embed_dim",
+            "global_dim",
+            "num_heads",
+            "ff_dim",
+        ):
+            if getattr(self, name) < 1:
+                raise AladinError(f"model.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.embed_dim % self.num_heads:
+            raise AladinError(
+                f"model.embed_dim: {self.embed_dim} is not divisible by num_heads={self.num_heads}"
+            )
+        if not 0 <= self.dropout < 1:
+            raise AladinError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+
 
 @dataclass
 class TrainConfig:
@@ -122,14 +144,31 @@ class TrainConfig:
     seed: int = 0
     margin: float = 0.2
     hinge_warmup_epochs: int = 2
-    init_temperature: float = 0.07
     distill_temperature: float = 1.0
     distill_weight: float = 1.0
     infonce_weight: float = 1.0
     #: Stop after this many epochs without a better validation rsum (0 = never stop early).
     patience: int = 4
     amp: bool = True
-    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        losses = {
+            "alignment": ("infonce", "hinge", "infonce+hinge"),
+            "matching": ("distill", "infonce", "distill+infonce"),
+            "baseline": ("infonce",),
+        }
+        _choice(f"{self.stage}.stage", self.stage, tuple(losses))
+        _choice(f"{self.stage}.loss", self.loss, losses[self.stage])
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
+            raise AladinError(
+                f"{self.stage}: need epochs ≥ 1, batch_size ≥ 2 and lr > 0, got {self.epochs}, "
+                f"{self.batch_size}, {self.lr}"
+            )
+
+
+def _choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise AladinError(f"{field_name}: must be one of {', '.join(allowed)}; got {value!r}")
 
 
 @dataclass

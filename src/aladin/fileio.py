@@ -67,16 +67,31 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     backup = path.parent / f".{path.name}.previous"
     try:
         yield tmp
+        for item in tmp.iterdir():
+            _fsync(item)
+        _fsync(tmp)
+        if not path.exists() and backup.is_dir():
+            os.replace(backup, path)  # an earlier swap was interrupted: its backup is the good copy
         if backup.exists():
             shutil.rmtree(backup)
         if path.exists():
             os.replace(path, backup)
         os.replace(tmp, path)
+        _fsync(path.parent)
         if backup.exists():
             shutil.rmtree(backup)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or folder to disk, so a rename never publishes data that is still only in memory."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def recover_directory(path: str | Path) -> Path:

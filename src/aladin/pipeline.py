@@ -27,7 +27,7 @@ from aladin.errors import AladinError
 from aladin.evaluate.metrics import ScorerResult
 from aladin.evaluate.report import plot_recall_curves, print_results, results_markdown, write_results_json
 from aladin.evaluate.scorers import score_alignment, score_linear_baseline, score_matching, score_rerank
-from aladin.fileio import read_json, write_json
+from aladin.fileio import atomic_write, read_json, write_json
 from aladin.model import AladinModel, LinearGlobalModel
 from aladin.model.features import FeatureTensors, embed_split
 from aladin.train.stages import train_alignment, train_linear_baseline, train_matching
@@ -38,8 +38,13 @@ BASELINE_DIR = "linear-baseline"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """ "auto" picks CUDA when present; asking for CUDA on a machine without it is a clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AladinError(f"device {name!r}: CUDA is not available on this machine (use cpu or auto)")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise AladinError(f"device {name!r}: expected auto, cpu or cuda[:N]")
     return torch.device(name)
 
 
@@ -74,8 +79,13 @@ def extract(
     )
 
 
-def _load_tensors(cache_dir: Path, split: str) -> tuple[FeatureTensors, dict[str, Any]]:
-    cached = load_split(cache_dir, split)
+def _load_tensors(
+    cache_dir: Path, split: str, config: AladinConfig | None = None
+) -> tuple[FeatureTensors, dict[str, Any]]:
+    """A cached split in RAM; with a model config, features from other encoder settings are refused."""
+    cached = load_split(
+        cache_dir, split, config.image_encoder if config else None, config.text_encoder if config else None
+    )
     return FeatureTensors.from_arrays(cached.arrays), cached.meta
 
 
@@ -110,7 +120,13 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
         model=model_cfg,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "recipe.json", config_to_dict(recipe))
+    recipe_path = run_dir / "recipe.json"
+    if recipe_path.is_file() and read_json(recipe_path, "recipe") != config_to_dict(recipe):
+        raise AladinError(
+            f"{recipe_path}: this run folder was trained with another recipe; use a new --out folder "
+            "(finished stages are reused only with the same settings)"
+        )
+    write_json(recipe_path, config_to_dict(recipe))
     stages: dict[str, dict[str, Any]] = {}
     state_root = run_dir / "training-state"
 
@@ -176,9 +192,9 @@ def evaluate(
         else RecipeConfig()
     )
     k = rerank_k or recipe.rerank_k
-    feats, _ = _load_tensors(Path(cache_dir), split)
-    caption_image = feats.caption_image.numpy()
     model = AladinModel.from_pretrained(run_dir / MODEL_DIR)
+    feats, _ = _load_tensors(Path(cache_dir), split, model.config)
+    caption_image = feats.caption_image.numpy()
     image, text = embed_split(model, feats)
     results = [score_alignment(model, image, text, caption_image, "alignment head (teacher, all pairs)")]
     student_loss = model.info.get("student_loss", "distill")
@@ -201,7 +217,7 @@ def evaluate(
     write_results_json(
         out_dir / "results.json", results, {"split": split, "rerank_k": k, "run_dir": str(run_dir)}
     )
-    (out_dir / "results.md").write_text(results_markdown(results, title))
+    atomic_write(out_dir / "results.md", lambda tmp: tmp.write_text(results_markdown(results, title)))
     plot_recall_curves(results, out_dir / "recall.png")
     return results
 

@@ -20,7 +20,19 @@ from aladin.data import (
 from aladin.data.synthetic import BACKGROUNDS, COLOURS, SHAPES, Scene
 from aladin.errors import AladinError, DataError
 
-CFG = SyntheticConfig(seed=3, n_train=24, n_val=6, n_test=9)
+#: The exhaustive mode: every caption names every object, all shapes and colours distinct in a scene.
+CFG = SyntheticConfig(
+    seed=3,
+    n_train=24,
+    n_val=6,
+    n_test=9,
+    min_objects=2,
+    max_objects=3,
+    max_mentioned=0,
+    distinct_attributes=True,
+)
+#: The default mode: partial captions of cluttered scenes.
+PARTIAL = SyntheticConfig(seed=4, n_train=40, n_val=0, n_test=20)
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +264,55 @@ def test_bad_config_is_refused(tmp_path: Path) -> None:
         generate_synthetic_dataset(tmp_path, SyntheticConfig(max_objects=7))
     with pytest.raises(AladinError, match="not all 0"):
         generate_synthetic_dataset(tmp_path, SyntheticConfig(n_train=0, n_val=0, n_test=0))
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory: pytest.TempPathFactory) -> list[Scene]:
+    root = tmp_path_factory.mktemp("partial")
+    generate_synthetic_dataset(root, PARTIAL)
+    return read_scenes(root)
+
+
+def mentioned_objects(caption: str, scene: Scene) -> set[int]:
+    return {
+        k
+        for k, obj in enumerate(scene.objects)
+        if re.search(phrase_pattern(obj.colour, obj.shape), caption, re.IGNORECASE)
+    }
+
+
+def test_partial_captions_name_one_or_two_objects_with_their_true_colours(partial: list[Scene]) -> None:
+    counts = Counter()
+    for scene in partial:
+        assert PARTIAL.min_objects <= len(scene.objects) <= PARTIAL.max_objects
+        pairs = [(o.shape, o.colour) for o in scene.objects]
+        assert len(set(pairs)) == len(pairs)
+        for caption in scene.captions:
+            named = re.findall(rf"\b({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})\b", caption.lower())
+            assert 1 <= len(named) <= PARTIAL.max_mentioned, caption
+            assert all((shape, colour) in pairs for colour, shape in named), (
+                caption,
+                pairs,
+            )  # real objects only
+            counts[len(named)] += 1
+    assert counts[1] and counts[2]  # both lengths occur
+
+
+def test_partial_twins_never_share_a_caption(partial: list[Scene]) -> None:
+    for first, second in zip(partial[::2], partial[1::2], strict=True):
+        i, j = second.swapped
+        assert set(first.captions).isdisjoint(second.captions)
+        assert first.objects[i].shape != first.objects[j].shape
+        for caption in second.captions:
+            assert mentioned_objects(caption, second) & {i, j}, caption
+
+
+def test_partial_relations_are_geometrically_true(partial: list[Scene]) -> None:
+    stated_count = 0
+    for scene in partial:
+        for relation in scene.relations:
+            if relation is not None:
+                a, rel, b = relation
+                assert synthetic.relation_holds(scene.objects[a], rel, scene.objects[b])
+                stated_count += 1
+    assert stated_count > 0

@@ -20,6 +20,10 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multiscale", action="store_true", help="add the 14×14 map as finer regions")
     parser.add_argument("--image-finetune-layers", type=int, default=0, help="backbone stages left trainable")
     parser.add_argument(
+        "--region-features", default="", help="with --image-encoder precomputed: .npz folder or HDF5 file"
+    )
+    parser.add_argument("--max-regions", type=int, default=0, help="precomputed regions kept per image")
+    parser.add_argument(
         "--text-encoder", default=TextEncoderConfig.name, help="bundled model name or a local HF BERT folder"
     )
     parser.add_argument("--max-words", type=int, default=TextEncoderConfig.max_length, help="token limit")
@@ -28,7 +32,11 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
 
 def encoder_configs(args: argparse.Namespace) -> tuple[ImageEncoderConfig, TextEncoderConfig]:
     image = ImageEncoderConfig(
-        name=args.image_encoder, multiscale=args.multiscale, finetune_layers=args.image_finetune_layers
+        name=args.image_encoder,
+        multiscale=args.multiscale,
+        finetune_layers=args.image_finetune_layers,
+        features_path=args.region_features,
+        max_regions=args.max_regions,
     )
     text = TextEncoderConfig(
         name=args.text_encoder, max_length=args.max_words, finetune_layers=args.text_finetune_layers

@@ -50,7 +50,8 @@ def rerank_matrices(
     """
     aggregation = model.config.model.word_aggregation
     num_images, num_texts = first_stage.shape
-    lift = float(first_stage.abs().max()) + 1e3  # places candidates above all non-candidates
+    # Places candidates above all non-candidates while keeping float32 precision for their own order.
+    lift = 2 * float(first_stage.abs().max()) + 2.0
     t2i = first_stage.clone()
     k_img = min(k, num_images)
     cand = first_stage.topk(k_img, dim=0).indices.T  # [T, k] images per caption

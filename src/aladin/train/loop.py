@@ -17,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aladin import distributed
+from aladin.checkpoint import load_state_strict
 from aladin.config import TrainConfig, config_to_dict
 from aladin.errors import CheckpointError
 from aladin.fileio import atomic_write
@@ -54,7 +55,7 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 def fit(
     model: nn.Module,
     params: list[nn.Parameter],
-    batch_loss: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    batch_loss: Callable[[torch.Tensor, torch.Generator, int], torch.Tensor],
     validate: Callable[[], float],
     num_items: int,
     cfg: TrainConfig,
@@ -64,7 +65,7 @@ def fit(
 ) -> FitResult:
     """Train `params` of `model` on shuffled batches of item indices; keep the weights of the best validation epoch.
 
-    `batch_loss(indices, generator)` returns the scalar loss of one batch; `validate()` returns the validation
+    `batch_loss(indices, generator, epoch)` returns the scalar loss of one batch; `validate()` returns the validation
     rsum. With `state_dir`, the state after each epoch is saved there and a rerun resumes from it.
     """
     seed_everything(cfg.seed)
@@ -82,7 +83,7 @@ def fit(
     history: list[dict] = []
     if state_dir is not None and (state_dir / STATE_FILE).is_file():
         saved = _load_state(state_dir / STATE_FILE, cfg)
-        model.load_state_dict(saved["model"])
+        load_state_strict(model, saved["model"], state_dir / STATE_FILE)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         best_rsum, best_epoch, best_state = saved["best_rsum"], saved["best_epoch"], saved["best_state"]
@@ -111,7 +112,7 @@ def fit(
             if len(idx) < 2:
                 continue
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                loss = batch_loss(idx, generator)
+                loss = batch_loss(idx, generator, epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

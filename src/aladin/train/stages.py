@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from aladin.config import TrainConfig
 from aladin.distributed import gather_with_grad
+from aladin.errors import AladinError
 from aladin.evaluate.scorers import alignment_matrix, matching_matrix, validation_rsum
 from aladin.model import AladinModel, LinearGlobalModel
 from aladin.model.alignment import region_word_scores
@@ -36,7 +37,7 @@ def _positives(image_ids: torch.Tensor, caption_owner: torch.Tensor) -> torch.Te
 
 def _check_loss(name: str, allowed: tuple[str, ...], stage: str) -> None:
     if name not in allowed:
-        raise ValueError(f"{stage} loss must be one of {', '.join(allowed)}; got {name!r}")
+        raise AladinError(f"{stage}.loss: must be one of {', '.join(allowed)}; got {name!r}")
 
 
 def train_alignment(
@@ -49,10 +50,8 @@ def train_alignment(
     """Stage 1: region×word alignment head with in-batch InfoNCE and/or the hardest-negative hinge."""
     _check_loss(cfg.loss, ALIGNMENT_LOSSES, "alignment")
     device = next(model.parameters()).device
-    steps_per_epoch = max(1, -(-train.num_images // cfg.batch_size))
-    state = {"step": 0}
 
-    def batch_loss(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
         captions = sample_captions(train, images, generator)
         img = model.encode_image(*train.image_batch(images, device), with_global=False)
         txt = model.encode_text(*train.text_batch(captions, device), with_global=False)
@@ -63,8 +62,6 @@ def train_alignment(
         )
         owners = gather_with_grad(images.to(device))
         positives = _positives(owners, gather_with_grad(train.caption_image[captions].to(device)))
-        epoch = state["step"] // steps_per_epoch
-        state["step"] += 1
         loss = scores.new_zeros(())
         if cfg.loss in ("infonce", "infonce+hinge"):
             loss = loss + infonce_loss(scores, positives, model.alignment_scale())
@@ -110,7 +107,7 @@ def train_matching(
 
     image_hidden_all, text_hidden_all = _frozen_teacher_states(model, train, device)
 
-    def batch_loss(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
         captions = sample_captions(train, images, generator)
         region_mask = train.region_mask[images].to(device)
         _, attention, scored = train.text_batch(captions, device)
@@ -197,7 +194,7 @@ def train_linear_baseline(
     pooled = {name: _mean_pooled(feats) for name, feats in (("train", train), ("val", val))}
     image_train, text_train = pooled["train"]
 
-    def batch_loss(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
         captions = sample_captions(train, images, generator)
         img = F.normalize(model.image_project(image_train[images]), dim=-1)
         txt = F.normalize(model.text_project(text_train[captions]), dim=-1)

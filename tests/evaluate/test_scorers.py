@@ -1,0 +1,57 @@
+import numpy as np
+import torch
+import torch.nn.functional as F
+from feature_fixtures import tiny_config
+
+from aladin.evaluate.scorers import alignment_matrix, rerank_matrices, score_rerank
+from aladin.model import AladinModel, ImageEmbedding, TextEmbedding
+
+
+def _embeddings(num_images=12, num_texts=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    regions = F.normalize(torch.randn(num_images, 5, 32, generator=g), dim=-1)
+    words = F.normalize(torch.randn(num_texts, 4, 32, generator=g), dim=-1)
+    image = ImageEmbedding(
+        regions,
+        torch.ones(num_images, 5, dtype=torch.bool),
+        F.normalize(torch.randn(num_images, 8, generator=g), dim=-1),
+    )
+    text = TextEmbedding(
+        words,
+        torch.ones(num_texts, 4, dtype=torch.bool),
+        F.normalize(torch.randn(num_texts, 8, generator=g), dim=-1),
+    )
+    return image, text
+
+
+def test_rerank_orders_each_querys_candidates_by_the_alignment_head():
+    model = AladinModel(tiny_config())
+    image, text = _embeddings()
+    first = image.global_vector @ text.global_vector.T
+    full = alignment_matrix(model, image, text)
+    k = 4
+    t2i, i2t = rerank_matrices(model, image, text, first, k)
+    for t in range(first.shape[1]):
+        candidates = set(first[:, t].topk(k).indices.tolist())
+        order = t2i[:, t].argsort(descending=True).tolist()
+        assert set(order[:k]) == candidates  # the short list stays on top ...
+        assert order[:k] == sorted(candidates, key=lambda i: -full[i, t].item())  # ... in teacher order
+        rest = [i for i in first[:, t].argsort(descending=True).tolist() if i not in candidates]
+        assert order[k:] == rest  # the others keep the first-stage order
+    for i in range(first.shape[0]):
+        candidates = set(first[i].topk(k).indices.tolist())
+        order = i2t[i].argsort(descending=True).tolist()
+        assert order[:k] == sorted(candidates, key=lambda t: -full[i, t].item())
+
+
+def test_rerank_of_everything_equals_the_alignment_head():
+    model = AladinModel(tiny_config())
+    image, text = _embeddings()
+    owner = np.repeat(np.arange(12), 2)
+    full = score_rerank(model, image, text, owner, k=24)
+    first = image.global_vector @ text.global_vector.T
+    t2i, i2t = rerank_matrices(model, image, text, first, 24)
+    direct = alignment_matrix(model, image, text)
+    assert torch.equal(t2i.argsort(dim=0), direct.argsort(dim=0))
+    assert torch.equal(i2t.argsort(dim=1), direct.argsort(dim=1))
+    assert full.metrics["rsum"] >= 0
