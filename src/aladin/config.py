@@ -98,6 +98,9 @@ class ModelConfig:
     embed_dim: int = 256
     global_dim: int = 256
     num_layers: int = 1
+    #: Transformer layers of the matching head on top of the teacher's contextualised features. 0 (pool and
+    #: project) generalised better than 1 on the demo's validation split: 267 against 258 rsum.
+    matching_layers: int = 0
     num_heads: int = 4
     ff_dim: int = 1024
     dropout: float = 0.1
@@ -190,7 +193,7 @@ class AladinConfig:
 
 
 def _alignment_defaults() -> TrainConfig:
-    return TrainConfig(stage="alignment", loss="infonce", epochs=15, lr=5e-4, patience=3)
+    return TrainConfig(stage="alignment", loss="infonce", epochs=20, lr=5e-4, patience=3)
 
 
 def _matching_defaults() -> TrainConfig:

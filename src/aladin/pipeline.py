@@ -213,7 +213,8 @@ def evaluate(
     out_dir = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
     title = f"{split} split: {feats.num_images} images, {feats.num_captions} captions"
     if not quiet:
-        print_results(results, title, console=console)
+        # wide enough for the scorer names even when stdout is not a terminal (logs, CI)
+        print_results(results, title, console=console or Console(width=max(Console().width, 130)))
     write_results_json(
         out_dir / "results.json", results, {"split": split, "rerank_k": k, "run_dir": str(run_dir)}
     )

@@ -93,7 +93,7 @@ class AladinModel(nn.Module):
         )
         self.text_encoder = SequenceEncoder(m.text_feature_dim, m.embed_dim, **common)
         self.alignment_scale = LogitScale()
-        student = dict(common, pooling=m.global_pooling)
+        student = dict(common, num_layers=m.matching_layers, pooling=m.global_pooling)
         self.image_matching = MatchingHead(m.embed_dim, m.global_dim, **student)
         self.text_matching = MatchingHead(m.embed_dim, m.global_dim, **student)
         self.matching_scale = LogitScale()
