@@ -181,10 +181,17 @@ def evaluate(
     console: Console | None = None,
     quiet: bool = False,
 ) -> list[ScorerResult]:
-    """Score `split` with every scorer (and the baseline), print the table, write JSON + recall plot."""
+    """Score `split` with every scorer (and the baseline), print the table, write JSON + recall plot.
+
+    `run_dir` is a run folder from `train` (every row), or a single model checkpoint folder (its own rows).
+    """
     run_dir = Path(run_dir)
-    if not (run_dir / MODEL_DIR / "config.json").is_file():
-        raise AladinError(f"{run_dir}: no trained model found (expected {run_dir / MODEL_DIR}/config.json)")
+    if (run_dir / "config.json").is_file() and not (run_dir / MODEL_DIR).exists():
+        model_dir = run_dir  # a bare checkpoint: no baseline or ablation beside it
+    elif (run_dir / MODEL_DIR / "config.json").is_file():
+        model_dir = run_dir / MODEL_DIR
+    else:
+        raise AladinError(f"{run_dir}: neither a run folder (with {MODEL_DIR}/) nor a model checkpoint")
     recipe_path = run_dir / "recipe.json"
     recipe = (
         config_from_dict(RecipeConfig, read_json(recipe_path), str(recipe_path))
@@ -192,7 +199,7 @@ def evaluate(
         else RecipeConfig()
     )
     k = rerank_k or recipe.rerank_k
-    model = AladinModel.from_pretrained(run_dir / MODEL_DIR)
+    model = AladinModel.from_pretrained(model_dir)
     feats, _ = _load_tensors(Path(cache_dir), split, model.config)
     caption_image = feats.caption_image.numpy()
     image, text = embed_split(model, feats)
@@ -221,6 +228,35 @@ def evaluate(
     atomic_write(out_dir / "results.md", lambda tmp: tmp.write_text(results_markdown(results, title)))
     plot_recall_curves(results, out_dir / "recall.png")
     return results
+
+
+def evaluate_on_data(
+    data_dir: str | Path,
+    model_dir: str | Path,
+    cache_dir: str | Path,
+    split: str = "test",
+    rerank_k: int | None = None,
+    out_dir: str | Path | None = None,
+    quiet: bool = False,
+) -> list[ScorerResult]:
+    """Check a trained model on any dataset folder: extract it with the model's own encoders, then evaluate."""
+    model_cfg = AladinModel.from_pretrained(model_dir).config
+    dataset = load_dataset(data_dir, DatasetSplitConfig(val_fraction=0.0))
+    if split not in dataset.split_names():
+        raise AladinError(f"{data_dir}: no {split!r} split (found: {', '.join(dataset.split_names())})")
+    from aladin.encoders.image import build_image_encoder
+    from aladin.encoders.text import build_text_encoder
+
+    device = resolve_device()
+    extract_features(
+        dataset.split(split),
+        build_image_encoder(model_cfg.image_encoder, device),
+        build_text_encoder(model_cfg.text_encoder, device),
+        Path(cache_dir),
+    )
+    return evaluate(
+        cache_dir, model_dir, split, rerank_k, out_dir or Path(cache_dir) / f"eval-{split}", quiet=quiet
+    )
 
 
 def demo(

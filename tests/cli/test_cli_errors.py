@@ -98,3 +98,12 @@ def test_version_and_help(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "usage: aladin" in capsys.readouterr().out
+
+
+def test_dataset_check_reports_and_fails_on_problems(tmp_path, capsys):
+    data = _dataset(tmp_path / "data")
+    assert main(["dataset", "check", str(data)]) == 0
+    assert "OK" in capsys.readouterr().out
+    (data / "images" / "b.png").write_bytes(b"garbage")
+    code, err = _run(capsys, "dataset", "check", str(data))
+    assert code == 2 and "problem" in err

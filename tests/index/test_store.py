@@ -91,3 +91,53 @@ def test_writer_refuses_rows_of_the_wrong_size(tmp_path: Path) -> None:
         writer.append(chunk([2], 8, 0))
     writer.discard()
     assert not list(tmp_path.iterdir())
+
+
+def clustered_rows(n: int, dim: int, clusters: int = 32, noise: float = 0.15, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = unit_rows(clusters, dim, seed + 1)
+    rows = centres[rng.integers(0, clusters, n)] + noise * rng.normal(size=(n, dim)) / np.sqrt(dim)
+    rows = rows.astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_pq_store_is_m_bytes_per_row_reconstructs_well_and_is_reused(tmp_path: Path) -> None:
+    dim, n = 256, 3000
+    rows = clustered_rows(n, dim)
+    counts = np.full(n // 30, 30)
+    first = EncodedChunk(np.zeros((len(counts), 4), np.float32), rows, counts)
+    entry, files = write_segment(tmp_path, [first], "pq", 0, 1)
+    m = dim // 8
+    assert entry["dtype"] == "pq" and entry["quantizer"] in files
+    bytes_per_row = files[entry["data"]]["bytes"] / n
+    assert bytes_per_row == m * 8 / 8
+    assert bytes_per_row / (dim * 4) <= 1 / 16  # 1/32 of float32 at 8 bits
+    stats = entry["reconstruction"]
+    assert stats["mean_cosine"] > 0.95 and stats["min_cosine"] > 0.8
+
+    store = PackedStore(tmp_path, [entry], dim)
+    decoded, mask = store.lookup(np.arange(len(counts)))
+    real = decoded[mask].numpy()
+    np.testing.assert_allclose(np.linalg.norm(real, axis=1), 1.0, atol=1e-5)  # re-normalised
+    cosine = (real * rows).sum(axis=1)
+    assert cosine.mean() == pytest.approx(stats["mean_cosine"], abs=1e-3)
+
+    # A later segment reuses the trained quantiser (no new one), and reading again gives identical rows.
+    more = clustered_rows(60, dim, seed=0)
+    writer = SegmentWriter(tmp_path, "regions", 2, len(counts), "pq", dim, quantizer=store.quantizer)
+    writer.append(EncodedChunk(np.zeros((2, 4), np.float32), more, np.array([30, 30])))
+    second, second_files = writer.finish()
+    assert second["quantizer"] == entry["quantizer"] and entry["quantizer"] not in second_files
+    reopened = PackedStore(tmp_path, [entry, second], dim)
+    again, again_mask = reopened.lookup(np.arange(len(counts)))
+    assert torch.equal(again, decoded) and torch.equal(again_mask, mask)
+    late, late_mask = reopened.lookup([len(counts) + 1, 0])
+    assert (late[late_mask.logical_not()] == 0).all()
+    expected = store.quantizer.decode(torch.from_numpy(store.quantizer.encode(more[30:])))
+    torch.testing.assert_close(late[0], expected)
+
+
+def test_pq_needs_enough_rows_to_train(tmp_path: Path) -> None:
+    with pytest.raises(AladinError, match="needs at least 256 rows"):
+        write_segment(tmp_path, [chunk([10, 10], 16, 0)], "pq", 0, 1)
+    assert not list(tmp_path.iterdir())  # nothing left behind by finish? (temporaries are the caller's)

@@ -18,6 +18,21 @@ def cache(tmp_path_factory):
     return root / "cache"
 
 
+def test_evaluate_a_model_on_an_unseen_dataset_folder(cache, tmp_path):
+    run = tmp_path / "run"
+    pipeline.train(cache, run, _recipe(train_infonce_student=False))
+    unseen = tmp_path / "unseen"
+    generate_synthetic_dataset(unseen, SyntheticConfig(seed=9, n_train=2, n_val=0, n_test=6))
+    results = pipeline.evaluate_on_data(unseen, run / "model", tmp_path / "unseen-cache", quiet=True)
+    assert [r.name for r in results][:2] == [
+        "alignment head (teacher, all pairs)",
+        "matching head (distill+infonce)",
+    ]
+    assert (tmp_path / "unseen-cache" / "eval-test" / "results.json").is_file()
+    with pytest.raises(AladinError, match="no 'val' split"):
+        pipeline.evaluate_on_data(unseen, run / "model", tmp_path / "c2", split="val")
+
+
 def _recipe(**overrides):
     fast = dict(epochs=2, batch_size=8, warmup_steps=1)
     return RecipeConfig(

@@ -31,6 +31,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--nprobe", type=int, default=defaults.nprobe, help="IVF lists searched per query")
     p.add_argument("--ef-search", type=int, default=defaults.ef_search, help="HNSW candidate list size")
     p.add_argument("--region-dtype", choices=REGION_DTYPES, default=defaults.region_dtype)
+    p.add_argument("--pq-m", type=int, default=defaults.pq_m, help="pq: sub-quantisers (0: embed_dim / 8)")
+    p.add_argument("--pq-nbits", type=int, default=defaults.pq_nbits, help="pq: bits per sub-quantiser")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images encoded at once")
     p.add_argument("--with-texts", action="store_true", help="also index the captions (image→text search)")
     p.add_argument("--split", help="only this split of a dataset folder (feature cache: default test)")
@@ -103,6 +105,30 @@ def _built_with(index_dir: str) -> str:
     return f" that built the index ({checkpoint})" if checkpoint else " that built the index"
 
 
+def _recorded_model(args: argparse.Namespace) -> Any:
+    """The model the index was built with, when its manifest names a checkpoint folder that still exists and
+    whose model has the recorded fingerprint; None otherwise (the caller then asks for --model)."""
+    from pathlib import Path
+
+    from aladin.fileio import read_json
+    from aladin.index.manifest import MANIFEST_NAME
+    from aladin.model.aladin import AladinModel
+    from aladin.pipeline import resolve_device
+
+    try:
+        recorded = read_json(Path(args.index) / MANIFEST_NAME)["model"]
+        checkpoint, fingerprint = recorded["checkpoint"], recorded["fingerprint"]
+    except (AladinError, KeyError, TypeError):
+        return None
+    if not checkpoint or not Path(checkpoint).is_dir():
+        return None
+    try:
+        model = AladinModel.from_pretrained(checkpoint, resolve_device(args.device))
+    except (AladinError, OSError):
+        return None
+    return model if model.fingerprint() == fingerprint else None
+
+
 def _build(args: argparse.Namespace) -> None:
     from aladin.index.builder import build_index
 
@@ -113,6 +139,8 @@ def _build(args: argparse.Namespace) -> None:
         ef_search=args.ef_search,
         region_dtype=args.region_dtype,
         batch_size=args.batch_size,
+        pq_m=args.pq_m,
+        pq_nbits=args.pq_nbits,
     )
     started = time.perf_counter()
     index = build_index(
@@ -160,10 +188,13 @@ def _info(args: argparse.Namespace) -> None:
         "model", f"{info['model']['fingerprint']} ({info['model']['checkpoint'] or 'checkpoint unknown'})"
     )
     table.add_row("settings", ", ".join(f"{k}={v}" for k, v in info["index_config"].items()))
+    dtype = info["index_config"].get("region_dtype", "int8")
     for kind, c in info["collections"].items():
         line = f"{c['live']} live, {c['removed']} removed, {c['segments']} segments, {c['store_bytes'] / 2**20:.1f} MiB store"
+        if c.get("quantizer_bytes"):
+            line += f" (quantiser {c['quantizer_bytes'] / 2**10:.1f} KiB)"
         for rec in c["reconstruction"]:
-            line += f"; int8 mean cosine {rec['mean_cosine']:.5f}, min {rec['min_cosine']:.4f}"
+            line += f"; {dtype} mean cosine {rec['mean_cosine']:.5f}, min {rec['min_cosine']:.4f}"
         table.add_row(kind, line)
     table.add_row("on disk", f"{info['total_bytes'] / 2**20:.1f} MiB")
     Console().print(table)
@@ -175,7 +206,9 @@ def _search(args: argparse.Namespace) -> None:
 
     if (args.query is None) == (args.image is None):
         raise AladinError("search: give either a text query or --image PATH")
-    model = _load_model(args, _built_with(args.index))
+    model = _recorded_model(args) if args.model is None else None
+    if model is None:
+        model = _load_model(args, _built_with(args.index))
     index = SearchIndex.load(args.index, model, verify_checksums=not args.skip_checksums)
     index.set_search_params(args.nprobe, args.ef_search)
     searcher = Searcher(index, model)

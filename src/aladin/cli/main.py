@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aladin import __version__
 from aladin.errors import AladinError
@@ -56,9 +57,31 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from aladin import pipeline
 
-    results = pipeline.evaluate(args.cache, args.run, args.split, args.rerank_k, args.out, quiet=args.json)
+    if args.data:
+        if not args.model:
+            raise AladinError("evaluate --data needs --model (a checkpoint folder, e.g. <run>/model)")
+        cache = args.cache or str(Path(args.data) / ".aladin-cache")
+        results = pipeline.evaluate_on_data(
+            args.data, args.model, cache, args.split, args.rerank_k, args.out, quiet=args.json
+        )
+    else:
+        if not (args.cache and (args.run or args.model)):
+            raise AladinError("evaluate needs --cache with --run (or --model), or --data with --model")
+        results = pipeline.evaluate(
+            args.cache, args.run or args.model, args.split, args.rerank_k, args.out, quiet=args.json
+        )
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2))
+
+
+def _dataset_check(args: argparse.Namespace) -> None:
+    from aladin.data.check import check_dataset, format_report
+    from aladin.data.readers import load_dataset
+
+    report = check_dataset(load_dataset(args.path, args.format), open_images=not args.skip_images)
+    print(format_report(report))
+    if not report.ok:
+        raise AladinError(f"{args.path}: {report.num_problems} problem(s) found")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -97,9 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_flags(p)
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="recall@K of every scorer on a cached split")
-    p.add_argument("--cache", required=True, help="feature cache folder")
-    p.add_argument("--run", required=True, help="run folder (from `aladin train`)")
+    p = sub.add_parser(
+        "evaluate", help="recall@K of every scorer on a cached split, or on any dataset folder"
+    )
+    p.add_argument("--cache", help="feature cache folder (with --data: where its features go)")
+    p.add_argument("--run", help="run folder (from `aladin train`)")
+    p.add_argument("--data", help="a dataset folder the model has never seen (extracted with its encoders)")
+    p.add_argument("--model", help="a model checkpoint folder, e.g. <run>/model")
     p.add_argument("--split", default="test")
     p.add_argument("--rerank-k", type=int, help="candidates re-ranked by the alignment head")
     p.add_argument(
@@ -114,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("dataset", help="dataset tools")
+    dataset_sub = p.add_subparsers(dest="dataset_command", required=True)
+    p = dataset_sub.add_parser(
+        "check", help="validate a dataset: missing/unreadable images, empty captions, splits"
+    )
+    p.add_argument("path", help="dataset folder or annotation file (folder, COCO, Karpathy, Flickr, CSV)")
+    p.add_argument(
+        "--format", default="auto", help="auto (default), folder, coco, karpathy, flickr, captions"
+    )
+    p.add_argument("--skip-images", action="store_true", help="do not open every image")
+    p.set_defaults(func=_dataset_check)
 
     from aladin.cli import index_commands
 

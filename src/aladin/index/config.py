@@ -11,7 +11,7 @@ from aladin.errors import AladinError
 INDEX_FORMAT_VERSION = 1
 
 #: Encodings of the region/word store; see `aladin.index.store`.
-REGION_DTYPES = ("float16", "int8")
+REGION_DTYPES = ("float16", "int8", "pq")
 
 _FACTORIES = re.compile(r"^(Flat|IVF(?P<nlist>[1-9]\d*),Flat|HNSW(?P<m>[1-9]\d*))$")
 
@@ -21,8 +21,10 @@ class IndexConfig:
     """FAISS factory string (inner product over the normalised global vectors), its search knobs, and the store.
 
     `factory`: "Flat" (exact), "IVF{nlist},Flat" (searched with `nprobe` lists) or "HNSW{M}" (searched with
-    `ef_search`). `region_dtype`: "float16" (half of float32) or "int8" (a quarter). `batch_size`: images or
-    captions encoded at once while building.
+    `ef_search`). `region_dtype`: "float16" (half of float32), "int8" (a quarter) or "pq" (FAISS product quantisation:
+    `pq_m` sub-quantisers of `pq_nbits` bits, `pq_m` * `pq_nbits` / 8 bytes per row; `pq_m` 0 means
+    embed_dim / 8, a sixteenth of float32 at 8 bits). `batch_size`: images or captions encoded at once while
+    building.
     """
 
     factory: str = "Flat"
@@ -30,6 +32,8 @@ class IndexConfig:
     ef_search: int = 128
     region_dtype: str = "float16"
     batch_size: int = 64
+    pq_m: int = 0
+    pq_nbits: int = 8
 
     def __post_init__(self) -> None:
         if not _FACTORIES.match(self.factory):
@@ -40,6 +44,10 @@ class IndexConfig:
             raise AladinError(
                 f"region_dtype: expected one of {', '.join(REGION_DTYPES)}, got {self.region_dtype!r}"
             )
+        if self.pq_m < 0:
+            raise AladinError(f"pq_m: must be 0 (embed_dim / 8) or positive, got {self.pq_m}")
+        if not 1 <= self.pq_nbits <= 16:
+            raise AladinError(f"pq_nbits: must be between 1 and 16, got {self.pq_nbits}")
         for name in ("nprobe", "ef_search", "batch_size"):
             if getattr(self, name) < 1:
                 raise AladinError(f"{name}: must be at least 1, got {getattr(self, name)}")

@@ -196,6 +196,7 @@ class SearchIndex:
         collections = {}
         for kind, collection in self.collections.items():
             segments = collection.entry["segments"]
+            quantizers = sorted({s["quantizer"] for s in segments if s.get("quantizer")})
             collections[kind] = {
                 **self.manifest["counts"][kind],
                 "vectors_in_faiss": collection.vectors.ntotal,
@@ -203,7 +204,9 @@ class SearchIndex:
                 "stored_rows": sum(s["rows"] for s in segments),
                 "store_bytes": sum(
                     files[s[key]]["bytes"] for s in segments for key in ("data", "offsets", "boxes") if s[key]
-                ),
+                )
+                + sum(files[name]["bytes"] for name in quantizers),
+                "quantizer_bytes": sum(files[name]["bytes"] for name in quantizers),
                 "reconstruction": [s["reconstruction"] for s in segments if s["reconstruction"]],
             }
         return {
@@ -323,13 +326,17 @@ class IndexUpdate:
                 f"got {tuple(chunk.global_vectors.shape)}"
             )
         if kind not in self._writers:
+            cfg = self.index.config
             self._writers[kind] = SegmentWriter(
                 self.index.directory,
                 _STEMS[kind][1],
                 self.generation,
                 self.next_ids[kind],
-                self.index.config.region_dtype,
+                cfg.region_dtype,
                 entry["row_dim"],
+                quantizer=self.index.collection(kind).store.quantizer,  # later pq segments reuse the first's
+                pq_m=cfg.pq_m,
+                pq_nbits=cfg.pq_nbits,
             )
         self._writers[kind].append(chunk)
         ids = np.arange(self.next_ids[kind], self.next_ids[kind] + n, dtype=np.int64)
@@ -415,7 +422,10 @@ class IndexUpdate:
                 entry["vectors_hold_deleted"] = bool(len(vectors[kind].tombstones))
                 files[entry["vectors"]] = _publish_with(directory / entry["vectors"], vectors[kind].write)
             kept = [entry["vectors"]] + [
-                s[key] for s in entry["segments"] for key in ("data", "offsets", "boxes") if s[key]
+                s[key]
+                for s in entry["segments"]
+                for key in ("data", "offsets", "boxes", "quantizer")
+                if s.get(key)
             ]
             files.update({name: old["files"][name] for name in kept if name in old["files"]})
             collections[kind] = entry

@@ -1,9 +1,11 @@
 """Packed per-item vector sets (an image's regions, a caption's words), memory-mapped and looked up by item id.
 
 A segment holds the items `first_id .. first_id + count - 1`: their rows packed one after another in one raw
-file (`regions.000001.f16` or `.i8`, [rows, dim]), an offsets array ([count + 1], item i owns rows
+file (`regions.000001.f16`, `.i8` [rows, dim], or `.pq` [rows, code bytes]), an offsets array ([count + 1], item i owns rows
 offsets[i]:offsets[i+1], so items may have different numbers of rows) and, for regions, their boxes. Segments
-are written once and never changed; an index version lists the segments it uses.
+are written once and never changed; an index version lists the segments it uses. A "pq" store's quantiser is
+trained on (a sample of) its first segment, saved in its own file (`regions.000001.pqcodes.faiss`) that every
+later segment's manifest entry names and reuses.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
 
@@ -52,7 +55,64 @@ class Int8Codec:
         return values / values.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+class PQCodec:
+    """FAISS product quantisation: M sub-quantisers of nbits each, M * nbits / 8 bytes per row.
+
+    Decoded rows are re-normalised to unit length (the codebook centroids are not). `file` names the trained
+    quantiser in the index folder, shared by every segment encoded with it.
+    """
+
+    name, suffix, dtype = "pq", "pq", np.dtype(np.uint8)
+
+    def __init__(self, pq: faiss.ProductQuantizer, file: str):
+        self.pq, self.file = pq, file
+
+    @property
+    def code_size(self) -> int:
+        return int(self.pq.code_size)
+
+    @classmethod
+    def train(cls, sample: np.ndarray, m: int, nbits: int, file: str) -> PQCodec:
+        dim = sample.shape[1]
+        m = m or max(1, dim // 8)
+        if dim % m:
+            raise AladinError(f"pq_m: {m} sub-quantisers do not divide the row dimension {dim}")
+        if len(sample) < 2**nbits:
+            raise AladinError(
+                f"pq: training {2**nbits} centroids ({nbits} bits) needs at least {2**nbits} rows, "
+                f"the first segment has {len(sample)}; index more items first, lower pq_nbits or use int8"
+            )
+        pq = faiss.ProductQuantizer(dim, m, nbits)
+        pq.train(np.ascontiguousarray(sample, dtype=np.float32))
+        return cls(pq, file)
+
+    @classmethod
+    def read(cls, path: Path) -> PQCodec:
+        try:
+            return cls(faiss.read_ProductQuantizer(str(path)), path.name)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{path}: cannot read the product quantiser ({str(exc).splitlines()[0]})"
+            ) from exc
+
+    def write(self, path: Path) -> None:
+        faiss.write_ProductQuantizer(self.pq, str(path))
+
+    def encode(self, rows: np.ndarray) -> np.ndarray:
+        return self.pq.compute_codes(np.ascontiguousarray(rows, dtype=np.float32))
+
+    def decode(self, stored: torch.Tensor) -> torch.Tensor:
+        codes = np.ascontiguousarray(stored.numpy()).reshape(-1, self.code_size)
+        values = torch.from_numpy(self.pq.decode(codes)).view(*stored.shape[:-1], int(self.pq.d))
+        return values / values.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+Codec = Float16Codec | Int8Codec | PQCodec
+
 CODECS: dict[str, Float16Codec | Int8Codec] = {codec.name: codec for codec in (Float16Codec(), Int8Codec())}
+
+#: Most rows a product quantiser is trained on (a uniform random sample of the first segment).
+PQ_TRAIN_SAMPLE = 50_000
 
 
 #: Rows per appended chunk on which the reconstruction error of a lossy store is measured.
@@ -114,16 +174,34 @@ class EncodedChunk:
 class SegmentWriter:
     """Streams one segment into temporary files; `finish` publishes them, `discard` removes them."""
 
-    def __init__(self, directory: Path, stem: str, generation: int, first_id: int, dtype: str, dim: int):
-        self.codec = CODECS[dtype]
+    def __init__(
+        self,
+        directory: Path,
+        stem: str,
+        generation: int,
+        first_id: int,
+        dtype: str,
+        dim: int,
+        quantizer: PQCodec | None = None,
+        pq_m: int = 0,
+        pq_nbits: int = 8,
+    ):
+        """For dtype "pq", `quantizer` is the store's trained one; without it this (first) segment's rows are
+        spilled as float16, and `finish` trains a quantiser (`pq_m`, `pq_nbits`) on a sample of them."""
+        self.codec: Codec = quantizer if dtype == "pq" and quantizer is not None else CODECS.get(dtype)  # type: ignore[assignment]
         self.directory, self.dim, self.first_id = directory, dim, first_id
         self.names = {
-            "data": generation_name(stem, generation, self.codec.suffix),
+            "data": generation_name(stem, generation, "pq" if dtype == "pq" else CODECS[dtype].suffix),
             "offsets": generation_name(stem, generation, "offsets.npy"),
             "boxes": generation_name(stem, generation, "boxes.f16"),
         }
         self.temps: dict[str, Path] = {"data": temp_path(directory / self.names["data"])}
         self._data = open(self.temps["data"], "wb")  # closed in finish or discard
+        self._spill: Any = None  # float16 rows awaiting the quantiser this segment trains
+        self._pq = (pq_m, pq_nbits, generation_name(stem, generation, "pqcodes.faiss"))
+        if self.codec is None:
+            self.temps["spill"] = temp_path(directory / generation_name(stem, generation, "spill.f16"))
+            self._spill = open(self.temps["spill"], "wb")  # closed in finish or discard
         self._hash = hashlib.sha256()
         self.counts: list[np.ndarray] = []
         self.stats = ReconstructionStats() if dtype != "float16" else None
@@ -147,6 +225,15 @@ class SegmentWriter:
             self.has_boxes = chunk.boxes is not None
         elif self.has_boxes != (chunk.boxes is not None):
             raise AladinError("store: every chunk of a segment must have boxes, or none")
+        if self._spill is not None:
+            self._spill.write(rows.astype(np.float16).tobytes())
+        else:
+            self._write_rows(rows)
+        if chunk.boxes is not None:
+            self._append_boxes(np.asarray(chunk.boxes, dtype=np.float16), counts)
+        self.counts.append(counts)
+
+    def _write_rows(self, rows: np.ndarray) -> None:
         encoded = self.codec.encode(rows)
         if self.stats is not None:  # on evenly spaced rows: exact for small chunks, cheap for large ones
             sample = slice(None, None, max(1, len(rows) // STATS_SAMPLE))
@@ -155,9 +242,30 @@ class SegmentWriter:
         data = encoded.tobytes()
         self._data.write(data)
         self._hash.update(data)
-        if chunk.boxes is not None:
-            self._append_boxes(np.asarray(chunk.boxes, dtype=np.float16), counts)
-        self.counts.append(counts)
+
+    def _train_and_encode_spill(self) -> None:
+        """Train the quantiser on a sample of the spilled rows, then encode them all into the data file."""
+        self._spill.close()
+        self._spill = None
+        spill = self.temps.pop("spill")
+        try:
+            total = spill.stat().st_size // (2 * self.dim)
+            rows = np.memmap(spill, np.float16, mode="r", shape=(total, self.dim)) if total else None
+            if total > PQ_TRAIN_SAMPLE:
+                pick = np.sort(np.random.default_rng(0).choice(total, PQ_TRAIN_SAMPLE, replace=False))
+            else:
+                pick = np.arange(total)
+            sample = rows[pick] if rows is not None else np.zeros((0, self.dim), np.float16)
+            m, nbits, file = self._pq
+            self.codec = PQCodec.train(sample, m, nbits, file)
+            for start in range(0, total, 65536):
+                self._write_rows(np.asarray(rows[start : start + 65536], dtype=np.float32))  # type: ignore[index]
+            del rows
+        finally:
+            spill.unlink(missing_ok=True)
+        self.names["quantizer"] = file
+        self.temps["quantizer"] = temp_path(self.directory / file)
+        self.codec.write(self.temps["quantizer"])
 
     def _append_boxes(self, boxes: np.ndarray, counts: np.ndarray) -> None:
         if not len(counts):
@@ -179,6 +287,8 @@ class SegmentWriter:
 
     def finish(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """Publish the segment's files; returns its manifest entry and the file records."""
+        if self._spill is not None:
+            self._train_and_encode_spill()
         self._data.close()
         counts = np.concatenate(self.counts) if self.counts else np.zeros(0, np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -203,6 +313,7 @@ class SegmentWriter:
             "dim": self.dim,
             "dtype": self.codec.name,
             "data": self.names["data"],
+            "quantizer": self.codec.file if isinstance(self.codec, PQCodec) else None,
             "offsets": self.names["offsets"],
             "boxes": self.names["boxes"] if "boxes" in self.temps else None,
             "boxes_shared": self.box_template is not None,
@@ -212,6 +323,8 @@ class SegmentWriter:
 
     def discard(self) -> None:
         self._data.close()
+        if self._spill is not None:
+            self._spill.close()
         if self._boxes_file is not None:
             self._boxes_file.close()
         for tmp in self.temps.values():
@@ -222,17 +335,26 @@ class SegmentWriter:
 class _Segment:
     first_id: int
     count: int
-    codec: Float16Codec | Int8Codec
-    data: np.ndarray  # memory-mapped [rows, dim]
+    codec: Codec
+    data: np.ndarray  # memory-mapped [rows, dim] ([rows, code bytes] for pq)
     offsets: np.ndarray  # [count + 1]
     boxes: np.ndarray | None  # [R, 5] shared template or [rows, 5]
     boxes_shared: bool
 
 
-def _open_segment(directory: Path, entry: dict[str, Any]) -> _Segment:
-    codec = CODECS[entry["dtype"]]
+def _open_segment(directory: Path, entry: dict[str, Any], quantizers: dict[str, PQCodec]) -> _Segment:
+    codec: Codec
+    if entry["dtype"] == "pq":
+        name = entry.get("quantizer")
+        if not name:
+            raise CheckpointError(f"{directory / entry['data']}: a pq segment without a quantizer file")
+        if name not in quantizers:
+            quantizers[name] = PQCodec.read(directory / name)
+        codec = quantizers[name]
+    else:
+        codec = CODECS[entry["dtype"]]
     path = directory / entry["data"]
-    shape = (int(entry["rows"]), int(entry["dim"]))
+    shape = (int(entry["rows"]), codec.code_size if isinstance(codec, PQCodec) else int(entry["dim"]))
     data = np.memmap(path, codec.dtype, mode="r", shape=shape) if shape[0] else np.zeros(shape, codec.dtype)
     offsets = np.load(directory / entry["offsets"])
     if offsets.shape != (entry["count"] + 1,) or int(offsets[-1]) != shape[0]:
@@ -250,16 +372,27 @@ class PackedStore:
 
     def __init__(self, directory: Path, entries: list[dict[str, Any]], dim: int):
         self.dim = dim
-        self.segments = sorted((_open_segment(directory, e) for e in entries), key=lambda s: s.first_id)
+        quantizers: dict[str, PQCodec] = {}
+        self.segments = sorted(
+            (_open_segment(directory, e, quantizers) for e in entries), key=lambda s: s.first_id
+        )
         dtypes = {s.codec.name for s in self.segments}
         if len(dtypes) > 1:
             raise CheckpointError(f"{directory}: store segments of different types {sorted(dtypes)}")
-        self.codec = self.segments[0].codec if self.segments else CODECS["float16"]
+        if len(quantizers) > 1:
+            raise CheckpointError(f"{directory}: store segments of different quantizers {sorted(quantizers)}")
+        self.codec: Codec = self.segments[0].codec if self.segments else CODECS["float16"]
+        self._width = self.codec.code_size if isinstance(self.codec, PQCodec) else dim
         self._firsts = np.array([s.first_id for s in self.segments], dtype=np.int64)
 
     @property
     def num_items(self) -> int:
         return sum(s.count for s in self.segments)
+
+    @property
+    def quantizer(self) -> PQCodec | None:
+        """The trained product quantiser later pq segments must reuse (None for other stores, or none yet)."""
+        return self.codec if isinstance(self.codec, PQCodec) else None
 
     @property
     def nbytes(self) -> int:
@@ -290,14 +423,17 @@ class PackedStore:
         within = np.arange(len(item)) - np.repeat(np.cumsum(counts) - counts, counts)
         rows = starts[item] + within
         # Gather in the stored dtype (a plain copy), then convert the padded block in one go.
-        out = np.zeros((len(ids) * width, self.dim), self.codec.dtype)
+        out = np.zeros((len(ids) * width, self._width), self.codec.dtype)
         for s in np.unique(where):
             pick = where[item] == s
             out[item[pick] * width + within[pick]] = self.segments[s].data[rows[pick]]
         mask = np.zeros((len(ids), width), bool)
         mask[item, within] = True
-        decoded = self.codec.decode(torch.from_numpy(out).view(len(ids), width, self.dim))
-        return decoded, torch.from_numpy(mask)
+        decoded = self.codec.decode(torch.from_numpy(out).view(len(ids), width, self._width))
+        mask_t = torch.from_numpy(mask)
+        if isinstance(self.codec, PQCodec):  # code 0 decodes to a centroid, not zero: clear the padding
+            decoded = decoded.masked_fill(~mask_t[..., None], 0.0)
+        return decoded, mask_t
 
     def boxes(self, item_id: int) -> np.ndarray | None:
         """Boxes [R, 5] of one item's regions (x1, y1, x2, y2, area in 0..1), or None when none were stored."""
