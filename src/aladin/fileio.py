@@ -68,8 +68,8 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         for item in tmp.iterdir():
-            _fsync(item)
-        _fsync(tmp)
+            fsync_path(item)
+        fsync_path(tmp)
         if not path.exists() and backup.is_dir():
             os.replace(backup, path)  # an earlier swap was interrupted: its backup is the good copy
         if backup.exists():
@@ -77,7 +77,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         if path.exists():
             os.replace(path, backup)
         os.replace(tmp, path)
-        _fsync(path.parent)
+        fsync_path(path.parent)
         if backup.exists():
             shutil.rmtree(backup)
     finally:
@@ -85,7 +85,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush a file or folder to disk, so a rename never publishes data that is still only in memory."""
     fd = os.open(path, os.O_RDONLY)
     try:

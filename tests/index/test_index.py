@@ -294,3 +294,32 @@ def test_index_settings_are_validated(tmp_path: Path, dataset: Path, model: Alad
     with pytest.raises(AladinError, match="training needs at least 64 vectors, got 12"):
         build_index(dataset, model, tmp_path / "index", IndexConfig(factory="IVF64,Flat"), progress=False)
     assert not (tmp_path / "index" / "manifest.json").exists()
+
+
+def test_pq_index_round_trip_and_add_reuses_the_quantizer(
+    tmp_path: Path, dataset: Path, model: AladinModel, text_encoder: ToyTextEncoder
+) -> None:
+    cfg = IndexConfig(region_dtype="pq", pq_nbits=4, batch_size=5)  # 16 centroids: the toy data is small
+    in_memory = build_index(
+        dataset, model, tmp_path / "index", cfg, text_encoder=text_encoder, with_texts=True, progress=False
+    )
+    loaded = SearchIndex.load(tmp_path / "index", model)
+    assert loaded.config == cfg
+    assert snapshot(loaded, model, text_encoder) == snapshot(in_memory, model, text_encoder)
+    [segment] = loaded.manifest["collections"][IMAGES]["segments"]
+    quantizer = segment["quantizer"]
+    assert quantizer in loaded.manifest["files"] and segment["reconstruction"]["mean_cosine"] > 0.5
+    info = loaded.info()["collections"][IMAGES]
+    assert info["quantizer_bytes"] == loaded.manifest["files"][quantizer]["bytes"]
+    assert info["reconstruction"] == [segment["reconstruction"]]
+    before = loaded.lookup(IMAGES, range(12))
+
+    new = write_images(tmp_path / "new", 2, first_seed=100)
+    assert loaded.add(new, image_encoder=ToyImageEncoder(model.config.image_encoder)) == [12, 13]
+    reloaded = SearchIndex.load(tmp_path / "index", model)
+    segments = reloaded.manifest["collections"][IMAGES]["segments"]
+    assert [s["quantizer"] for s in segments] == [quantizer, quantizer]
+    assert reloaded.manifest["files"][quantizer] == in_memory.manifest["files"][quantizer]  # not retrained
+    after = reloaded.lookup(IMAGES, range(12))
+    assert all(a.equal(b) for a, b in zip(before, after, strict=True))
+    assert snapshot(reloaded, model, text_encoder) == snapshot(loaded, model, text_encoder)

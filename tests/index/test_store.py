@@ -140,4 +140,4 @@ def test_pq_store_is_m_bytes_per_row_reconstructs_well_and_is_reused(tmp_path: P
 def test_pq_needs_enough_rows_to_train(tmp_path: Path) -> None:
     with pytest.raises(AladinError, match="needs at least 256 rows"):
         write_segment(tmp_path, [chunk([10, 10], 16, 0)], "pq", 0, 1)
-    assert not list(tmp_path.iterdir())  # nothing left behind by finish? (temporaries are the caller's)
+    assert not list(tmp_path.iterdir())  # the failed segment's temporaries are removed

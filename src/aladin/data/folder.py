@@ -75,8 +75,8 @@ def _parse_line(line: str, where: str, base: Path) -> tuple[ImageItem, str]:
         raise DataError(
             f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(_FIELDS)}"
         )
-    image = _non_empty_string(record, "image", where)
-    rel = _safe_relative(image, where)
+    image = non_empty_string(record, "image", where)
+    rel = safe_relative(image, where)
     if "captions" not in record:
         raise DataError(f"{where}: missing field 'captions'")
     captions = record["captions"]
@@ -89,18 +89,19 @@ def _parse_line(line: str, where: str, base: Path) -> tuple[ImageItem, str]:
             raise DataError(
                 f"{where}: field 'captions': caption {i} must be a non-empty string, got {caption!r:.60}"
             )
-    split = _non_empty_string(record, "split", where)
+    split = non_empty_string(record, "split", where)
     if split not in SPLITS:
         raise DataError(f"{where}: field 'split': expected one of {', '.join(SPLITS)}, got {split!r}")
     id_field = "id" if "id" in record else "image"
-    image_id = _non_empty_string(record, id_field, where)
+    image_id = non_empty_string(record, id_field, where)
     path = base.joinpath(*rel.parts)
     if not path.is_file():
         raise DataError(f"{where}: field 'image': file not found: {path}")
     return ImageItem(image_id, path, tuple(captions), split), id_field
 
 
-def _non_empty_string(record: dict[str, Any], field: str, where: str) -> str:
+def non_empty_string(record: dict[str, Any], field: str, where: str) -> str:
+    """A required, non-blank string field (shared by every caption-file reader)."""
     if field not in record:
         raise DataError(f"{where}: missing field '{field}'")
     value = record[field]
@@ -109,7 +110,7 @@ def _non_empty_string(record: dict[str, Any], field: str, where: str) -> str:
     return value
 
 
-def _safe_relative(image: str, where: str, field: str = "image") -> PurePosixPath:
+def safe_relative(image: str, where: str, field: str = "image") -> PurePosixPath:
     """Image paths must stay inside the dataset folder: no absolute paths, no `..`."""
     rel = PurePosixPath(image.replace("\\", "/"))
     if rel.is_absolute() or PureWindowsPath(image).is_absolute() or PureWindowsPath(image).drive:

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from aladin.data.dataset import SPLITS, Dataset, ImageItem
-from aladin.data.folder import CAPTIONS_FILE, _safe_relative, image_base, load_dataset_folder
+from aladin.data.folder import CAPTIONS_FILE, image_base, load_dataset_folder, non_empty_string, safe_relative
 from aladin.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def read_coco_captions(
             raise DataError(
                 f"{where}: field 'id': duplicate image id {image_id!r} (first at images[{files[image_id][0]}])"
             )
-        files[image_id] = (i, _string(entry, "file_name", where))
+        files[image_id] = (i, non_empty_string(entry, "file_name", where))
     captions: dict[str, list[str]] = {image_id: [] for image_id in files}
     for i, entry in enumerate(_list_field(data, "annotations", path)):
         where = f"{path}: annotations[{i}]"
@@ -78,7 +78,7 @@ def read_coco_captions(
         if not captions[image_id]:
             continue
         where = f"{path}: images[{i}]"
-        image_path = images_dir.joinpath(*_safe_relative(file_name, where).parts)
+        image_path = images_dir.joinpath(*safe_relative(file_name, where).parts)
         _check_image(image_path, where, "file_name", require_images)
         items.append(ImageItem(image_id, image_path, tuple(captions[image_id]), split))
     skipped = len(files) - len(items)
@@ -110,8 +110,8 @@ def read_karpathy(
     for i, entry in enumerate(_list_field(data, "images", path)):
         where = f"{path}: images[{i}]"
         entry = _object(entry, where)
-        filename = _string(entry, "filename", where)
-        raw_split = _string(entry, "split", where)
+        filename = non_empty_string(entry, "filename", where)
+        raw_split = non_empty_string(entry, "split", where)
         if raw_split not in _KARPATHY_SPLITS:
             raise DataError(
                 f"{where}: field 'split': expected one of {', '.join(_KARPATHY_SPLITS)}, got {raw_split!r}"
@@ -130,10 +130,10 @@ def read_karpathy(
         if image_id in first:
             raise DataError(f"{where}: duplicate image id {image_id!r} (first at images[{first[image_id]}])")
         first[image_id] = i
-        rel = _safe_relative(filename, where)
+        rel = safe_relative(filename, where)
         candidates = [images_root.joinpath(*rel.parts)]
         if "filepath" in entry:
-            subdir = _safe_relative(_string(entry, "filepath", where), where)
+            subdir = safe_relative(non_empty_string(entry, "filepath", where), where)
             candidates.insert(0, images_root.joinpath(*subdir.parts, *rel.parts))
         image_path = next((c for c in candidates if c.is_file()), candidates[0])
         _check_image(image_path, where, "filename", require_images)
@@ -190,7 +190,7 @@ def read_flickr_tokens(
         if split is None:
             continue
         where = f"{token_path}:{first_line[name]}"
-        image_path = images_dir.joinpath(*_safe_relative(name, where).parts)
+        image_path = images_dir.joinpath(*safe_relative(name, where).parts)
         _check_image(image_path, where, "image", require_images)
         items.append(ImageItem(PurePosixPath(name).stem, image_path, tuple(caps), split))
     if len(items) < len(captions):
@@ -246,7 +246,7 @@ def read_image_folder_with_captions(
         image = record.get("image")
         if not isinstance(image, str) or not image.strip():
             raise DataError(f"{where}: field 'image': expected a non-empty string, got {image!r:.60}")
-        key = _safe_relative(image.strip(), where).as_posix()
+        key = safe_relative(image.strip(), where).as_posix()
         if "captions" in record:
             value = record["captions"]
             if not isinstance(value, list) or not value:
@@ -493,15 +493,6 @@ def _list_field(data: dict[str, Any], field: str, path: Path) -> list[Any]:
     value = data[field]
     if not isinstance(value, list):
         raise DataError(f"{path}: field '{field}': expected a list, got {type(value).__name__}")
-    return value
-
-
-def _string(record: dict[str, Any], field: str, where: str) -> str:
-    if field not in record:
-        raise DataError(f"{where}: missing field '{field}'")
-    value = record[field]
-    if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{where}: field '{field}': expected a non-empty string, got {value!r:.60}")
     return value
 
 

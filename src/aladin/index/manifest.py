@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from aladin.errors import AladinError, CheckpointError
-from aladin.fileio import read_json, write_json
+from aladin.fileio import fsync_path, read_json, write_json
 from aladin.index.config import INDEX_FORMAT_VERSION
 
 MANIFEST_NAME = "manifest.json"
@@ -55,11 +55,7 @@ def publish(tmp: Path, final: Path, sha256: str | None = None) -> dict[str, Any]
 
 def fsync_directory(directory: Path) -> None:
     """Make the renames in `directory` durable before the manifest points at the renamed files."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(directory)
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

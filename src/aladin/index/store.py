@@ -288,7 +288,11 @@ class SegmentWriter:
     def finish(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """Publish the segment's files; returns its manifest entry and the file records."""
         if self._spill is not None:
-            self._train_and_encode_spill()
+            try:
+                self._train_and_encode_spill()
+            except BaseException:
+                self.discard()
+                raise
         self._data.close()
         counts = np.concatenate(self.counts) if self.counts else np.zeros(0, np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
