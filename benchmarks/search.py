@@ -366,14 +366,16 @@ def compare_int8(
 
 # ---- retrieval quality on a real test split --------------------------------------------------------
 def retrieval_quality(model: AladinModel, cache: Path, workdir: Path, rerank: int) -> dict[str, Any]:
-    """rsum of kNN only and kNN + re-rank on the cache's test split, with float16 and int8 region stores."""
+    """rsum of kNN only and kNN + re-rank on the cache's test split, with float16, int8 and PQ region stores."""
     source = CachedSplitSource(cache, "test", model.config)
     cached = source.cached
     owners = np.asarray(cached.caption_image)
     out: dict[str, Any] = {"images": cached.num_images, "captions": cached.num_captions, "rerank": rerank}
-    for dtype in ("float16", "int8"):
+    for dtype in ("float16", "int8", "pq"):
         cfg = IndexConfig(region_dtype=dtype, batch_size=256)
         index = build_index(source, model, workdir / f"quality-{dtype}", cfg, with_texts=True, progress=False)
+        out[f"{dtype} store"] = index.info()  # sizes and reconstruction error per segment
+        print(f"{dtype} store: {json.dumps(index.info(), default=str)[:600]}", flush=True)
         searcher = Searcher(index, model)
         for depth in (0, rerank) if dtype == "float16" else (rerank,):
             name = "kNN only" if depth == 0 else f"kNN + re-rank {depth} ({dtype} store)"
@@ -546,7 +548,7 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, v in q.items():
-            if isinstance(v, dict):
+            if isinstance(v, dict) and "rsum" in v:
                 lines.append(
                     f"| {name} | "
                     + " | ".join(

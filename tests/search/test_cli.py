@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -99,12 +100,48 @@ def test_search_prints_a_table(workspace: dict[str, str], capsys: pytest.Capture
 
 
 def test_commands_need_a_model_and_a_query(workspace: dict[str, str]) -> None:
-    with pytest.raises(AladinError, match=r"--model is required.*that built the index \(.*model\)"):
-        run(["search", "dog", "--index", workspace["index"]])
+    with pytest.raises(AladinError, match="either a text query or --image"):
+        run(["search", "--index", workspace["index"]])
     with pytest.raises(AladinError, match="either a text query or --image"):
         run(["search", "--index", workspace["index"], "--model", workspace["model"]])
     with pytest.raises(AladinError, match="empty query"):
         run(["search", "  ", "--index", workspace["index"], "--model", workspace["model"]])
+
+
+def test_search_without_model_uses_the_recorded_checkpoint(
+    workspace: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(workspace["model"], model)
+    index = str(tmp_path / "index")
+    run(["index", "build", workspace["data"], "--model", str(model), "--out", index])
+    capsys.readouterr()
+    run(["search", "dog", "--index", index, "--k", "2", "--json"])
+    hits = output_json(capsys)["hits"]
+    run(["search", "dog", "--index", index, "--model", str(model), "--k", "2", "--json"])
+    assert hits == output_json(capsys)["hits"] and len(hits) == 2
+
+    tiny_model(seed=1, text_feature_dim=384).save_pretrained(model)  # same folder, another model
+    with pytest.raises(AladinError, match=r"--model is required.*that built the index \(.*model\)"):
+        run(["search", "dog", "--index", index])
+    shutil.rmtree(model)
+    with pytest.raises(AladinError, match=r"--model is required.*that built the index \(.*model\)"):
+        run(["search", "dog", "--index", index])
+
+
+def test_pq_store_from_the_command_line(
+    workspace: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    index = str(tmp_path / "index")
+    run(
+        ["index", "build", workspace["data"], "--model", workspace["model"], "--out", index]
+        + ["--region-dtype", "pq", "--pq-nbits", "4"]
+    )
+    capsys.readouterr()
+    run(["index", "info", index])
+    assert "pq mean cosine" in capsys.readouterr().out
+    run(["search", "dog", "--index", index, "--model", workspace["model"], "--k", "2", "--json"])
+    assert len(output_json(capsys)["hits"]) == 2
 
 
 def test_add_remove_and_info(
