@@ -48,11 +48,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def load_dataset(data_dir: str | Path, split_cfg: DatasetSplitConfig | None = None) -> Dataset:
-    """Read a dataset folder and make sure it has a validation split (carved from train when absent)."""
-    from aladin.data.folder import load_dataset_folder
+def load_dataset(
+    data_dir: str | Path, split_cfg: DatasetSplitConfig | None = None, require_images: bool = True
+) -> Dataset:
+    """Read a dataset (folder, COCO, Karpathy, Flickr or CSV; detected) and make sure it has a validation split
+    (carved from train when absent)."""
+    from aladin.data.readers import load_dataset as read_any
 
-    return load_dataset_folder(Path(data_dir)).with_validation_split(split_cfg)
+    return read_any(Path(data_dir), require_images=require_images).with_validation_split(split_cfg)
 
 
 def extract(
@@ -67,8 +70,9 @@ def extract(
     from aladin.encoders.image import build_image_encoder
     from aladin.encoders.text import build_text_encoder
 
-    dataset = load_dataset(data_dir, split_cfg)
     image_cfg, text_cfg = image_encoder or ImageEncoderConfig(), text_encoder or TextEncoderConfig()
+    # precomputed regions stand in for the pictures, which then need not be on disk
+    dataset = load_dataset(data_dir, split_cfg, require_images=image_cfg.name != "precomputed")
     device = resolve_device()
     return extract_features(
         dataset,
@@ -241,7 +245,11 @@ def evaluate_on_data(
 ) -> list[ScorerResult]:
     """Check a trained model on any dataset folder: extract it with the model's own encoders, then evaluate."""
     model_cfg = AladinModel.from_pretrained(model_dir).config
-    dataset = load_dataset(data_dir, DatasetSplitConfig(val_fraction=0.0))
+    dataset = load_dataset(
+        data_dir,
+        DatasetSplitConfig(val_fraction=0.0),
+        require_images=model_cfg.image_encoder.name != "precomputed",
+    )
     if split not in dataset.split_names():
         raise AladinError(f"{data_dir}: no {split!r} split (found: {', '.join(dataset.split_names())})")
     from aladin.encoders.image import build_image_encoder

@@ -65,3 +65,31 @@ def test_train_then_evaluate_writes_every_artefact(cache, tmp_path):
     assert pipeline.train(cache, run, _recipe()).stages == report.stages
     with pytest.raises(AladinError, match="another recipe"):
         pipeline.train(cache, run, _recipe(rerank_k=7))
+
+
+def test_extract_from_precomputed_regions_without_the_pictures(tmp_path):
+    import numpy as np
+
+    from aladin.config import ImageEncoderConfig
+    from aladin.encoders.cache import load_split
+
+    data, regions = tmp_path / "data", tmp_path / "regions"
+    data.mkdir()
+    regions.mkdir()
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, count in enumerate((3, 5)):  # a different number of detector regions per image
+        np.savez(
+            regions / f"img{i}.npz",
+            features=rng.standard_normal((count, 16)).astype(np.float32),
+            boxes=np.tile([0.1, 0.1, 0.5, 0.6], (count, 1)).astype(np.float32),
+        )
+        lines.append(
+            json.dumps({"image": f"img{i}.jpg", "id": f"img{i}", "captions": [f"thing {i}"], "split": "test"})
+        )
+    (data / "captions.jsonl").write_text("\n".join(lines) + "\n")  # no image files at all
+    image_cfg = ImageEncoderConfig(name="precomputed", features_path=str(regions))
+    pipeline.extract(data, tmp_path / "cache", image_encoder=image_cfg)
+    cached = load_split(tmp_path / "cache", "test")
+    assert cached.arrays["regions"].shape == (2, 5, 16)
+    assert cached.arrays["region_mask"].sum(axis=1).tolist() == [3, 5]

@@ -68,6 +68,8 @@ class Dataset:
         if any(it.split == "val" for it in self.items) or (cfg.val_fraction <= 0 and cfg.val_size <= 0):
             return self
         train_idx = [i for i, it in enumerate(self.items) if it.split == "train"]
+        if not train_idx:
+            return self  # evaluation-only data: nothing to carve from
         if len(train_idx) < 2:
             raise DataError(f"{self.root}: need at least 2 training images to carve a validation split")
         n_val = cfg.val_size or max(1, round(len(train_idx) * cfg.val_fraction))

@@ -28,8 +28,11 @@ def image_base(root: str | Path) -> Path:
     return root / IMAGES_DIR if (root / IMAGES_DIR).is_dir() else root
 
 
-def load_dataset_folder(root: str | Path) -> Dataset:
-    """Read and validate a dataset folder; every problem is a one-line `DataError` naming file, line, field."""
+def load_dataset_folder(root: str | Path, require_images: bool = True) -> Dataset:
+    """Read and validate a dataset folder; every problem is a one-line `DataError` naming file, line, field.
+
+    `require_images=False` accepts missing image files (for training on precomputed region features).
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
@@ -49,7 +52,7 @@ def load_dataset_folder(root: str | Path) -> Dataset:
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        item, id_field = _parse_line(line, f"{captions_path}:{lineno}", base)
+        item, id_field = _parse_line(line, f"{captions_path}:{lineno}", base, require_images)
         if item.image_id in first_line:
             raise DataError(
                 f"{captions_path}:{lineno}: field '{id_field}': duplicate image id {item.image_id!r} "
@@ -62,7 +65,7 @@ def load_dataset_folder(root: str | Path) -> Dataset:
     return Dataset(root, items, name=root.name)
 
 
-def _parse_line(line: str, where: str, base: Path) -> tuple[ImageItem, str]:
+def _parse_line(line: str, where: str, base: Path, require_images: bool = True) -> tuple[ImageItem, str]:
     """One validated item, and the field its id came from ("id", or "image" when there is no id)."""
     try:
         record = json.loads(line)
@@ -95,7 +98,7 @@ def _parse_line(line: str, where: str, base: Path) -> tuple[ImageItem, str]:
     id_field = "id" if "id" in record else "image"
     image_id = non_empty_string(record, id_field, where)
     path = base.joinpath(*rel.parts)
-    if not path.is_file():
+    if require_images and not path.is_file():
         raise DataError(f"{where}: field 'image': file not found: {path}")
     return ImageItem(image_id, path, tuple(captions), split), id_field
 

@@ -357,7 +357,7 @@ def load_dataset(path: str | Path, format: str = "auto", *, require_images: bool
         format = _format_of_file(path) if format == "auto" else format
         root = path.parent.parent if path.parent.name == "annotations" else path.parent
     if format == "folder":
-        return load_dataset_folder(files[0].parent)
+        return load_dataset_folder(files[0].parent, require_images=require_images)
     if format == "karpathy":
         return read_karpathy(files[0], image_base(root), require_images=require_images)
     if format == "flickr":
