@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from feature_fixtures import tiny_config
@@ -55,3 +56,18 @@ def test_rerank_of_everything_equals_the_alignment_head():
     assert torch.equal(t2i.argsort(dim=0), direct.argsort(dim=0))
     assert torch.equal(i2t.argsort(dim=1), direct.argsort(dim=1))
     assert full.metrics["rsum"] >= 0
+
+
+def test_rerank_1k_folds_rerank_each_folds_own_short_lists():
+    model = AladinModel(tiny_config())
+    image, text = _embeddings(num_images=5000, num_texts=5000, seed=1)
+    owner = np.arange(5000)
+    result = score_rerank(model, image, text, owner, k=3)
+    expected = []
+    for fold in range(5):
+        part = slice(fold * 1000, (fold + 1) * 1000)
+        sub_image = ImageEmbedding(image.regions[part], image.region_mask[part], image.global_vector[part])
+        sub_text = TextEmbedding(text.words[part], text.word_mask[part], text.global_vector[part])
+        expected.append(score_rerank(model, sub_image, sub_text, np.arange(1000), k=3).metrics["rsum"])
+    assert result.protocols["1k_folds"]["rsum"] == pytest.approx(np.mean(expected))
+    assert result.protocols["1k_folds"]["rsum"] != pytest.approx(result.metrics["rsum"])

@@ -9,7 +9,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from aladin.evaluate.metrics import ScorerResult, evaluate_protocols, i2t_ranks, retrieval_metrics, t2i_ranks
+from aladin.evaluate.metrics import (
+    COCO_1K_FOLDS,
+    ScorerResult,
+    evaluate_protocols,
+    i2t_ranks,
+    retrieval_metrics,
+    t2i_ranks,
+)
 from aladin.model import AladinModel, ImageEmbedding, LinearGlobalModel, TextEmbedding
 from aladin.model.alignment import chunked_region_word_scores, paired_region_word_scores
 from aladin.model.features import FeatureTensors
@@ -142,11 +149,30 @@ def score_rerank(
     k: int,
     name: str | None = None,
 ) -> ScorerResult:
+    """Matching-head kNN, then the alignment head on each query's top k (per 1K fold too, at COCO 5K)."""
     start = time.perf_counter()
-    t2i, i2t = rerank_matrices(model, image, text, matching_matrix(image, text), k)
-    return _result(
+    first_stage = matching_matrix(image, text)
+    t2i, i2t = rerank_matrices(model, image, text, first_stage, k)
+    result = _result(
         name or f"matching + re-rank top {k}", t2i, i2t, caption_image, time.perf_counter() - start
     )
+    if "1k_folds" in result.protocols:  # each fold re-ranks its own short lists, not the 5K ones
+        size = first_stage.shape[0] // COCO_1K_FOLDS
+        folds = []
+        for fold in range(COCO_1K_FOLDS):
+            imgs = torch.arange(fold * size, (fold + 1) * size)
+            caps = torch.from_numpy(
+                np.flatnonzero((caption_image >= fold * size) & (caption_image < (fold + 1) * size))
+            )
+            sub_image = ImageEmbedding(
+                image.regions[imgs], image.region_mask[imgs], image.global_vector[imgs]
+            )
+            sub_text = TextEmbedding(text.words[caps], text.word_mask[caps], text.global_vector[caps])
+            f_t2i, f_i2t = rerank_matrices(model, sub_image, sub_text, first_stage[imgs][:, caps], k)
+            owners = caption_image[caps.numpy()] - fold * size
+            folds.append(_result("fold", f_t2i, f_i2t, owners, 0.0).metrics)
+        result.protocols["1k_folds"] = {key: float(np.mean([m[key] for m in folds])) for key in folds[0]}
+    return result
 
 
 @torch.inference_mode()
