@@ -55,14 +55,16 @@ class FeatureTensors:
             self.region_mask[idx].to(device),
         )
 
+    def text_masks(
+        self, idx: torch.Tensor, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(attention mask, scored-word mask) of these captions, padding shared by the whole batch trimmed."""
+        width = int(self.attention_mask[idx].sum(dim=1).max()) if len(idx) else 1
+        return self.attention_mask[idx, :width].to(device), self.token_mask[idx, :width].to(device)
+
     def text_batch(self, idx: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
-        lengths = self.attention_mask[idx].sum(dim=1)
-        width = int(lengths.max()) if len(idx) else 1  # trim padding shared by the whole batch
-        return (
-            self.tokens[idx, :width].to(device, torch.float32),
-            self.attention_mask[idx, :width].to(device),
-            self.token_mask[idx, :width].to(device),
-        )
+        attention, scored = self.text_masks(idx, device)
+        return self.tokens[idx, : attention.shape[1]].to(device, torch.float32), attention, scored
 
 
 @torch.inference_mode()

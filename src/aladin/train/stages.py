@@ -110,7 +110,7 @@ def train_matching(
     def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
         captions = sample_captions(train, images, generator)
         region_mask = train.region_mask[images].to(device)
-        _, attention, scored = train.text_batch(captions, device)
+        attention, scored = train.text_masks(captions, device)
         image_hidden = image_hidden_all[images].to(device, torch.float32)
         text_hidden = text_hidden_all[captions, : attention.shape[1]].to(device, torch.float32)
         image_vec = gather_with_grad(model.image_matching(image_hidden, region_mask, region_mask))
