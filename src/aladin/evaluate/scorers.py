@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from aladin.evaluate.metrics import (
     COCO_1K_FOLDS,
@@ -19,8 +18,7 @@ from aladin.evaluate.metrics import (
 )
 from aladin.model import AladinModel, ImageEmbedding, LinearGlobalModel, TextEmbedding
 from aladin.model.alignment import chunked_region_word_scores, paired_region_word_scores
-from aladin.model.features import FeatureTensors
-from aladin.model.layers import masked_mean
+from aladin.model.features import FeatureTensors, mean_pooled
 
 
 def validation_rsum(scores: torch.Tensor | np.ndarray, caption_image: torch.Tensor | np.ndarray) -> float:
@@ -180,9 +178,8 @@ def score_linear_baseline(
     baseline: LinearGlobalModel, feats: FeatureTensors, name: str = "linear global baseline"
 ) -> ScorerResult:
     baseline.eval()
-    img = baseline.image_project(masked_mean(feats.regions.float(), feats.region_mask))
-    txt = baseline.text_project(masked_mean(feats.tokens.float(), feats.token_mask))
-    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    pooled_images, pooled_texts = mean_pooled(feats)  # chunked: no float32 copy of the whole split
+    img, txt = baseline.project_image(pooled_images), baseline.project_text(pooled_texts)
     start = time.perf_counter()
     scores = img @ txt.T
     return _result(name, scores, scores, _numpy(feats.caption_image), time.perf_counter() - start)

@@ -25,13 +25,17 @@ def region_word_scores(
     sim = sim.masked_fill(~region_mask.view(num_images, num_regions, 1, 1), float("-inf"))
     best = sim.amax(dim=1)  # best region per word: [I, T, L]
     best = torch.nan_to_num(best, neginf=0.0)  # an image with no region scores 0 rather than -inf
-    best = best.masked_fill(~word_mask.view(1, num_texts, num_words), 0.0)
-    total = best.sum(dim=-1)
+    return _aggregate_words(best, word_mask.view(1, num_texts, num_words), aggregation)
+
+
+def _aggregate_words(best: torch.Tensor, word_mask: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """Mean (or sum) of each word's best-region score over the scored words; `word_mask` broadcasts to `best`."""
+    if aggregation not in ("mean", "sum"):
+        raise ValueError(f"word aggregation must be 'mean' or 'sum', got {aggregation!r}")
+    total = best.masked_fill(~word_mask, 0.0).sum(dim=-1)
     if aggregation == "sum":
         return total
-    if aggregation != "mean":
-        raise ValueError(f"word aggregation must be 'mean' or 'sum', got {aggregation!r}")
-    return total / word_mask.sum(dim=-1).clamp(min=1).view(1, num_texts)
+    return total / word_mask.sum(dim=-1).clamp(min=1)
 
 
 def word_region_similarity(regions: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
@@ -71,8 +75,4 @@ def paired_region_word_scores(
     """The same score for P given (image, text) pairs only ([P, R, D] with [P, L, D] → [P]): re-ranking cost."""
     sim = torch.einsum("prd,pld->prl", regions, words)
     sim = sim.masked_fill(~region_mask.unsqueeze(-1), float("-inf"))
-    best = torch.nan_to_num(sim.amax(dim=1), neginf=0.0).masked_fill(~word_mask, 0.0)
-    total = best.sum(dim=-1)
-    if aggregation == "sum":
-        return total
-    return total / word_mask.sum(dim=-1).clamp(min=1)
+    return _aggregate_words(torch.nan_to_num(sim.amax(dim=1), neginf=0.0), word_mask, aggregation)

@@ -31,10 +31,17 @@ class LinearGlobalModel(nn.Module):
         }
 
     def encode_image(self, regions: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_project(masked_mean(regions, region_mask)), dim=-1)
+        return self.project_image(masked_mean(regions, region_mask))
 
     def encode_text(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_project(masked_mean(tokens, token_mask)), dim=-1)
+        return self.project_text(masked_mean(tokens, token_mask))
+
+    def project_image(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Already mean-pooled region features → normalised vector (training pools a split once)."""
+        return F.normalize(self.image_project(pooled), dim=-1)
+
+    def project_text(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_project(pooled), dim=-1)
 
     def save_pretrained(self, directory: str | Path, info: dict[str, Any] | None = None) -> Path:
         return save_checkpoint(directory, CHECKPOINT_KIND, self.config, self.state_dict(), info)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from aladin.model.aladin import AladinModel, ImageEmbedding, TextEmbedding
+from aladin.model.layers import masked_mean
 
 
 @dataclass
@@ -98,3 +99,20 @@ def embed_split(
         *(torch.cat([getattr(e, f) for e in texts]) for f in ("words", "word_mask", "global_vector"))
     )
     return image, text
+
+
+def mean_pooled(feats: FeatureTensors, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of real regions per image and of scored words per caption: the linear baseline's whole input."""
+    images = torch.cat(
+        [
+            masked_mean(feats.regions[s : s + batch].float(), feats.region_mask[s : s + batch])
+            for s in range(0, feats.num_images, batch)
+        ]
+    )
+    texts = torch.cat(
+        [
+            masked_mean(feats.tokens[s : s + batch].float(), feats.token_mask[s : s + batch])
+            for s in range(0, feats.num_captions, batch)
+        ]
+    )
+    return images, texts

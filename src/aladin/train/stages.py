@@ -13,7 +13,7 @@ from aladin.errors import AladinError
 from aladin.evaluate.scorers import alignment_matrix, matching_matrix, validation_rsum
 from aladin.model import AladinModel, LinearGlobalModel
 from aladin.model.alignment import region_word_scores
-from aladin.model.features import FeatureTensors, embed_split
+from aladin.model.features import FeatureTensors, embed_split, mean_pooled
 from aladin.model.losses import distillation_loss, hardest_negative_hinge_loss, infonce_loss
 from aladin.train.loop import FitResult, fit
 
@@ -191,13 +191,13 @@ def train_linear_baseline(
 ) -> tuple[LinearGlobalModel, FitResult]:
     """The linear global baseline: mean-pooled frozen features, one linear map per side, symmetric InfoNCE."""
     model = LinearGlobalModel(train.regions.shape[-1], train.tokens.shape[-1], dim)
-    pooled = {name: _mean_pooled(feats) for name, feats in (("train", train), ("val", val))}
+    pooled = {name: mean_pooled(feats) for name, feats in (("train", train), ("val", val))}
     image_train, text_train = pooled["train"]
 
     def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
         captions = sample_captions(train, images, generator)
-        img = F.normalize(model.image_project(image_train[images]), dim=-1)
-        txt = F.normalize(model.text_project(text_train[captions]), dim=-1)
+        img = model.project_image(image_train[images])
+        txt = model.project_text(text_train[captions])
         positives = _positives(images, train.caption_image[captions])
         return infonce_loss(img @ txt.T, positives, model.logit_scale())
 
@@ -205,35 +205,13 @@ def train_linear_baseline(
         with torch.inference_mode():
             model.eval()
             img_val, txt_val = pooled["val"]
-            scores = (
-                F.normalize(model.image_project(img_val), dim=-1)
-                @ F.normalize(model.text_project(txt_val), dim=-1).T
-            )
+            scores = model.project_image(img_val) @ model.project_text(txt_val).T
         return validation_rsum(scores, val.caption_image)
 
     result = fit(
         model, list(model.parameters()), batch_loss, validate, train.num_images, cfg, "linear baseline"
     )
     return model, result
-
-
-def _mean_pooled(feats: FeatureTensors, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean of real regions per image and of scored words per caption (the baseline's whole input)."""
-    from aladin.model.layers import masked_mean
-
-    images = torch.cat(
-        [
-            masked_mean(feats.regions[s : s + batch].float(), feats.region_mask[s : s + batch])
-            for s in range(0, feats.num_images, batch)
-        ]
-    )
-    texts = torch.cat(
-        [
-            masked_mean(feats.tokens[s : s + batch].float(), feats.token_mask[s : s + batch])
-            for s in range(0, feats.num_captions, batch)
-        ]
-    )
-    return images, texts
 
 
 def _gather_padded(words: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
