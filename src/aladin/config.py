@@ -76,6 +76,20 @@ class ImageEncoderConfig:
     features_path: str = ""
     #: For name="precomputed": keep at most this many regions per image (0 = the most any image has).
     max_regions: int = 0
+    #: For name="precomputed": append each image's detector object tags to its regions as word-piece
+    #: features of this text encoder (a bundled name or a local HF folder), the Oscar/VinVL way; "" = no tags.
+    tags_text_encoder: str = ""
+    #: Word pieces of the tags kept per image (the tag encoder's [CLS]/[SEP] come on top).
+    max_tag_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if self.tags_text_encoder and self.name != "precomputed":
+            raise AladinError(
+                f"image_encoder.tags_text_encoder: object tags come with precomputed detector regions, "
+                f"but the image encoder is {self.name!r}"
+            )
+        if self.max_tag_tokens < 1:
+            raise AladinError(f"image_encoder.max_tag_tokens: must be at least 1, got {self.max_tag_tokens}")
 
 
 @dataclass

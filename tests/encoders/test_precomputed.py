@@ -242,3 +242,31 @@ def test_registered_under_precomputed(tmp_path: Path) -> None:
     cfg = extended(name="precomputed", features_path=str(npz_folder(tmp_path)), max_regions=7)
     enc = build_image_encoder(cfg)
     assert isinstance(enc, PrecomputedRegionEncoder) and enc.num_regions == 7 and enc.config is cfg
+
+
+def test_object_tags_follow_the_regions_as_word_pieces(tmp_path: Path, minilm) -> None:
+    cfg = ImageEncoderConfig(name="precomputed", tags_text_encoder="all-MiniLM-L6-v2", max_tag_tokens=4)
+    enc = PrecomputedRegionEncoder(cfg, npz_folder(tmp_path))
+    tag_dim = minilm.feature_dim
+    assert enc.feature_dim == DIM + tag_dim and enc.region_slots == 5 and enc.num_regions == 5 + 6
+    batch = enc.encode_items([item("1"), item("2")])
+    assert batch.regions.shape == (2, 11, DIM + tag_dim)
+    # region rows: the stored features, then zeros where tag features go
+    torch.testing.assert_close(batch.regions[0, :3, :DIM], torch.from_numpy(feats(3, 1)))
+    assert batch.regions[:, :5, DIM:].abs().sum() == 0
+    # tag rows: zeros where region features go, then the tag encoder's word pieces ([CLS]/[SEP] masked)
+    words = minilm.encode(["dog frisbee"])
+    scored = words.token_mask[0]
+    assert batch.region_mask[0, 5:].sum() == scored.sum() > 0
+    tag_rows = batch.regions[0, 5:][batch.region_mask[0, 5:]]
+    assert tag_rows[:, :DIM].abs().sum() == 0
+    torch.testing.assert_close(tag_rows[:, DIM:], words.tokens[0][scored], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(batch.boxes[0, 5:], torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0]).expand(6, 5))
+    assert not batch.region_mask[1, 5:].any()  # image 2 has no tags
+
+
+def test_object_tags_need_precomputed_regions() -> None:
+    with pytest.raises(AladinError, match="tags_text_encoder.*precomputed"):
+        ImageEncoderConfig(name="efficientnet-lite0", tags_text_encoder="all-MiniLM-L6-v2")
+    with pytest.raises(AladinError, match="max_tag_tokens"):
+        ImageEncoderConfig(name="precomputed", tags_text_encoder="all-MiniLM-L6-v2", max_tag_tokens=0)

@@ -24,6 +24,11 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-regions", type=int, default=0, help="precomputed regions kept per image")
     parser.add_argument(
+        "--object-tags",
+        action="store_true",
+        help="with --image-encoder precomputed: append the detector's object tags to the regions as words",
+    )
+    parser.add_argument(
         "--text-encoder", default=TextEncoderConfig.name, help="bundled model name or a local HF BERT folder"
     )
     parser.add_argument("--max-words", type=int, default=TextEncoderConfig.max_length, help="token limit")
@@ -37,6 +42,7 @@ def encoder_configs(args: argparse.Namespace) -> tuple[ImageEncoderConfig, TextE
         finetune_layers=args.image_finetune_layers,
         features_path=args.region_features,
         max_regions=args.max_regions,
+        tags_text_encoder=args.text_encoder if args.object_tags else "",
     )
     text = TextEncoderConfig(
         name=args.text_encoder, max_length=args.max_words, finetune_layers=args.text_finetune_layers

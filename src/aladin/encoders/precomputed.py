@@ -11,10 +11,11 @@ Two layouts, each keyed by image id or, failing that, by the image file's stem:
 Boxes are x1, y1, x2, y2: divided by `image_w`/`image_h` when given; taken as already normalised when all
 lie in 0..1; otherwise pixels of the image file, whose size is read from its header. N may differ per image.
 
-Object tags (`tags_for`) are not part of `RegionBatch`. To use them the Oscar/VinVL way, the model side could
-encode `" ".join(tags)` with the text encoder, project those word features to the region width with a
-trainable linear layer, and append them to the regions with whole-image boxes (0, 0, 1, 1, 1) and a true
-mask, so that words can align to tags as well as to regions.
+Object tags can join the image side the Oscar/VinVL way (`ImageEncoderConfig.tags_text_encoder`): the tags
+of an image, joined by spaces, are encoded by a frozen text encoder and each word piece becomes one more
+"region" with a whole-image box. Region rows carry [region features, zeros] and tag rows [zeros, word-piece
+features], so the model's linear region projection acts as two projections, one per kind, and words can
+align to tags as well as to regions; caches, checkpoints and indexes need no new fields.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from aladin.config import ImageEncoderConfig
+from aladin.config import ImageEncoderConfig, TextEncoderConfig
 from aladin.data.dataset import ImageItem
 from aladin.encoders.image import ImageEncoder, RegionBatch, register_image_encoder
+from aladin.encoders.text import TextEncoder, build_text_encoder
 from aladin.errors import AladinError, DataError
 
 _FEATURE_NAMES = ("features", "x")
@@ -225,6 +227,7 @@ class PrecomputedRegionEncoder(ImageEncoder):
     Batches have a fixed width so that every batch written to the feature cache has the same shape:
     `max_regions` when set (images with more regions keep their first `max_regions`, which detectors order by
     confidence), else the largest N in the store. Shorter images are zero-padded with `region_mask` False.
+    With object tags, `max_tag_tokens` + 2 tag slots follow the region slots ([CLS]/[SEP] and padding masked).
     """
 
     def __init__(
@@ -244,41 +247,78 @@ class PrecomputedRegionEncoder(ImageEncoder):
         keys = self.source.keys()
         if not keys:
             raise DataError(f"{self.source.location}: no region features found")
-        self._feature_dim = self.source.read(keys[0]).features.shape[1]
-        self._num_regions = max_regions or None
+        self._region_dim = self.source.read(keys[0]).features.shape[1]
+        self._region_slots = max_regions or None
+        self._tag_encoder: TextEncoder | None = None
+        if cfg.tags_text_encoder:
+            tag_cfg = TextEncoderConfig(name=cfg.tags_text_encoder, max_length=cfg.max_tag_tokens + 2)
+            self._tag_encoder = build_text_encoder(tag_cfg, self.device)
 
     @property
     def feature_dim(self) -> int:
-        return self._feature_dim
+        tag_dim = self._tag_encoder.feature_dim if self._tag_encoder else 0
+        return self._region_dim + tag_dim
+
+    @property
+    def region_slots(self) -> int:
+        """Detector regions per batch row; without `max_regions` the first call reads every image's N
+        (headers only)."""
+        if self._region_slots is None:
+            self._region_slots = max(self.source.num_regions(key) for key in self.source.keys())
+        return self._region_slots
 
     @property
     def num_regions(self) -> int:
-        """The batch width; without `max_regions` the first call reads every image's N (headers only)."""
-        if self._num_regions is None:
-            self._num_regions = max(self.source.num_regions(key) for key in self.source.keys())
-        return self._num_regions
+        """The batch width: the region slots, then the tag slots when tags are on."""
+        tag_slots = self._tag_encoder.config.max_length if self._tag_encoder else 0
+        return self.region_slots + tag_slots
+
+    def record_of(self, item: ImageItem | str) -> RegionRecord:
+        """The stored regions of one image, checked to have the store's feature width."""
+        record = self.source.read(self.source.key_for(item))
+        if record.features.shape[1] != self._region_dim:
+            raise DataError(
+                f"{record.source}: field 'features': expected {self._region_dim} values per region "
+                f"(like the other images), got {record.features.shape[1]}"
+            )
+        return record
 
     def regions_of(self, item: ImageItem | str) -> tuple[np.ndarray, np.ndarray]:
         """Features [N, D] float32 and normalised boxes [N, 5] (x1, y1, x2, y2, area) of one image."""
-        record = self.source.read(self.source.key_for(item))
-        if record.features.shape[1] != self._feature_dim:
-            raise DataError(
-                f"{record.source}: field 'features': expected {self._feature_dim} values per region "
-                f"(like the other images), got {record.features.shape[1]}"
-            )
         image_path = Path(item.path) if isinstance(item, ImageItem) else None
+        record = self.record_of(item)
         return record.features, normalised_boxes(record, image_path)
 
     def tags_for(self, item: ImageItem | str) -> tuple[str, ...]:
         """The detector's object tags of one image (empty when the store has none)."""
-        return self.source.read(self.source.key_for(item)).tags
+        return self.record_of(item).tags
 
     def encode_items(self, items: Sequence[ImageItem]) -> RegionBatch:
-        """Regions of `items`, padded (or cut) to `num_regions`."""
+        """Regions of `items`, padded (or cut) to `region_slots`, then their tags' word pieces when tags are on."""
         if not items:
             raise AladinError("encode: no images given")
-        batch = collate_regions([self.regions_of(item) for item in items], self.num_regions)
+        batch = collate_regions([self.regions_of(item) for item in items], self.region_slots)
+        if self._tag_encoder is not None:
+            batch = self._append_tags(batch, [" ".join(self.tags_for(item)) for item in items])
         return batch.to(self.device)
+
+    def _append_tags(self, batch: RegionBatch, tags: list[str]) -> RegionBatch:
+        """[regions, 0] rows, then [0, word piece] rows with whole-image boxes; [CLS]/[SEP]/padding masked."""
+        assert self._tag_encoder is not None
+        words = self._tag_encoder.encode(tags).to("cpu")
+        n, length = words.token_mask.shape
+        slots = self._tag_encoder.config.max_length
+        tag_rows = torch.zeros(n, slots, self.feature_dim)
+        tag_rows[:, :length, self._region_dim :] = words.tokens
+        tag_mask = torch.zeros(n, slots, dtype=torch.bool)
+        tag_mask[:, :length] = words.token_mask
+        whole_image = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0]).expand(n, slots, 5)
+        region_rows = torch.nn.functional.pad(batch.regions, (0, self.feature_dim - self._region_dim))
+        return RegionBatch(
+            torch.cat([region_rows, tag_rows], dim=1),
+            torch.cat([batch.boxes, whole_image], dim=1),
+            torch.cat([batch.region_mask, tag_mask], dim=1),
+        )
 
     def encode(self, images: list[Image.Image]) -> RegionBatch:
         raise AladinError(
