@@ -154,9 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-images", action="store_true", help="do not open every image")
     p.set_defaults(func=_dataset_check)
 
-    from aladin.cli import index_commands
+    from aladin.cli import index_commands, serve_commands
 
     index_commands.register(sub)
+    serve_commands.register(sub)
     return parser
 
 

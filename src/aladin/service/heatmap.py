@@ -1,0 +1,122 @@
+"""Explanations as pictures: which regions of an image each word of a text matched, from the alignment head.
+
+`explain_image` explains any image (not only indexed ones) with the model's own encoders; `render_heatmap` draws
+an explanation (from it or from `Searcher.explain`) as one panel per word. The search page draws the same map
+client-side: each cell is the mean similarity of the regions covering it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from aladin.encoders.image import ImageEncoder
+from aladin.encoders.text import TextEncoder
+from aladin.errors import AladinError
+from aladin.fileio import atomic_path
+from aladin.index.encoding import model_device
+from aladin.model.aladin import AladinModel
+from aladin.model.alignment import paired_region_word_scores, word_region_similarity
+from aladin.search.searcher import Explanation
+
+
+@torch.inference_mode()
+def explain_image(
+    model: AladinModel,
+    text_encoder: TextEncoder,
+    image_encoder: ImageEncoder,
+    text: str,
+    image: Image.Image,
+    path: str = "",
+) -> Explanation:
+    """Word pieces of `text` against the regions of `image` encoded now, so the image need not be indexed."""
+    if not text.strip():
+        raise AladinError("empty text: give some words to explain")
+    device = model_device(model)
+    tokens = text_encoder.encode([text]).to(device)
+    words = model.encode_text(tokens.tokens, tokens.attention_mask, tokens.token_mask, with_global=False)
+    pixels = image_encoder.encode([image]).to(device)
+    regions = model.encode_image(pixels.regions, pixels.boxes, pixels.region_mask, with_global=False)
+    region_mask, word_mask = regions.region_mask[0], words.word_mask[0]
+    pieces = text_encoder.word_pieces(text)
+    if len(pieces) != int(word_mask.sum()):
+        raise AladinError(
+            f"explain: {len(pieces)} word pieces but {int(word_mask.sum())} scored words for {text!r}"
+        )
+    score = paired_region_word_scores(
+        regions.regions,
+        regions.region_mask,
+        words.words,
+        words.word_mask,
+        model.config.model.word_aggregation,
+    )
+    similarity = word_region_similarity(regions.regions[0][region_mask], words.words[0][word_mask])
+    return Explanation(
+        item_id=-1,
+        path=path,
+        words=pieces,
+        similarity=similarity.cpu().numpy(),
+        boxes=pixels.boxes[0][region_mask].cpu().numpy(),
+        score=float(score[0]),
+    )
+
+
+def region_heat(similarity: np.ndarray, boxes: np.ndarray, cells: int = 64) -> np.ndarray:
+    """[R] similarities over [R, 5] boxes → a [cells, cells] map, each cell the mean over the regions covering its
+    centre (NaN where none does), so overlapping multi-scale regions average instead of adding up."""
+    centres = (np.arange(cells) + 0.5) / cells
+    total = np.zeros((cells, cells))
+    count = np.zeros((cells, cells))
+    for value, (x1, y1, x2, y2) in zip(similarity, boxes[:, :4], strict=True):
+        inside = ((centres >= y1) & (centres < y2))[:, None] & ((centres >= x1) & (centres < x2))[None, :]
+        total += value * inside
+        count += inside
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def render_heatmap(
+    image: Image.Image, explanation: Explanation, out: str | Path, words: Sequence[str] | None = None
+) -> Path:
+    """Save a PNG with one panel per word (or only `words`): the image under its word×region similarity, on one
+    colour scale so that words compare."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    if explanation.boxes is None:
+        raise AladinError("this explanation has no region boxes (the index stored none): nothing to draw")
+    unknown = [w for w in words or () if w not in explanation.words]
+    if unknown:
+        raise AladinError(f"word {unknown[0]!r} is not among the text's words: {' '.join(explanation.words)}")
+    chosen = [i for i, w in enumerate(explanation.words) if words is None or w in words]
+    similarity = explanation.similarity
+    cols = min(4, len(chosen))
+    rows = -(-len(chosen) // cols)
+    fig = Figure(figsize=(3.2 * cols + 0.8, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    width, height = image.size
+    shown = None
+    for ax, row in zip(axes, chosen, strict=False):
+        ax.imshow(image)
+        shown = ax.imshow(
+            region_heat(similarity[row], explanation.boxes),
+            extent=(0, width, height, 0),
+            cmap="inferno",
+            alpha=0.55,
+            vmin=float(similarity.min()),
+            vmax=float(similarity.max()),
+        )
+        ax.set_title(f"{explanation.words[row]}  (best {similarity[row].max():.2f})", fontsize=10)
+    for ax in axes:
+        ax.set_axis_off()
+    fig.colorbar(shown, ax=list(axes), shrink=0.8, label="cosine of word and region")
+    fig.suptitle(f"alignment score {explanation.score:.3f}")
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return out

@@ -1,0 +1,125 @@
+"""The search page in a real browser: Debian's Chromium, headless, driven by Playwright against a live server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from aladin.search import Searcher
+from aladin.service.app import create_app
+
+
+def chromium_or_skip() -> str:
+    """The Chromium binary; without one the test skips, except under CI=true where it fails."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        path, why = None, "Playwright for Python is not installed (pip install -e '.[dev]')"
+    else:
+        why = "no chromium on PATH (run scripts/install-browser.sh)"
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"browser test cannot run: {why}")
+        pytest.skip(why)
+    return path
+
+
+@pytest.fixture
+def server(searcher: Searcher) -> Iterator[str]:
+    """The app under uvicorn on a free loopback port, in a thread; stopped after the test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(searcher), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_search_and_explain_with_the_keyboard(server: str, tmp_path: Path) -> None:
+    executable = chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.goto(server)
+            expect(page.locator("#stats")).to_have_text("12 images, 24 captions")
+
+            page.locator("#query").fill("red circle on the left")
+            page.keyboard.press("Enter")
+            results = page.locator("#results .result")
+            expect(results).to_have_count(12)
+            expect(page.locator("#status")).to_contain_text(
+                "12 results for “red circle on the left” (re-ranked"
+            )
+            scores = [float(s) for s in page.locator("#results .score").all_inner_texts()]
+            assert scores == sorted(scores, reverse=True)
+
+            results.nth(1).focus()
+            page.keyboard.press("Enter")
+            dialog = page.locator("#detail")
+            expect(dialog).to_be_visible()
+            words = page.locator("#words .word")
+            expect(words).to_have_text(["red", "circle", "on", "the", "left"])
+            expect(page.locator("#explain-status")).to_contain_text("alignment score")
+            expect(page.locator('#words .word[aria-pressed="true"]')).to_have_count(1)
+
+            words.nth(1).focus()  # words are buttons: Enter chooses one
+            page.keyboard.press("Enter")
+            expect(words.nth(1)).to_have_attribute("aria-pressed", "true")
+            colours = page.evaluate(
+                """() => {
+                const canvas = document.querySelector('#heatmap');
+                const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+                return new Set(Array.from({length: data.length / 4}, (_, i) => data[4 * i])).size;
+            }"""
+            )
+            assert colours > 8  # the picture under a heatmap, not a blank canvas
+
+            screenshot = tmp_path / "explanation.png"
+            page.screenshot(path=str(screenshot), full_page=True)
+            print(f"screenshot: {screenshot}")
+
+            page.keyboard.press("Escape")
+            expect(dialog).to_be_hidden()
+            assert page.evaluate("document.activeElement.classList.contains('result')")
+
+            page.locator("#rerank").uncheck()
+            page.locator("#query").fill("   blue square ")
+            page.keyboard.press("Enter")
+            expect(page.locator("#status")).to_contain_text("(kNN only")
+        finally:
+            browser.close()
+    assert screenshot.stat().st_size > 10_000
+    assert not errors, errors
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ci: str, outcome: type[BaseException]
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium here
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="chromium"):
+        chromium_or_skip()

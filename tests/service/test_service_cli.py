@@ -1,0 +1,122 @@
+"""`aladin explain` and `aladin serve` end to end: a small model over the real (bundled, offline) MiniLM."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from index_fixtures import tiny_model, write_dataset
+from PIL import Image
+
+from aladin.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    root = tmp_path_factory.mktemp("serve-cli")
+    tiny_model(text_feature_dim=384).save_pretrained(root / "model")
+    write_dataset(root / "data", 6)
+    argv = [
+        "index",
+        "build",
+        str(root / "data"),
+        "--model",
+        str(root / "model"),
+        "--out",
+        str(root / "index"),
+    ]
+    assert main(argv) == 0
+    return {
+        "model": root / "model",
+        "index": root / "index",
+        "image": root / "data" / "images" / "img002.png",
+    }
+
+
+def test_explain_writes_a_heatmap(
+    workspace: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "heat.png"
+    argv = ["explain", "a red circle", str(workspace["image"]), "--model", str(workspace["model"])]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "red" in printed and "circle" in printed and f"heatmap written to {out}" in printed
+    assert Image.open(out).format == "PNG"
+
+    # the model recorded by an index, one word only
+    one = tmp_path / "one.png"
+    argv = ["explain", "a red circle", str(workspace["image"]), "--index", str(workspace["index"])]
+    assert main([*argv, "--word", "red", "--out", str(one)]) == 0
+    assert Image.open(one).width < Image.open(out).width
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--word", "dog"], "'dog' is not among the text's words"),
+        (["--image-missing"], "file not found"),
+        (["--no-model"], "--model is required"),
+    ],
+)
+def test_explain_errors_are_one_line(
+    workspace: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    image = tmp_path / "missing.png" if extra == ["--image-missing"] else workspace["image"]
+    model = [] if extra == ["--no-model"] else ["--model", str(workspace["model"])]
+    words = extra if extra[0] == "--word" else []
+    code = main(["explain", "a red circle", str(image), *model, *words, "--out", str(tmp_path / "x.png")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (the text encoder may log above it)
+    assert code == 2 and last.startswith("aladin: error: ") and message in last
+    assert not (tmp_path / "x.png").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_answers_on_loopback(workspace: dict[str, Path]) -> None:
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "aladin",
+        "serve",
+        "--index",
+        str(workspace["index"]),
+        "--port",
+        str(port),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=1) as response:
+                    assert json.load(response) == {"status": "ok"}
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.monotonic() < deadline, "server did not start in 60 s"
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"{base}/api/search?q=red+circle&k=3", timeout=30) as response:
+            assert len(json.load(response)["hits"]) == 3
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=10)
+    assert f"on http://127.0.0.1:{port}" in output and "warning" not in output
