@@ -1,4 +1,4 @@
-"""`aladin index build|add|remove|info` and `aladin search`: flags → the index/search API → a table or JSON.
+"""`aladin index build|add|remove|info|migrate` and `aladin search`: flags → the index/search API → a table or JSON.
 
 `register(subparsers)` adds the commands to the `aladin` parser; each sets `func`, so `args.func(args)` runs it.
 """
@@ -14,11 +14,11 @@ from rich.console import Console
 from rich.table import Table
 
 from aladin.errors import AladinError
-from aladin.index.config import REGION_DTYPES, IndexConfig
+from aladin.index.config import BACKENDS, REGION_DTYPES, IndexConfig
 
 
 def register(subparsers: Any) -> None:
-    """Add `index build|add|remove|info` and `search` to an argparse subparsers object."""
+    """Add `index build|add|remove|info|migrate` and `search` to an argparse subparsers object."""
     defaults = IndexConfig()
     index = subparsers.add_parser("index", help="build and maintain a search index")
     commands = index.add_subparsers(dest="index_command", required=True)
@@ -37,6 +37,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--with-texts", action="store_true", help="also index the captions (image→text search)")
     p.add_argument("--split", help="only this split of a dataset folder (feature cache: default test)")
     p.add_argument("--overwrite", action="store_true", help="replace an index already in --out")
+    _add_backend_flags(p)
     p.set_defaults(func=_build)
 
     p = commands.add_parser("add", help="encode more images into an index")
@@ -54,6 +55,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("index", help="index folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_info)
+
+    p = commands.add_parser(
+        "migrate", help="copy an index into a new folder with its vectors in another backend"
+    )
+    p.add_argument("source", help="index folder to read (left unchanged)")
+    p.add_argument("target", help="new index folder to write")
+    p.add_argument("--factory", help="Flat, IVF<nlist>,Flat or HNSW<M> (default: the source's)")
+    _add_backend_flags(p)
+    p.set_defaults(func=_migrate)
 
     p = subparsers.add_parser("search", help="search an index with a text (or --image)")
     p.add_argument("query", nargs="?", help="the text to search images for")
@@ -73,10 +83,39 @@ def register(subparsers: Any) -> None:
     p.add_argument("--nprobe", type=int, help="override the index's IVF nprobe")
     p.add_argument("--ef-search", type=int, help="override the index's HNSW efSearch")
     p.add_argument(
+        "--filter",
+        help="only items whose metadata match, e.g. 'folder == \"beach\"' (fields: image_id, external_id, path, "
+        "folder; milvus backend)",
+    )
+    p.add_argument(
         "--skip-checksums", action="store_true", help="check file sizes only when loading (faster)"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_search)
+
+
+def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default="faiss", help="where the global vectors live")
+    parser.add_argument(
+        "--uri",
+        default="",
+        help="milvus: a Milvus Lite folder ending in .db (default INDEX/milvus.db) or http(s)://host:port of a "
+        "server; the token is read from $ALADIN_MILVUS_TOKEN",
+    )
+    parser.add_argument(
+        "--collection", default="", help="milvus: collection name prefix (default from the folder)"
+    )
+
+
+def _uri(args: argparse.Namespace) -> str:
+    """A local Lite path relative to the working directory made absolute (the library reads relative ones
+    against the index folder); a server URL as given."""
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    if not args.uri or urlsplit(args.uri).scheme in ("http", "https"):
+        return args.uri
+    return str(Path(args.uri).resolve())
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -141,7 +180,16 @@ def _build(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         pq_m=args.pq_m,
         pq_nbits=args.pq_nbits,
+        backend=args.backend,
+        uri=_uri(args),
+        collection=args.collection,
     )
+    if cfg.backend == "milvus":  # an unreachable server should fail before the encoding, not after it
+        from pathlib import Path
+
+        from aladin.index.milvus import connect
+
+        connect(cfg.uri, Path(args.out))
     started = time.perf_counter()
     index = build_index(
         args.source,
@@ -190,7 +238,10 @@ def _info(args: argparse.Namespace) -> None:
     table.add_row("settings", ", ".join(f"{k}={v}" for k, v in info["index_config"].items()))
     dtype = info["index_config"].get("region_dtype", "int8")
     for kind, c in info["collections"].items():
-        line = f"{c['live']} live, {c['removed']} removed, {c['segments']} segments, {c['store_bytes'] / 2**20:.1f} MiB store"
+        vectors = c["vectors"]
+        where = vectors.get("collection") or vectors.get("file")
+        line = f"{c['live']} live, {c['removed']} removed, vectors in {vectors['backend']} ({where}), "
+        line += f"{c['segments']} segments, {c['store_bytes'] / 2**20:.1f} MiB store"
         if c.get("quantizer_bytes"):
             line += f" (quantiser {c['quantizer_bytes'] / 2**10:.1f} KiB)"
         for rec in c["reconstruction"]:
@@ -198,6 +249,17 @@ def _info(args: argparse.Namespace) -> None:
         table.add_row(kind, line)
     table.add_row("on disk", f"{info['total_bytes'] / 2**20:.1f} MiB")
     Console().print(table)
+
+
+def _migrate(args: argparse.Namespace) -> None:
+    from aladin.index.migrate import migrate_index
+
+    started = time.perf_counter()
+    index = migrate_index(args.source, args.target, args.backend, _uri(args), args.collection, args.factory)
+    Console().print(
+        f"moved {len(index)} images to {args.target} ({args.backend} backend) "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
 
 
 def _search(args: argparse.Namespace) -> None:
@@ -213,9 +275,9 @@ def _search(args: argparse.Namespace) -> None:
     index.set_search_params(args.nprobe, args.ef_search)
     searcher = Searcher(index, model)
     if args.image is not None:
-        hits = searcher.search_image(args.image, args.k, args.rerank, target=args.target)
+        hits = searcher.search_image(args.image, args.k, args.rerank, target=args.target, where=args.filter)
     else:
-        hits = searcher.search_text(args.query, args.k, args.rerank)
+        hits = searcher.search_text(args.query, args.k, args.rerank, where=args.filter)
     query = args.query if args.image is None else args.image
     if args.json:
         print(json.dumps({"query": query, "hits": [hit.to_json() for hit in hits]}, indent=2))

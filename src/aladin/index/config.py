@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from aladin.errors import AladinError
 
@@ -12,6 +13,9 @@ INDEX_FORMAT_VERSION = 1
 
 #: Encodings of the region/word store; see `aladin.index.store`.
 REGION_DTYPES = ("float16", "int8", "pq")
+
+#: Where the global vectors live: FAISS in this process, or a Milvus collection (embedded Lite or a server).
+BACKENDS = ("faiss", "milvus")
 
 _FACTORIES = re.compile(r"^(Flat|IVF(?P<nlist>[1-9]\d*),Flat|HNSW(?P<m>[1-9]\d*))$")
 
@@ -24,7 +28,10 @@ class IndexConfig:
     `ef_search`). `region_dtype`: "float16" (half of float32), "int8" (a quarter) or "pq" (FAISS product quantisation:
     `pq_m` sub-quantisers of `pq_nbits` bits, `pq_m` * `pq_nbits` / 8 bytes per row; `pq_m` 0 means
     embed_dim / 8, a sixteenth of float32 at 8 bits). `batch_size`: images or captions encoded at once while
-    building.
+    building. `backend`: "faiss" (in-process, files in the index folder) or "milvus" (`uri`: a Milvus Lite
+    folder ending in .db, default `<index>/milvus.db`, or http(s)://host:port of a server; `collection`: the
+    collections' name prefix, default derived from the index folder). The factory maps onto Milvus's FLAT,
+    IVF_FLAT and HNSW indexes with the same knobs.
     """
 
     factory: str = "Flat"
@@ -34,8 +41,28 @@ class IndexConfig:
     batch_size: int = 64
     pq_m: int = 0
     pq_nbits: int = 8
+    backend: str = "faiss"
+    uri: str = ""
+    collection: str = ""
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise AladinError(f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "faiss" and (self.uri or self.collection):
+            raise AladinError("uri/collection: only for the milvus backend (add --backend milvus)")
+        url = urlsplit(self.uri)
+        if url.scheme in ("http", "https") and "@" in url.netloc:
+            raise AladinError(
+                "uri: no credentials in the uri (it is saved in the manifest); put them in $ALADIN_MILVUS_TOKEN"
+            )
+        if self.uri and url.scheme not in ("http", "https") and not self.uri.endswith(".db"):
+            raise AladinError(
+                f"uri: expected http(s)://host:port or a Milvus Lite path ending in .db, got {self.uri!r}"
+            )
+        if self.collection and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,150}", self.collection):
+            raise AladinError(
+                f"collection: letters, digits and underscores, not starting with a digit, got {self.collection!r}"
+            )
         if not _FACTORIES.match(self.factory):
             raise AladinError(
                 f"index factory: expected 'Flat', 'IVF<nlist>,Flat' or 'HNSW<M>', got {self.factory!r}"
@@ -57,3 +84,9 @@ class IndexConfig:
         """Number of IVF lists (0 for other factories): the minimum number of vectors training needs."""
         match = _FACTORIES.match(self.factory)
         return int(match["nlist"]) if match and match["nlist"] else 0
+
+    @property
+    def hnsw_m(self) -> int:
+        """Links per node of an HNSW factory (0 for other factories)."""
+        match = _FACTORIES.match(self.factory)
+        return int(match["m"]) if match and match["m"] else 0

@@ -1,12 +1,14 @@
-"""A persistent search index: FAISS over global vectors, packed region/word stores, SQLite metadata, a manifest.
+"""A persistent search index: global vectors in a backend (FAISS files or Milvus), packed region/word stores,
+SQLite metadata, a manifest.
 
 Every change (build, add, remove) is staged as new files and published by one atomic rename of the manifest
-(see `aladin.index.manifest`), so a crash at any point leaves the previous version loadable and unchanged.
+(see `aladin.index.manifest`), so a crash at any point leaves the previous version loadable and unchanged (for
+what Milvus adds to that, see `aladin.index.milvus`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +21,16 @@ from aladin.config import config_from_dict, config_to_dict
 from aladin.data.images import load_image
 from aladin.encoders.image import ImageEncoder, build_image_encoder
 from aladin.errors import AladinError, CheckpointError
+from aladin.index.backends import VectorBackend, new_backend, open_backend, release_replaced, row_fields
 from aladin.index.config import INDEX_FORMAT_VERSION, IndexConfig
 from aladin.index.encoding import embed_images, model_device
 from aladin.index.manifest import (
     MANIFEST_NAME,
     collect_garbage,
     generation_name,
-    publish,
+    publish_with,
     read_manifest,
     remove_generation,
-    temp_path,
     verify_files,
     write_manifest,
     writer_lock,
@@ -36,18 +38,17 @@ from aladin.index.manifest import (
 from aladin.index.metadata import IMAGES, TEXTS, ImageRecord, Metadata, TextRecord
 from aladin.index.sources import find_images
 from aladin.index.store import EncodedChunk, PackedStore, SegmentWriter
-from aladin.index.vectors import VectorIndex
 from aladin.model.aladin import AladinModel
 
-#: File stems of each collection's FAISS index and store segments.
-_STEMS = {IMAGES: ("vectors", "regions"), TEXTS: ("texts", "words")}
+#: File stem of each collection's store segments.
+_STEMS = {IMAGES: "regions", TEXTS: "words"}
 
 
 @dataclass
 class Collection:
-    """One searchable side (images or captions): FAISS over global vectors and the store of per-item sets."""
+    """One searchable side (images or captions): the global vectors' backend and the store of per-item sets."""
 
-    vectors: VectorIndex
+    vectors: VectorBackend
     store: PackedStore
     entry: dict[str, Any]  # its part of the manifest
 
@@ -117,7 +118,8 @@ class SearchIndex:
             manifest["collections"][kind] = entry
             manifest["counts"][kind] = {"live": 0, "removed": 0}
             store = PackedStore(directory, [], m.embed_dim)
-            collections[kind] = Collection(VectorIndex.empty(cfg, m.global_dim), store, entry)
+            vectors = new_backend(cfg, kind, m.global_dim, directory, model.fingerprint())
+            collections[kind] = Collection(vectors, store, entry)
         return cls(directory, manifest, collections, Metadata.empty(), model)
 
     @classmethod
@@ -138,11 +140,11 @@ class SearchIndex:
             meta = Metadata.open(directory / manifest["meta"])
             collections = {}
             for kind, entry in manifest["collections"].items():
-                tombstones = meta.ids(kind, deleted=True) if entry["vectors_hold_deleted"] else None
-                vectors = VectorIndex.read(directory / entry["vectors"], cfg, tombstones)
+                tombstones = meta.ids(kind, deleted=True) if entry.get("vectors_hold_deleted") else None
+                vectors = open_backend(cfg, kind, entry, directory, manifest, tombstones)
                 if vectors.dim != entry["global_dim"]:
                     raise CheckpointError(
-                        f"{directory / entry['vectors']}: vectors of dim {vectors.dim}, "
+                        f"{directory / (entry['vectors'] or MANIFEST_NAME)}: vectors of dim {vectors.dim}, "
                         f"the manifest says {entry['global_dim']}"
                     )
                 store = PackedStore(directory, entry["segments"], entry["row_dim"])
@@ -176,9 +178,12 @@ class SearchIndex:
             raise AladinError(f"{self.directory}: this index has no {kind}{hint}")
         return self.collections[kind]
 
-    def search(self, kind: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """First stage: top-k global-vector inner products per query ([nq, k] scores and ids, -1 = none)."""
-        return self.collection(kind).vectors.search(queries, k)
+    def search(
+        self, kind: str, queries: np.ndarray, k: int, where: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """First stage: top-k global-vector inner products per query ([nq, k] scores and ids, -1 = none), among
+        the items matching `where` (a Milvus filter on image_id, external_id, path, folder; milvus backend only)."""
+        return self.collection(kind).vectors.search(queries, k, where)
 
     def lookup(self, kind: str, ids: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Second stage input: the items' stored regions (or words), padded, and their mask."""
@@ -199,7 +204,7 @@ class SearchIndex:
             quantizers = sorted({s["quantizer"] for s in segments if s.get("quantizer")})
             collections[kind] = {
                 **self.manifest["counts"][kind],
-                "vectors_in_faiss": collection.vectors.ntotal,
+                "vectors": collection.vectors.describe(),
                 "segments": len(segments),
                 "stored_rows": sum(s["rows"] for s in segments),
                 "store_bytes": sum(
@@ -256,15 +261,17 @@ class SearchIndex:
             raise AladinError(f"{self.directory}: to {what}, load the index with the model that built it")
         return self.model
 
-    def _switch(self, manifest: dict[str, Any], vectors: dict[str, VectorIndex]) -> None:
-        """Point this object at the version just committed (the FAISS indexes it wrote are reused as they are)."""
+    def _switch(self, manifest: dict[str, Any]) -> None:
+        """Point this object at the version just committed (its backends already hold the new vectors)."""
         meta = Metadata.open(self.directory / manifest["meta"])
         self.meta.close()
         self.meta = meta
         self.manifest = manifest
         for kind, entry in manifest["collections"].items():
+            collection = self.collections[kind]
+            collection.vectors.commit()
             store = PackedStore(self.directory, entry["segments"], entry["row_dim"])
-            self.collections[kind] = Collection(vectors[kind], store, entry)
+            self.collections[kind] = Collection(collection.vectors, store, entry)
 
 
 def check_model(manifest: dict[str, Any], model: AladinModel, directory: Path) -> None:
@@ -292,7 +299,8 @@ class IndexUpdate:
         self._writers: dict[str, SegmentWriter] = {}
         self._vectors: dict[str, list[np.ndarray]] = {kind: [] for kind in index.collections}
         self._ids: dict[str, list[np.ndarray]] = {kind: [] for kind in index.collections}
-        self._images: list[tuple[int, ImageRecord]] = []
+        self._fields: dict[str, list[dict[str, Any]]] = {kind: [] for kind in index.collections}
+        self._images: dict[int, ImageRecord] = {}
         self._texts: list[tuple[int, TextRecord]] = []
         self._removed = {kind: np.zeros(0, np.int64) for kind in (IMAGES, TEXTS)}
         self._stack = ExitStack()
@@ -317,7 +325,8 @@ class IndexUpdate:
         finally:
             self._stack.close()
 
-    def _stage(self, kind: str, chunk: EncodedChunk) -> np.ndarray:
+    def _stage(self, kind: str, chunk: EncodedChunk, owners: Sequence[tuple[int, ImageRecord]]) -> np.ndarray:
+        """Stage `chunk` (its store rows, global vectors, and `row_fields` of each item's (image id, record))."""
         entry = self.index.collection(kind).entry
         n = len(chunk)
         if chunk.global_vectors.shape != (n, entry["global_dim"]):
@@ -329,7 +338,7 @@ class IndexUpdate:
             cfg = self.index.config
             self._writers[kind] = SegmentWriter(
                 self.index.directory,
-                _STEMS[kind][1],
+                _STEMS[kind],
                 self.generation,
                 self.next_ids[kind],
                 cfg.region_dtype,
@@ -343,25 +352,29 @@ class IndexUpdate:
         self.next_ids[kind] += n
         self._vectors[kind].append(np.asarray(chunk.global_vectors, dtype=np.float32))
         self._ids[kind].append(ids)
+        self._fields[kind].extend(row_fields(image_id, record) for image_id, record in owners)
         return ids
 
     def add_images(self, chunk: EncodedChunk, records: Sequence[ImageRecord]) -> np.ndarray:
         """Stage images (model outputs `chunk`, metadata `records`); returns the ids they will have."""
         if len(records) != len(chunk):
             raise AladinError(f"add_images: {len(chunk)} encoded images but {len(records)} records")
-        ids = self._stage(IMAGES, chunk)
-        self._images.extend(zip(ids.tolist(), records, strict=True))
+        first = self.next_ids[IMAGES]
+        ids = self._stage(IMAGES, chunk, list(enumerate(records, start=first)))
+        self._images.update(zip(ids.tolist(), records, strict=True))
         return ids
 
     def add_texts(self, chunk: EncodedChunk, records: Sequence[TextRecord]) -> np.ndarray:
         """Stage captions of images already in the index or staged in this update; returns their ids."""
         if len(records) != len(chunk):
             raise AladinError(f"add_texts: {len(chunk)} encoded captions but {len(records)} records")
-        owners = {r.image_id for r in records} - {int(i) for ids in self._ids[IMAGES] for i in ids}
+        owners = {r.image_id for r in records} - set(self._images)
         unknown = self.index.meta.missing(IMAGES, sorted(owners))
         if unknown:
             raise AladinError(f"add_texts: unknown image id {unknown[0]}")
-        ids = self._stage(TEXTS, chunk)
+        known = self.index.meta.images(owners)
+        images = [(r.image_id, self._images.get(r.image_id) or known[r.image_id]) for r in records]
+        ids = self._stage(TEXTS, chunk, images)
         self._texts.extend(zip(ids.tolist(), records, strict=True))
         return ids
 
@@ -381,46 +394,47 @@ class IndexUpdate:
         for writer in self._writers.values():
             writer.discard()
         self._writers.clear()
+        for collection in self.index.collections.values():
+            collection.vectors.discard()
 
     def _commit(self) -> None:
         """Publish the new files, switch the manifest, then delete what no version refers to any more."""
         directory = self.index.directory
+        replaced = _disk_manifest(directory)
         try:
-            manifest, vectors = self._publish()
+            manifest = self._publish()
             write_manifest(directory, manifest)
         except BaseException:
             self._discard()
             if _disk_generation(directory) != self.generation:  # the switch did not happen: drop our files
                 remove_generation(directory, self.generation)
             raise
-        self.index._switch(manifest, vectors)
+        self.index._switch(manifest)
         collect_garbage(directory, manifest)
+        release_replaced(directory, replaced, manifest)
 
-    def _publish(self) -> tuple[dict[str, Any], dict[str, VectorIndex]]:
-        """Write every new file of this version; returns its manifest (not yet switched) and FAISS indexes."""
+    def _publish(self) -> dict[str, Any]:
+        """Write every new file of this version (and the backends' changes); returns its manifest, not yet
+        switched."""
         index, directory = self.index, self.index.directory
         old = index.manifest
         files: dict[str, dict[str, Any]] = {}
         collections: dict[str, dict[str, Any]] = {}
-        vectors: dict[str, VectorIndex] = {}
         for kind, current in index.collections.items():
             entry = dict(current.entry)
             if kind in self._writers:
                 segment, records = self._writers.pop(kind).finish()
                 files.update(records)
                 entry["segments"] = [*entry["segments"], segment]
-            added = self._vectors[kind]
-            if entry["vectors"] is not None and not added and not len(self._removed[kind]):
-                vectors[kind] = current.vectors
-            else:
-                vectors[kind] = current.vectors.with_changes(
-                    np.concatenate(added) if added else np.zeros((0, entry["global_dim"]), np.float32),
-                    np.concatenate(self._ids[kind]) if added else np.zeros(0, np.int64),
-                    self._removed[kind],
-                )
-                entry["vectors"] = generation_name(_STEMS[kind][0], self.generation, "faiss")
-                entry["vectors_hold_deleted"] = bool(len(vectors[kind].tombstones))
-                files[entry["vectors"]] = _publish_with(directory / entry["vectors"], vectors[kind].write)
+            start = 0
+            for ids, vectors in zip(self._ids[kind], self._vectors[kind], strict=True):
+                current.vectors.add(ids, vectors, self._fields[kind][start : start + len(ids)])
+                start += len(ids)
+            if len(self._removed[kind]):
+                current.vectors.remove(self._removed[kind])
+            keys, records = current.vectors.save(directory, self.generation)
+            entry.update(keys)
+            files.update(records)
             kept = [entry["vectors"]] + [
                 s[key]
                 for s in entry["segments"]
@@ -439,10 +453,10 @@ class IndexUpdate:
             for kind in collections
         }
         meta = generation_name("meta", self.generation, "sqlite")
-        files[meta] = _publish_with(
+        files[meta] = publish_with(
             directory / meta,
             lambda tmp: index.meta.write_version(
-                tmp, self._images, self._texts, self._removed[IMAGES], self._removed[TEXTS]
+                tmp, list(self._images.items()), self._texts, self._removed[IMAGES], self._removed[TEXTS]
             ),
         )
         manifest = {
@@ -454,19 +468,15 @@ class IndexUpdate:
             "meta": meta,
             "files": files,
         }
-        return manifest, vectors
+        return manifest
 
 
-def _publish_with(final: Path, write: Callable[[Path], None]) -> dict[str, Any]:
-    """`write` a temporary file, then publish it as `final`; returns its manifest record."""
-    tmp = temp_path(final)
-    try:
-        write(tmp)
-        return publish(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _disk_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest on disk (None when there is none yet)."""
+    return read_manifest(directory) if (directory / MANIFEST_NAME).is_file() else None
 
 
 def _disk_generation(directory: Path) -> int:
     """The version the manifest on disk points at (0 when there is none yet)."""
-    return int(read_manifest(directory)["generation"]) if (directory / MANIFEST_NAME).is_file() else 0
+    manifest = _disk_manifest(directory)
+    return 0 if manifest is None else int(manifest["generation"])

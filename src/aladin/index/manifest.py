@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,16 @@ def publish(tmp: Path, final: Path, sha256: str | None = None) -> dict[str, Any]
     record = {"bytes": tmp.stat().st_size, "sha256": sha256 or sha256_file(tmp)}
     os.replace(tmp, final)
     return record
+
+
+def publish_with(final: Path, write: Callable[[Path], None]) -> dict[str, Any]:
+    """`write` a temporary file, then publish it as `final`; returns its manifest record."""
+    tmp = temp_path(final)
+    try:
+        write(tmp)
+        return publish(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def fsync_directory(directory: Path) -> None:

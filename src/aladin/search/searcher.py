@@ -117,16 +117,24 @@ class Searcher:
         return EncodedQueries(emb.global_vector, emb.regions, emb.region_mask)
 
     # ---- searching ------------------------------------------------------------------------------
-    def search_text(self, query: str, k: int = 10, rerank: int = 100) -> list[Hit]:
-        """Text → images: kNN for the top `rerank` (at least k), re-ranked by the alignment head; rerank=0: kNN only."""
-        return self.search_texts([query], k, rerank)[0]
+    def search_text(self, query: str, k: int = 10, rerank: int = 100, where: str | None = None) -> list[Hit]:
+        """Text → images: kNN for the top `rerank` (at least k), re-ranked by the alignment head; rerank=0: kNN only.
+        `where` keeps only items whose metadata match (e.g. 'folder == "beach"'; milvus backend)."""
+        return self.search_texts([query], k, rerank, where)[0]
 
-    def search_texts(self, queries: Sequence[str], k: int = 10, rerank: int = 100) -> list[list[Hit]]:
+    def search_texts(
+        self, queries: Sequence[str], k: int = 10, rerank: int = 100, where: str | None = None
+    ) -> list[list[Hit]]:
         """`search_text` for many queries, encoded, searched and re-ranked in batches."""
-        return self.search_encoded(IMAGES, self.encode_texts(queries), k, rerank)
+        return self.search_encoded(IMAGES, self.encode_texts(queries), k, rerank, where)
 
     def search_image(
-        self, image: str | Path | Image.Image, k: int = 10, rerank: int = 100, target: str = IMAGES
+        self,
+        image: str | Path | Image.Image,
+        k: int = 10,
+        rerank: int = 100,
+        target: str = IMAGES,
+        where: str | None = None,
     ) -> list[Hit]:
         """Image → similar images (kNN over global vectors: the alignment head scores regions against words, so
         there is nothing to re-rank with and `rerank` is not used), or image → captions (target="texts"),
@@ -134,15 +142,18 @@ class Searcher:
         if target not in (IMAGES, TEXTS):
             raise AladinError(f"search target must be {IMAGES!r} or {TEXTS!r}, got {target!r}")
         query = self.encode_images([image])
-        return self.search_encoded(target, query, k, rerank if target == TEXTS else 0)[0]
+        return self.search_encoded(target, query, k, rerank if target == TEXTS else 0, where)[0]
 
     @torch.inference_mode()
-    def search_encoded(self, kind: str, queries: EncodedQueries, k: int, rerank: int) -> list[list[Hit]]:
-        """Both stages for encoded queries against `kind` ("images" for text queries, "texts" for image ones)."""
+    def search_encoded(
+        self, kind: str, queries: EncodedQueries, k: int, rerank: int, where: str | None = None
+    ) -> list[list[Hit]]:
+        """Both stages for encoded queries against `kind` ("images" for text queries, "texts" for image ones);
+        the kNN stage only considers items matching the filter `where` when one is given."""
         if k < 1 or rerank < 0:
             raise AladinError(f"need k >= 1 and rerank >= 0, got k={k}, rerank={rerank}")
         depth = max(k, rerank)
-        scores, ids = self.index.search(kind, queries.global_vectors.float().cpu().numpy(), depth)
+        scores, ids = self.index.search(kind, queries.global_vectors.float().cpu().numpy(), depth, where)
         found = ids >= 0
         candidates = [ids[q][found[q]] for q in range(len(queries))]
         first = [scores[q][found[q]] for q in range(len(queries))]
