@@ -5,6 +5,10 @@ attention_mask/input_ids/caption_image (captions) as .npy files, plus meta.json.
 `<split>.partial/` batch by batch, records progress in progress.json (so an interrupted run resumes), and renames
 the folder into place only when complete. Images go through `ImageEncoder.encode_items`, so encoders that serve
 stored features never open the pictures.
+
+Under torchrun each rank encodes a contiguous run of whole batches into `<split>.partial/ranks/<r>-of-<N>/`
+(resumable the same way); after a barrier rank 0 concatenates the shards, so the cache is byte for byte the one
+a single process writes.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
+from aladin import distributed
 from aladin.config import CACHE_FORMAT_VERSION, ImageEncoderConfig, TextEncoderConfig, config_to_dict
 from aladin.data.dataset import Dataset
 from aladin.encoders.image import ImageEncoder, RegionBatch
@@ -29,6 +34,7 @@ from aladin.encoders.text import TextEncoder, TokenBatch
 from aladin.errors import AladinError, CheckpointError
 from aladin.fileio import read_json, write_json
 
+_COPY_ROWS = 1024
 IMAGE_ARRAYS = ("regions", "boxes", "region_mask")
 TEXT_ARRAYS = ("tokens", "token_mask", "attention_mask", "input_ids")
 _DTYPES = {
@@ -131,11 +137,21 @@ def _split_is_current(directory: Path, identity: dict[str, Any]) -> bool:
 
 
 class _SplitWriter:
-    """Writes one split into `<split>.partial/`, resuming from its progress.json when that matches."""
+    """Writes rows [start, stop) of a split's images and captions into `partial`, resuming from its progress.json
+    when that matches (the whole split with one process, a rank's shard under torchrun)."""
 
-    def __init__(self, partial: Path, identity: dict[str, Any], shapes: dict[str, int]) -> None:
+    def __init__(
+        self, partial: Path, identity: dict[str, Any], shapes: dict[str, int], rows: dict[str, list[int]]
+    ) -> None:
         self.partial = partial
-        self.state: dict[str, Any] = {**identity, **shapes, "images_done": 0, "captions_done": 0}
+        self.rows = rows
+        self.state: dict[str, Any] = {
+            **identity,
+            **shapes,
+            "rows": rows,
+            "images_done": 0,
+            "captions_done": 0,
+        }
         progress = partial / "progress.json"
         if progress.is_file():
             try:
@@ -149,22 +165,27 @@ class _SplitWriter:
         partial.mkdir(parents=True, exist_ok=True)
         self.arrays: dict[str, np.ndarray] = {}
 
-    def write(self, kind: str, start: int, values: dict[str, np.ndarray], total_rows: int) -> None:
+    def next_row(self, kind: str) -> int:
+        """The first row of `kind` not written yet."""
+        return self.rows[kind][0] + self.state[f"{kind}_done"]
+
+    def write(self, kind: str, start: int, values: dict[str, np.ndarray]) -> None:
         """Store rows start.. of each array (created on the first batch), then record the progress."""
         done_key = f"{kind}_done"
+        first, stop = self.rows[kind]
         for name, value in values.items():
             if name not in self.arrays:
                 path = self.partial / f"{name}.npy"
                 if self.state[done_key] == 0:
                     self.arrays[name] = open_memmap(
-                        path, mode="w+", dtype=_DTYPES[name], shape=(total_rows, *value.shape[1:])
+                        path, mode="w+", dtype=_DTYPES[name], shape=(stop - first, *value.shape[1:])
                     )
                 else:
                     self.arrays[name] = np.load(path, mmap_mode="r+")
-            self.arrays[name][start : start + len(value)] = value
+            self.arrays[name][start - first : start - first + len(value)] = value
         for name in values:
             self.arrays[name].flush()
-        self.state[done_key] = start + len(next(iter(values.values())))
+        self.state[done_key] = start - first + len(next(iter(values.values())))
         write_json(self.partial / "progress.json", self.state)
 
 
@@ -194,25 +215,36 @@ def _extract_split(
         raise AladinError(f"{data.name}: split {split!r} has no images or no captions to extract")
     max_tokens = max(text_encoder.lengths(texts))
     shapes = {"num_images": len(data.items), "num_captions": len(texts), "max_tokens": max_tokens}
-    writer = _SplitWriter(cache_dir / f"{split}.partial", identity, shapes)
+    partial = cache_dir / f"{split}.partial"
+    world = distributed.world_size()
+    shards = [
+        {"images": list(images), "captions": list(captions)}
+        for images, captions in zip(
+            _batch_shards(len(data.items), batch_size, world),
+            _batch_shards(len(texts), batch_size, world),
+            strict=True,
+        )
+    ]
+    shard_dirs = distributed.rank_folders(partial)
+    writer = _SplitWriter(shard_dirs[distributed.rank()], identity, shapes, shards[distributed.rank()])
     state = writer.state
-    total = len(data.items) + len(texts)
+    image_stop, caption_stop = writer.rows["images"][1], writer.rows["captions"][1]
     with tqdm(
-        total=total,
+        total=sum(stop - start for start, stop in writer.rows.values()),
         initial=state["images_done"] + state["captions_done"],
         desc=f"features {split}",
         unit="item",
-        disable=not progress,
+        disable=not progress or not distributed.is_main_process(),
     ) as bar:
-        for start in range(state["images_done"], len(data.items), batch_size):
-            items = data.items[start : start + batch_size]
+        for start in range(writer.next_row("images"), image_stop, batch_size):
+            items = data.items[start : min(start + batch_size, image_stop)]
             batch = image_encoder.encode_items(items)
             what = f"images {items[0].path}..{items[-1].path}"
             arrays = {name: _to_disk(getattr(batch, name), name, what) for name in IMAGE_ARRAYS}
-            writer.write("images", start, arrays, len(data.items))
+            writer.write("images", start, arrays)
             bar.update(len(items))
-        for start in range(state["captions_done"], len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
+        for start in range(writer.next_row("captions"), caption_stop, batch_size):
+            chunk = texts[start : min(start + batch_size, caption_stop)]
             batch = text_encoder.encode(chunk)
             pad = max_tokens - batch.tokens.shape[1]
             padded = {
@@ -223,11 +255,9 @@ def _extract_split(
             }
             what = f"split {split!r} captions {start}..{start + len(chunk) - 1}"
             arrays = {name: _to_disk(value, name, what) for name, value in padded.items()}
-            writer.write("captions", start, arrays, len(texts))
+            writer.write("captions", start, arrays)
             bar.update(len(chunk))
-
-    partial = writer.partial
-    np.save(partial / "caption_image.npy", np.asarray(owner, dtype=np.int64))
+    distributed.barrier()  # every shard is on disk
     meta = {
         **identity,
         **shapes,
@@ -240,14 +270,53 @@ def _extract_split(
         "image_paths": [str(item.path) for item in data.items],
         "captions": texts,
     }
+    distributed.on_main_process(lambda: _publish_split(partial, shard_dirs, owner, meta, cache_dir / split))
+
+
+def _batch_shards(total: int, batch_size: int, parts: int) -> list[tuple[int, int]]:
+    """Rows [start, stop) of each rank: contiguous runs of whole batches, so every batch is the one a single
+    process encodes (same inputs, same numbers)."""
+    batches = -(-total // batch_size)
+    return [
+        (first * batch_size, min(stop * batch_size, total))
+        for first, stop in distributed.shard_bounds(batches, parts)
+    ]
+
+
+def _merge_shards(partial: Path, shard_dirs: list[Path]) -> None:
+    """Concatenate the ranks' shard arrays, in rank order, into `partial` (ranks with no rows wrote nothing)."""
+    for name in (*IMAGE_ARRAYS, *TEXT_ARRAYS):
+        parts = [
+            np.load(d / f"{name}.npy", mmap_mode="r") for d in shard_dirs if (d / f"{name}.npy").is_file()
+        ]
+        shape = (sum(len(part) for part in parts), *parts[0].shape[1:])
+        merged = open_memmap(partial / f"{name}.npy", mode="w+", dtype=parts[0].dtype, shape=shape)
+        row = 0
+        for part in parts:
+            for start in range(0, len(part), _COPY_ROWS):
+                block = part[start : start + _COPY_ROWS]
+                merged[row : row + len(block)] = block
+                row += len(block)
+        merged.flush()
+        del merged
+    shutil.rmtree(partial / distributed.RANKS_DIR)
+
+
+def _publish_split(
+    partial: Path, shard_dirs: list[Path], owner: Sequence[int], meta: dict[str, Any], final: Path
+) -> None:
+    """Complete `partial` (merging the ranks' shards first, if any) and rename it into place."""
+    if shard_dirs != [partial]:
+        _merge_shards(partial, shard_dirs)
+    np.save(partial / "caption_image.npy", np.asarray(owner, dtype=np.int64))
     write_json(partial / "meta.json", meta)
-    stale = cache_dir / f"{split}.old"
+    stale = final.parent / f"{final.name}.old"
     if stale.exists():
         shutil.rmtree(stale)
     if final.exists():
         os.replace(final, stale)
     os.replace(partial, final)
-    (final / "progress.json").unlink()
+    (final / "progress.json").unlink(missing_ok=True)  # a merged split has none
     if stale.exists():
         shutil.rmtree(stale)
 
@@ -264,6 +333,7 @@ def extract_features(
     configs are kept, interrupted ones resume where they stopped."""
     if batch_size < 1:
         raise AladinError(f"batch_size: must be at least 1, got {batch_size}")
+    distributed.init_from_env()
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     for split in dataset.split_names():

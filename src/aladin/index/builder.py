@@ -3,6 +3,10 @@
 Encoded batches go to `<out>/.building/` as they are made, with progress.json saying how far the run got; a
 rerun with the same model, source and batch size continues from there. Only when every batch is encoded is
 the index written (one atomic switch) and the staging folder deleted.
+
+Under torchrun each rank encodes a contiguous run of the batches into `.building/ranks/<r>-of-<N>/` (resumable
+the same way); after a barrier rank 0 writes the index from all of them, in order, so it is the index one
+process builds.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from aladin import distributed
 from aladin.encoders.image import ImageEncoder, build_image_encoder
 from aladin.encoders.text import TextEncoder, build_text_encoder
 from aladin.errors import AladinError
@@ -73,6 +78,8 @@ class IndexBuilder:
         overwrite: bool = False,
     ) -> SearchIndex:
         """Index every image of `source` (and, `with_texts`, its captions) into `out_dir`."""
+        distributed.init_from_env()
+        distributed.to_local_device(self.model)
         out_dir = Path(out_dir)
         if not isinstance(source, IndexSource):
             source = open_source(source, split, self.model.config)
@@ -86,10 +93,12 @@ class IndexBuilder:
                 f"{source.name}: no captions to index (texts need a dataset folder or a feature cache)"
             )
         staging = out_dir / BUILDING_DIR
-        state = self._resume(staging, source, with_texts)
+        shard_dirs = distributed.rank_folders(staging)
+        shard = shard_dirs[distributed.rank()]
+        state = self._resume(shard, source, with_texts)
         images = None if not source.needs_encoders else self.image_encoder()
         n_image_chunks = self._encode(
-            staging,
+            shard,
             state,
             IMAGES,
             len(source.items),
@@ -99,25 +108,31 @@ class IndexBuilder:
         if with_texts:
             texts = None if not source.needs_encoders else self.text_encoder()
             n_text_chunks = self._encode(
-                staging,
+                shard,
                 state,
                 TEXTS,
                 len(captions),
                 lambda a, b: embed_texts(self.model, source.token_batch(a, b, texts)),
             )
-        index = SearchIndex.create(out_dir, self.model, self.cfg, with_texts, self.checkpoint)
-        with index.update() as up:
-            image_ids = []
-            for i in range(n_image_chunks):
-                chunk = EncodedChunk.load(_chunk_path(staging, IMAGES, i))
-                start = i * self.cfg.batch_size
-                image_ids.extend(up.add_images(chunk, source.items[start : start + len(chunk)]).tolist())
-            for i in range(n_text_chunks):
-                chunk = EncodedChunk.load(_chunk_path(staging, TEXTS, i))
-                part = captions[i * self.cfg.batch_size :][: len(chunk)]
-                up.add_texts(chunk, [TextRecord(image_ids[owner], caption) for owner, caption in part])
-        shutil.rmtree(staging)
-        return index
+        distributed.barrier()  # every rank's batches are on disk
+
+        def write_index() -> SearchIndex:
+            index = SearchIndex.create(out_dir, self.model, self.cfg, with_texts, self.checkpoint)
+            with index.update() as up:
+                image_ids = []
+                for i, path in enumerate(_chunk_files(shard_dirs, IMAGES, n_image_chunks)):
+                    chunk = EncodedChunk.load(path)
+                    start = i * self.cfg.batch_size
+                    image_ids.extend(up.add_images(chunk, source.items[start : start + len(chunk)]).tolist())
+                for i, path in enumerate(_chunk_files(shard_dirs, TEXTS, n_text_chunks)):
+                    chunk = EncodedChunk.load(path)
+                    part = captions[i * self.cfg.batch_size :][: len(chunk)]
+                    up.add_texts(chunk, [TextRecord(image_ids[owner], caption) for owner, caption in part])
+            shutil.rmtree(staging)
+            return index
+
+        index = distributed.on_main_process(write_index)
+        return index if index is not None else SearchIndex.load(out_dir, self.model)
 
     def _resume(self, staging: Path, source: IndexSource, with_texts: bool) -> dict[str, Any]:
         """The progress of an interrupted build of the same thing, or a fresh start (stale staging deleted)."""
@@ -147,23 +162,40 @@ class IndexBuilder:
         total: int,
         encode: Callable[[int, int], EncodedChunk],
     ) -> int:
-        """Encode items [0, total) of `kind` in batches not yet on disk; returns the number of chunks."""
+        """Encode this rank's batches of items [0, total) of `kind` not yet on disk; returns the number of chunks
+        (batches) of all ranks."""
         size = self.cfg.batch_size
+        chunks = -(-total // size)
+        first, stop = distributed.contiguous_range(chunks)
         done = state[kind]
+        rows = min(stop * size, total) - first * size
         with tqdm(
-            total=total, initial=min(done * size, total), desc=f"index {kind}", disable=not self.progress
+            total=rows,
+            initial=min(done * size, rows),
+            desc=f"index {kind}",
+            disable=not self.progress or not distributed.is_main_process(),
         ) as bar:
-            for start in range(done * size, total, size):
-                stop = min(start + size, total)
-                atomic_write(_chunk_path(staging, kind, start // size), encode(start, stop).save)
-                state[kind] = start // size + 1
+            for number in range(first + done, stop):
+                start, end = number * size, min((number + 1) * size, total)
+                atomic_write(_chunk_path(staging, kind, number), encode(start, end).save)
+                state[kind] = number - first + 1
                 write_json(staging / _PROGRESS, state)
-                bar.update(stop - start)
-        return -(-total // size)
+                bar.update(end - start)
+        return chunks
 
 
 def _chunk_path(staging: Path, kind: str, number: int) -> Path:
     return staging / f"{kind}-{number:06d}.npz"
+
+
+def _chunk_files(shard_dirs: list[Path], kind: str, chunks: int) -> list[Path]:
+    """Every chunk of `kind` in order, each in the folder of the rank that encoded it."""
+    bounds = distributed.shard_bounds(chunks, len(shard_dirs))
+    return [
+        _chunk_path(d, kind, i)
+        for d, (first, stop) in zip(shard_dirs, bounds, strict=True)
+        for i in range(first, stop)
+    ]
 
 
 def build_index(

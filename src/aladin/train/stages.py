@@ -1,4 +1,9 @@
-"""The training stages: alignment head (teacher), matching head (student), and the linear global baseline."""
+"""The training stages: alignment head (teacher), matching head (student), and the linear global baseline.
+
+Each stage's batch loss compares every image of the batch with every caption. Under torch.distributed the
+batch is the global one: embeddings (and the frozen teacher's features) are gathered from every rank before
+the score matrix is built, so N ranks with batch B train like one process with batch N×B.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,32 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from aladin import distributed
 from aladin.config import TrainConfig
-from aladin.distributed import gather_with_grad
+from aladin.distributed import gather_padded, gather_with_grad
 from aladin.errors import AladinError
 from aladin.evaluate.scorers import alignment_matrix, matching_matrix, validation_rsum
 from aladin.model import AladinModel, LinearGlobalModel
 from aladin.model.alignment import region_word_scores
 from aladin.model.features import FeatureTensors, embed_split, mean_pooled
 from aladin.model.losses import distillation_loss, hardest_negative_hinge_loss, infonce_loss
-from aladin.train.loop import FitResult, fit
+from aladin.train.loop import BatchLoss, FitResult, fit
 
 ALIGNMENT_LOSSES = ("infonce", "hinge", "infonce+hinge")
 MATCHING_LOSSES = ("distill", "infonce", "distill+infonce")
 
 
 def sample_captions(feats: FeatureTensors, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One random caption per image of the batch, so no caption of a batch image is ever its negative."""
+    """One random caption per image of the batch, so no caption of a batch image is ever its negative.
+
+    The draws are those of the global batch (this rank keeps its strided share of them), so N ranks pick the
+    captions one process would pick for the same images.
+    """
     owners = feats.caption_image
     starts = torch.searchsorted(owners, images)
     counts = torch.searchsorted(owners, images, right=True) - starts
-    offsets = (torch.rand(len(images), generator=generator) * counts).long()
-    return starts + offsets
+    draws = distributed.local_part(torch.rand(len(images) * distributed.world_size(), generator=generator))
+    return starts + (draws * counts).long()
 
 
 def _positives(image_ids: torch.Tensor, caption_owner: torch.Tensor) -> torch.Tensor:
@@ -40,6 +50,58 @@ def _check_loss(name: str, allowed: tuple[str, ...], stage: str) -> None:
         raise AladinError(f"{stage}.loss: must be one of {', '.join(allowed)}; got {name!r}")
 
 
+def _global_positives(
+    feats: FeatureTensors, images: torch.Tensor, captions: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """The positive mask of the global batch: gathered images against gathered captions."""
+    return _positives(
+        gather_with_grad(images.to(device)), gather_with_grad(feats.caption_image[captions].to(device))
+    )
+
+
+def _prepare(model: torch.nn.Module) -> None:
+    """Join torchrun's process group (if any) and put the model on this rank's device."""
+    distributed.init_from_env()
+    distributed.to_local_device(model)
+
+
+def alignment_batch_loss(model: AladinModel, train: FeatureTensors, cfg: TrainConfig) -> BatchLoss:
+    """Stage 1's loss of one batch of images: InfoNCE and/or the hardest-negative hinge over alignment scores."""
+    _check_loss(cfg.loss, ALIGNMENT_LOSSES, "alignment")
+    device = next(model.parameters()).device
+
+    def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
+        captions = sample_captions(train, images, generator)
+        img = model.encode_image(*train.image_batch(images, device), with_global=False)
+        txt = model.encode_text(*train.text_batch(captions, device), with_global=False)
+        words, word_mask = gather_padded(txt.words, txt.word_mask)
+        scores = region_word_scores(
+            gather_with_grad(img.regions),
+            gather_with_grad(img.region_mask),
+            words,
+            word_mask,
+            model.config.model.word_aggregation,
+        )
+        positives = _global_positives(train, images, captions, device)
+        loss = scores.new_zeros(())
+        if cfg.loss in ("infonce", "infonce+hinge"):
+            loss = loss + infonce_loss(scores, positives, model.alignment_scale())
+        if cfg.loss == "hinge" or (cfg.loss == "infonce+hinge" and epoch >= cfg.hinge_warmup_epochs):
+            loss = loss + hardest_negative_hinge_loss(scores, positives, cfg.margin)
+        return loss
+
+    return batch_loss
+
+
+def trained_alignment_parameters(model: AladinModel, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+    """What stage 1 trains: the alignment head, its logit scale only when InfoNCE uses it (under DDP every trained
+    parameter must take part in the loss)."""
+    if cfg.loss != "hinge":
+        return model.alignment_parameters()
+    scale = {id(p) for p in model.alignment_scale.parameters()}
+    return [p for p in model.alignment_parameters() if id(p) not in scale]
+
+
 def train_alignment(
     model: AladinModel,
     train: FeatureTensors,
@@ -48,26 +110,8 @@ def train_alignment(
     state_dir: Path | None = None,
 ) -> FitResult:
     """Stage 1: region×word alignment head with in-batch InfoNCE and/or the hardest-negative hinge."""
-    _check_loss(cfg.loss, ALIGNMENT_LOSSES, "alignment")
-    device = next(model.parameters()).device
-
-    def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
-        captions = sample_captions(train, images, generator)
-        img = model.encode_image(*train.image_batch(images, device), with_global=False)
-        txt = model.encode_text(*train.text_batch(captions, device), with_global=False)
-        regions, region_mask = gather_with_grad(img.regions), gather_with_grad(img.region_mask)
-        words, word_mask = _gather_padded(txt.words, txt.word_mask)
-        scores = region_word_scores(
-            regions, region_mask, words, word_mask, model.config.model.word_aggregation
-        )
-        owners = gather_with_grad(images.to(device))
-        positives = _positives(owners, gather_with_grad(train.caption_image[captions].to(device)))
-        loss = scores.new_zeros(())
-        if cfg.loss in ("infonce", "infonce+hinge"):
-            loss = loss + infonce_loss(scores, positives, model.alignment_scale())
-        if cfg.loss == "hinge" or (cfg.loss == "infonce+hinge" and epoch >= cfg.hinge_warmup_epochs):
-            loss = loss + hardest_negative_hinge_loss(scores, positives, cfg.margin)
-        return loss
+    _prepare(model)
+    batch_loss = alignment_batch_loss(model, train, cfg)
 
     def validate() -> float:
         img, txt = embed_split(model, val, with_global=False)
@@ -75,7 +119,7 @@ def train_alignment(
 
     return fit(
         model,
-        model.alignment_parameters(),
+        trained_alignment_parameters(model, cfg),
         batch_loss,
         validate,
         train.num_images,
@@ -85,26 +129,13 @@ def train_alignment(
     )
 
 
-def train_matching(
-    model: AladinModel,
-    train: FeatureTensors,
-    val: FeatureTensors,
-    cfg: TrainConfig,
-    state_dir: Path | None = None,
-) -> FitResult:
-    """Stage 2: the global matching head, distilled from the frozen alignment head and/or with plain InfoNCE."""
+def matching_batch_loss(model: AladinModel, train: FeatureTensors, cfg: TrainConfig) -> BatchLoss:
+    """Stage 2's loss of one batch: the student's scores against the frozen teacher's (KL) and/or InfoNCE.
+
+    The teacher's contextualised features of the whole split are computed once, here.
+    """
     _check_loss(cfg.loss, MATCHING_LOSSES, "matching")
     device = next(model.parameters()).device
-    for p in model.alignment_parameters():
-        p.requires_grad_(False)
-    teacher_modules = [
-        m for m in (model.image_tail, model.text_tail, model.image_encoder, model.text_encoder) if m
-    ]
-
-    def teacher_eval_mode() -> None:
-        for module in teacher_modules:
-            module.eval()  # the teacher is frozen: no dropout noise in its scores
-
     image_hidden_all, text_hidden_all = _frozen_teacher_states(model, train, device)
 
     def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
@@ -116,13 +147,11 @@ def train_matching(
         image_vec = gather_with_grad(model.image_matching(image_hidden, region_mask, region_mask))
         text_vec = gather_with_grad(model.text_matching(text_hidden, attention, scored))
         student = image_vec @ text_vec.T
-        positives = _positives(
-            gather_with_grad(images.to(device)), gather_with_grad(train.caption_image[captions].to(device))
-        )
+        positives = _global_positives(train, images, captions, device)
         loss = student.new_zeros(())
         if "distill" in cfg.loss:
             with torch.no_grad():
-                words, word_mask = _gather_padded(F.normalize(text_hidden, dim=-1), scored)
+                words, word_mask = gather_padded(F.normalize(text_hidden, dim=-1), scored)
                 teacher = (
                     region_word_scores(
                         gather_with_grad(F.normalize(image_hidden, dim=-1)),
@@ -140,25 +169,45 @@ def train_matching(
             loss = loss + cfg.infonce_weight * infonce_loss(student, positives, model.matching_scale())
         return loss
 
+    return batch_loss
+
+
+def train_matching(
+    model: AladinModel,
+    train: FeatureTensors,
+    val: FeatureTensors,
+    cfg: TrainConfig,
+    state_dir: Path | None = None,
+) -> FitResult:
+    """Stage 2: the global matching head, distilled from the frozen alignment head and/or with plain InfoNCE.
+
+    Only the matching head trains (`fit` freezes the rest); the teacher also stays in eval mode.
+    """
+    _prepare(model)
+    batch_loss = matching_batch_loss(model, train, cfg)
+    teacher_modules = [
+        m for m in (model.image_tail, model.text_tail, model.image_encoder, model.text_encoder) if m
+    ]
+
+    def teacher_eval_mode() -> None:
+        for module in teacher_modules:
+            module.eval()  # the teacher is frozen: no dropout noise in its scores
+
     def validate() -> float:
         img, txt = embed_split(model, val)
         return validation_rsum(matching_matrix(img, txt), val.caption_image)
 
-    try:
-        return fit(
-            model,
-            model.matching_parameters(),
-            batch_loss,
-            validate,
-            train.num_images,
-            cfg,
-            "matching",
-            state_dir,
-            on_train_mode=teacher_eval_mode,
-        )
-    finally:
-        for p in model.alignment_parameters():
-            p.requires_grad_(True)
+    return fit(
+        model,
+        model.matching_parameters(),
+        batch_loss,
+        validate,
+        train.num_images,
+        cfg,
+        "matching",
+        state_dir,
+        on_train_mode=teacher_eval_mode,
+    )
 
 
 @torch.no_grad()
@@ -190,16 +239,17 @@ def train_linear_baseline(
     train: FeatureTensors, val: FeatureTensors, cfg: TrainConfig, dim: int = 256
 ) -> tuple[LinearGlobalModel, FitResult]:
     """The linear global baseline: mean-pooled frozen features, one linear map per side, symmetric InfoNCE."""
+    distributed.init_from_env()
     model = LinearGlobalModel(train.regions.shape[-1], train.tokens.shape[-1], dim)
     pooled = {name: mean_pooled(feats) for name, feats in (("train", train), ("val", val))}
     image_train, text_train = pooled["train"]
+    cpu = torch.device("cpu")
 
     def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
         captions = sample_captions(train, images, generator)
-        img = model.project_image(image_train[images])
-        txt = model.project_text(text_train[captions])
-        positives = _positives(images, train.caption_image[captions])
-        return infonce_loss(img @ txt.T, positives, model.logit_scale())
+        img = gather_with_grad(model.project_image(image_train[images]))
+        txt = gather_with_grad(model.project_text(text_train[captions]))
+        return infonce_loss(img @ txt.T, _global_positives(train, images, captions, cpu), model.logit_scale())
 
     def validate() -> float:
         with torch.inference_mode():
@@ -212,15 +262,3 @@ def train_linear_baseline(
         model, list(model.parameters()), batch_loss, validate, train.num_images, cfg, "linear baseline"
     )
     return model, result
-
-
-def _gather_padded(words: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All-gather word sequences whose length differs per rank, padding them to a common width first."""
-    from aladin import distributed
-
-    if distributed.world_size() > 1:
-        width = torch.tensor([words.shape[1]], device=words.device)
-        torch.distributed.all_reduce(width, op=torch.distributed.ReduceOp.MAX)
-        pad = int(width) - words.shape[1]
-        words, mask = F.pad(words, (0, 0, 0, pad)), F.pad(mask, (0, pad))
-    return gather_with_grad(words), gather_with_grad(mask)
