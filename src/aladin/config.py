@@ -122,10 +122,17 @@ class ModelConfig:
     word_aggregation: str = "mean"
     #: How the matching head pools the contextualised sequence: "mean" (masked) or "max".
     global_pooling: str = "mean"
+    #: What the matching head reads: "contextual" (the teacher's contextualised regions and words, as in
+    #: ALADIN) or "frozen" (the encoders' own features, so the student does not inherit a weak teacher's view).
+    matching_input: str = "contextual"
+    #: Learn a weight per word (softmax over the caption's words) in the alignment score, so that function
+    #: words can fade instead of counting as much as nouns.
+    word_weights: bool = False
 
     def __post_init__(self) -> None:
         _choice("model.word_aggregation", self.word_aggregation, ("mean", "sum"))
         _choice("model.global_pooling", self.global_pooling, ("mean", "max"))
+        _choice("model.matching_input", self.matching_input, ("contextual", "frozen"))
         for name in (
             "image_feature_dim",
             "text_feature_dim",
@@ -228,5 +235,7 @@ class RecipeConfig:
     baseline: TrainConfig = field(default_factory=_baseline_defaults)
     #: The no-distillation ablation: the same student trained with plain InfoNCE.
     train_infonce_student: bool = True
+    #: The deepest re-rank tried when validation chooses the re-rank depth and fusion weight (10, 20, 50 and
+    #: this); also the depth for models trained before that choice was recorded.
     rerank_k: int = 100
     device: str = "auto"

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 
+from aladin import distributed
 from aladin.config import (
     AladinConfig,
     DatasetSplitConfig,
@@ -26,7 +27,13 @@ from aladin.encoders.cache import FeatureCache, extract_features, load_split
 from aladin.errors import AladinError
 from aladin.evaluate.metrics import ScorerResult
 from aladin.evaluate.report import plot_recall_curves, print_results, results_markdown, write_results_json
-from aladin.evaluate.scorers import score_alignment, score_linear_baseline, score_matching, score_rerank
+from aladin.evaluate.scorers import (
+    choose_rerank,
+    score_alignment,
+    score_linear_baseline,
+    score_matching,
+    score_rerank,
+)
 from aladin.fileio import atomic_write, read_json, write_json
 from aladin.model import AladinModel, LinearGlobalModel
 from aladin.model.features import FeatureTensors, embed_split
@@ -70,6 +77,7 @@ def extract(
     from aladin.encoders.image import build_image_encoder
     from aladin.encoders.text import build_text_encoder
 
+    distributed.init_from_env()  # first, so that "cuda" below means this rank's GPU under torchrun
     image_cfg, text_cfg = image_encoder or ImageEncoderConfig(), text_encoder or TextEncoderConfig()
     # precomputed regions stand in for the pictures, which then need not be on disk
     dataset = load_dataset(data_dir, split_cfg, require_images=image_cfg.name != "precomputed")
@@ -105,8 +113,10 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
     """Train the linear baseline, the alignment head, then its students; checkpoints go under `run_dir`.
 
     Each stage keeps the epoch with the best validation rsum; the test split is never read. A rerun with the
-    same settings resumes unfinished stages and skips finished ones.
+    same settings resumes unfinished stages and skips finished ones. Under torchrun every rank trains on its
+    share of each global batch and rank 0 alone writes.
     """
+    distributed.init_from_env()  # first, so that "cuda" below means this rank's GPU under torchrun
     recipe = recipe or RecipeConfig()
     cache_dir, run_dir = Path(cache_dir), Path(run_dir)
     device = resolve_device(recipe.device)
@@ -130,13 +140,15 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
             f"{recipe_path}: this run folder was trained with another recipe; use a new --out folder "
             "(finished stages are reused only with the same settings)"
         )
-    write_json(recipe_path, config_to_dict(recipe))
+    distributed.on_main_process(lambda: write_json(recipe_path, config_to_dict(recipe)))
     stages: dict[str, dict[str, Any]] = {}
     state_root = run_dir / "training-state"
 
     if not (run_dir / BASELINE_DIR / "config.json").is_file():
         baseline, result = train_linear_baseline(train_feats, val_feats, recipe.baseline)
-        baseline.save_pretrained(run_dir / BASELINE_DIR, {"fit": result.__dict__})
+        distributed.on_main_process(
+            lambda: baseline.save_pretrained(run_dir / BASELINE_DIR, {"fit": result.__dict__})
+        )
     stages["linear baseline"] = _fit_info(run_dir / BASELINE_DIR)
 
     torch.manual_seed(recipe.alignment.seed)
@@ -146,16 +158,15 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
         model = AladinModel.from_pretrained(teacher_dir, device)
     else:
         result = train_alignment(model, train_feats, val_feats, recipe.alignment, state_root / "alignment")
-        model.save_pretrained(teacher_dir, {"fit": result.__dict__})
+        distributed.on_main_process(lambda: model.save_pretrained(teacher_dir, {"fit": result.__dict__}))
     stages["alignment head"] = _fit_info(teacher_dir)
 
     if recipe.train_infonce_student and not (run_dir / INFONCE_STUDENT_DIR / "config.json").is_file():
         student = copy.deepcopy(model)
         cfg = replace(recipe.matching, loss="infonce")
         result = train_matching(student, train_feats, val_feats, cfg, state_root / "infonce-student")
-        student.save_pretrained(
-            run_dir / INFONCE_STUDENT_DIR, {"fit": result.__dict__, "student_loss": "infonce"}
-        )
+        info = {"fit": result.__dict__, "student_loss": "infonce"}
+        distributed.on_main_process(lambda: student.save_pretrained(run_dir / INFONCE_STUDENT_DIR, info))
     if recipe.train_infonce_student:
         stages["matching head (InfoNCE student)"] = _fit_info(run_dir / INFONCE_STUDENT_DIR)
 
@@ -163,11 +174,13 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
         result = train_matching(
             model, train_feats, val_feats, recipe.matching, state_root / "distilled-student"
         )
-        model.save_pretrained(
-            run_dir / MODEL_DIR, {"fit": result.__dict__, "student_loss": recipe.matching.loss}
-        )
+        val_image, val_text = embed_split(model, val_feats)
+        depths = sorted({d for d in (10, 20, 50) if d < recipe.rerank_k} | {recipe.rerank_k})
+        rerank = choose_rerank(model, val_image, val_text, val_feats.caption_image.numpy(), depths)
+        info = {"fit": result.__dict__, "student_loss": recipe.matching.loss, "rerank": asdict(rerank)}
+        distributed.on_main_process(lambda: model.save_pretrained(run_dir / MODEL_DIR, info))
     stages[f"matching head ({recipe.matching.loss})"] = _fit_info(run_dir / MODEL_DIR)
-    write_json(run_dir / "train_report.json", stages)
+    distributed.on_main_process(lambda: write_json(run_dir / "train_report.json", stages))
     return TrainReport(run_dir, stages)
 
 
@@ -202,8 +215,10 @@ def evaluate(
         if recipe_path.is_file()
         else RecipeConfig()
     )
-    k = rerank_k or recipe.rerank_k
     model = AladinModel.from_pretrained(model_dir)
+    chosen = model.info.get("rerank", {})  # the setting chosen on validation, when training recorded one
+    k = rerank_k or chosen.get("k") or recipe.rerank_k
+    fusion = float(chosen.get("fusion", 0.0))
     feats, _ = _load_tensors(Path(cache_dir), split, model.config)
     caption_image = feats.caption_image.numpy()
     image, text = embed_split(model, feats)
@@ -216,7 +231,10 @@ def evaluate(
         results.append(
             score_matching(img_s, txt_s, caption_image, "matching head (InfoNCE, no distillation)")
         )
-    results.append(score_rerank(model, image, text, caption_image, k, f"matching + re-rank top {k}"))
+    name = f"matching + re-rank top {k}" + (f" (fused, weight {fusion:g})" if fusion else "")
+    if chosen and chosen["val_rsum"] <= chosen["matching_val_rsum"]:
+        name += " [off by default: no gain on validation]"
+    results.append(score_rerank(model, image, text, caption_image, k, name, fusion))
     if (run_dir / BASELINE_DIR / "config.json").is_file():
         results.append(
             score_linear_baseline(LinearGlobalModel.from_pretrained(run_dir / BASELINE_DIR), feats)
@@ -227,7 +245,9 @@ def evaluate(
         # wide enough for the scorer names even when stdout is not a terminal (logs, CI)
         print_results(results, title, console=console or Console(width=max(Console().width, 130)))
     write_results_json(
-        out_dir / "results.json", results, {"split": split, "rerank_k": k, "run_dir": str(run_dir)}
+        out_dir / "results.json",
+        results,
+        {"split": split, "rerank_k": k, "rerank_fusion": fusion, "run_dir": str(run_dir)},
     )
     atomic_write(out_dir / "results.md", lambda tmp: tmp.write_text(results_markdown(results, title)))
     plot_recall_curves(results, out_dir / "recall.png")

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from aladin import distributed
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -40,4 +40,4 @@ def _entry(rank: int, world: int, port: int, worker: Callable[..., None], args: 
 
 def run_ranks(worker: Callable[..., None], *args: Any, world: int = 2) -> None:
     """`worker(*args)` in `world` spawned processes (torchrun's environment variables, 127.0.0.1, a free port)."""
-    mp.spawn(_entry, args=(world, _free_port(), worker, args), nprocs=world, join=True)
+    mp.spawn(_entry, args=(world, free_port(), worker, args), nprocs=world, join=True)

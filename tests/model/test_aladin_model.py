@@ -52,3 +52,43 @@ def test_finetuned_text_tail_is_part_of_the_teacher():
     loss = infonce_loss(model.alignment_scores(image, text), torch.eye(3, dtype=torch.bool), 10.0)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.text_tail.parameters())
+
+
+def _variant(**model_fields):
+    base = tiny_config()
+    return AladinModel(AladinConfig(model=ModelConfig(**{**base.model.__dict__, **model_fields}))).eval()
+
+
+def test_learned_word_weights_give_a_weighted_mean_over_words():
+    torch.manual_seed(0)
+    model = _variant(word_weights=True)
+    torch.nn.init.normal_(model.word_weight.weight, std=1.0)  # far from uniform
+    regions, boxes, mask = torch.randn(2, 5, 32), torch.rand(2, 5, 5), torch.ones(2, 5, dtype=torch.bool)
+    tokens, attention, scored = _text_batch()
+    image = model.encode_image(regions, boxes, mask, with_global=False)
+    text = model.encode_text(tokens, attention, scored, with_global=False)
+    scores = model.alignment_scores(image, text)
+    hidden = model.text_hidden(tokens, attention)
+    for t in range(3):
+        words = torch.nn.functional.normalize(hidden[t][scored[t]], dim=-1)
+        weights = model.word_weight(hidden[t][scored[t]]).squeeze(-1).softmax(dim=0)
+        for i in range(2):
+            best = (image.regions[i] @ words.T).max(dim=0).values  # each word's best region
+            torch.testing.assert_close(scores[i, t], (weights * best).sum(), atol=1e-5, rtol=1e-5)
+    assert set(map(id, model.word_weight.parameters())) <= set(map(id, model.alignment_parameters()))
+
+
+def test_frozen_input_student_reads_the_encoder_features_not_the_teacher():
+    torch.manual_seed(0)
+    model = _variant(matching_input="frozen")
+    regions, boxes, mask = torch.randn(2, 5, 32), torch.rand(2, 5, 5), torch.ones(2, 5, dtype=torch.bool)
+    tokens, attention, scored = _text_batch()
+    before = model.encode_image(regions, boxes, mask), model.encode_text(tokens, attention, scored)
+    with torch.no_grad():  # change the teacher: the student's vectors must not move, the teacher's must
+        for p in (*model.image_encoder.parameters(), *model.text_encoder.parameters()):
+            p.add_(torch.randn_like(p))
+    after = model.encode_image(regions, boxes, mask), model.encode_text(tokens, attention, scored)
+    for old, new in zip(before, after, strict=True):
+        torch.testing.assert_close(old.global_vector, new.global_vector)
+    assert not torch.allclose(before[0].regions, after[0].regions)
+    assert before[0].global_vector.shape == (2, 32) and before[1].global_vector.shape == (3, 32)

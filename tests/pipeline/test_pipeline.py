@@ -95,8 +95,27 @@ def test_extract_from_precomputed_regions_without_the_pictures(tmp_path):
     assert cached.arrays["region_mask"].sum(axis=1).tolist() == [3, 5]
 
 
-def _tagged_dataset(root, words=("dog", "car", "tree", "boat", "horse", "pizza", "clock", "bench", "kite", "train",
-                                 "sheep", "cake", "chair", "bottle", "umbrella", "bird")):
+def _tagged_dataset(
+    root,
+    words=(
+        "dog",
+        "car",
+        "tree",
+        "boat",
+        "horse",
+        "pizza",
+        "clock",
+        "bench",
+        "kite",
+        "train",
+        "sheep",
+        "cake",
+        "chair",
+        "bottle",
+        "umbrella",
+        "bird",
+    ),
+):
     """Detector regions that are pure noise, and object tags that name what the captions mention."""
     import numpy as np
 
@@ -115,7 +134,9 @@ def _tagged_dataset(root, words=("dog", "car", "tree", "boat", "horse", "pizza",
         )
         captions = [f"a {objects[0]} next to a {objects[1]}", f"there is a {objects[2]} and a {objects[0]}"]
         split = "train" if i < 80 else "val" if i < 100 else "test"
-        lines.append(json.dumps({"image": f"img{i}.jpg", "id": f"img{i}", "captions": captions, "split": split}))
+        lines.append(
+            json.dumps({"image": f"img{i}.jpg", "id": f"img{i}", "captions": captions, "split": split})
+        )
     (data / "captions.jsonl").write_text("\n".join(lines) + "\n")
     return data, regions
 
@@ -138,7 +159,9 @@ def test_object_tags_let_words_align_to_what_the_detector_named(tmp_path):
         image_cfg = ImageEncoderConfig(name="precomputed", features_path=str(regions), tags_text_encoder=tags)
         pipeline.extract(data, tmp_path / f"cache{bool(tags)}", image_encoder=image_cfg)
         pipeline.train(tmp_path / f"cache{bool(tags)}", tmp_path / f"run{bool(tags)}", recipe)
-        results = pipeline.evaluate(tmp_path / f"cache{bool(tags)}", tmp_path / f"run{bool(tags)}", quiet=True)
+        results = pipeline.evaluate(
+            tmp_path / f"cache{bool(tags)}", tmp_path / f"run{bool(tags)}", quiet=True
+        )
         recall[bool(tags)] = results[0].metrics["t2i_r5"]
     # 40 test images: chance R@5 is 12.5%; noise regions alone stay near it, the tags carry the content
     assert recall[True] >= 50 and recall[True] > recall[False] + 25, recall

@@ -169,8 +169,10 @@ def _recorded_model(args: argparse.Namespace) -> Any:
 
 
 def _build(args: argparse.Namespace) -> None:
+    from aladin import distributed
     from aladin.index.builder import build_index
 
+    distributed.init_from_env()  # under torchrun: load the model on this rank's GPU, not all on GPU 0
     model = _load_model(args, " to index with")
     cfg = IndexConfig(
         factory=args.factory,

@@ -4,6 +4,8 @@ matching head (kNN), matching head + alignment re-rank of its top k, and the lin
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,6 +41,46 @@ def matching_matrix(image: ImageEmbedding, text: TextEmbedding) -> torch.Tensor:
     return image.global_vector @ text.global_vector.T
 
 
+@dataclass
+class _Shortlists:
+    """Each query's top-k first-stage candidates (best first) and their alignment scores, per direction."""
+
+    first_stage: torch.Tensor  # [I, T]
+    candidates: tuple[torch.Tensor, torch.Tensor]  # [T, k] images per caption, [I, k] captions per image
+    aligned: tuple[torch.Tensor, torch.Tensor]  # alignment scores of those pairs, same shapes
+
+    def matrices(self, k: int, fusion: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text→image, image→text) scores: the top k of each query, re-scored by the alignment head plus
+        `fusion` × the first-stage score, sit above every other item, which keeps its first-stage order."""
+        # Places candidates above all non-candidates while keeping float32 precision for their own order.
+        lift = (2 + abs(fusion)) * float(self.first_stage.abs().max()) + 2.0
+        out = []
+        for direction, (cand, aligned) in enumerate(zip(self.candidates, self.aligned, strict=True)):
+            cand, aligned = cand[:, :k], aligned[:, :k]
+            owners = torch.arange(cand.shape[0]).repeat_interleave(cand.shape[1])
+            img, txt = (cand.reshape(-1), owners) if direction == 0 else (owners, cand.reshape(-1))
+            scores = self.first_stage.clone()
+            scores[img, txt] = lift + aligned.reshape(-1) + fusion * self.first_stage[img, txt]
+            out.append(scores)
+        return out[0], out[1]
+
+
+def _shortlists(
+    model: AladinModel, image: ImageEmbedding, text: TextEmbedding, first_stage: torch.Tensor, k: int
+) -> _Shortlists:
+    aggregation = model.config.model.word_aggregation
+    candidates, aligned = [], []
+    for direction in (0, 1):  # 0: images per caption (text→image); 1: captions per image (image→text)
+        depth = min(k, first_stage.shape[direction])
+        cand = first_stage.topk(depth, dim=direction).indices
+        cand = cand.T if direction == 0 else cand
+        owners = torch.arange(cand.shape[0]).repeat_interleave(depth)
+        img, txt = (cand.reshape(-1), owners) if direction == 0 else (owners, cand.reshape(-1))
+        candidates.append(cand)
+        aligned.append(_paired(image, text, img, txt, aggregation).view(cand.shape))
+    return _Shortlists(first_stage, (candidates[0], candidates[1]), (aligned[0], aligned[1]))
+
+
 @torch.inference_mode()
 def rerank_matrices(
     model: AladinModel,
@@ -46,28 +88,53 @@ def rerank_matrices(
     text: TextEmbedding,
     first_stage: torch.Tensor,
     k: int,
-    pair_batch: int = 8192,
+    fusion: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-score each query's top-k first-stage candidates with the alignment head.
+    """Re-score each query's top-k first-stage candidates with the alignment head, plus `fusion` times
+    their first-stage score (0: the alignment head alone); see `_Shortlists.matrices`."""
+    return _shortlists(model, image, text, first_stage, k).matrices(k, fusion)
 
-    Returns (text→image, image→text) score matrices in which the re-ranked candidates sit above every other
-    item (ordered by the alignment score) and the rest keep their first-stage order.
-    """
-    aggregation = model.config.model.word_aggregation
-    num_images, num_texts = first_stage.shape
-    # Places candidates above all non-candidates while keeping float32 precision for their own order.
-    lift = 2 * float(first_stage.abs().max()) + 2.0
-    t2i = first_stage.clone()
-    k_img = min(k, num_images)
-    cand = first_stage.topk(k_img, dim=0).indices.T  # [T, k] images per caption
-    flat_img, flat_txt = cand.reshape(-1), torch.arange(num_texts).repeat_interleave(k_img)
-    t2i[flat_img, flat_txt] = lift + _paired(image, text, flat_img, flat_txt, aggregation, pair_batch)
-    i2t = first_stage.clone()
-    k_txt = min(k, num_texts)
-    cand = first_stage.topk(k_txt, dim=1).indices  # [I, k] captions per image
-    flat_img, flat_txt = torch.arange(num_images).repeat_interleave(k_txt), cand.reshape(-1)
-    i2t[flat_img, flat_txt] = lift + _paired(image, text, flat_img, flat_txt, aggregation, pair_batch)
-    return t2i, i2t
+
+@dataclass(frozen=True)
+class RerankChoice:
+    """The best re-rank setting on validation, and whether it beat the matching head alone there."""
+
+    k: int
+    fusion: float
+    val_rsum: float
+    matching_val_rsum: float
+
+    @property
+    def helps(self) -> bool:
+        return self.val_rsum > self.matching_val_rsum
+
+    @property
+    def default_k(self) -> int:
+        """What search uses when not told: re-ranking only where validation says it helps."""
+        return self.k if self.helps else 0
+
+
+@torch.inference_mode()
+def choose_rerank(
+    model: AladinModel,
+    image: ImageEmbedding,
+    text: TextEmbedding,
+    caption_image: np.ndarray,
+    depths: Sequence[int] = (10, 20, 50, 100),
+    fusions: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0),
+) -> RerankChoice:
+    """Grid over re-rank depth and fusion weight on a validation split: on by default only where it helps."""
+    first_stage = matching_matrix(image, text)
+    matching = validation_rsum(first_stage, caption_image)
+    shortlists = _shortlists(model, image, text, first_stage, max(depths))  # aligned once, sliced per k
+    best = (-1.0, 0, 0.0)
+    for k in depths:
+        for fusion in fusions:
+            t2i, i2t = shortlists.matrices(k, fusion)
+            rsum = _result("val", t2i, i2t, caption_image, 0.0).metrics["rsum"]
+            best = max(best, (rsum, k, fusion), key=lambda entry: entry[0])
+    rsum, k, fusion = best
+    return RerankChoice(k, fusion, rsum, matching)
 
 
 def _paired(
@@ -76,7 +143,7 @@ def _paired(
     img_idx: torch.Tensor,
     txt_idx: torch.Tensor,
     aggregation: str,
-    batch: int,
+    batch: int = 8192,
 ) -> torch.Tensor:
     out = torch.empty(len(img_idx))
     for s in range(0, len(img_idx), batch):
@@ -146,11 +213,13 @@ def score_rerank(
     caption_image: np.ndarray,
     k: int,
     name: str | None = None,
+    fusion: float = 0.0,
 ) -> ScorerResult:
-    """Matching-head kNN, then the alignment head on each query's top k (per 1K fold too, at COCO 5K)."""
+    """Matching-head kNN, then the alignment head (fused with the kNN score when `fusion` > 0) on each query's
+    top k (per 1K fold too, at COCO 5K)."""
     start = time.perf_counter()
     first_stage = matching_matrix(image, text)
-    t2i, i2t = rerank_matrices(model, image, text, first_stage, k)
+    t2i, i2t = rerank_matrices(model, image, text, first_stage, k, fusion)
     result = _result(
         name or f"matching + re-rank top {k}", t2i, i2t, caption_image, time.perf_counter() - start
     )
@@ -166,7 +235,7 @@ def score_rerank(
                 image.regions[imgs], image.region_mask[imgs], image.global_vector[imgs]
             )
             sub_text = TextEmbedding(text.words[caps], text.word_mask[caps], text.global_vector[caps])
-            f_t2i, f_i2t = rerank_matrices(model, sub_image, sub_text, first_stage[imgs][:, caps], k)
+            f_t2i, f_i2t = rerank_matrices(model, sub_image, sub_text, first_stage[imgs][:, caps], k, fusion)
             owners = caption_image[caps.numpy()] - fold * size
             folds.append(_result("fold", f_t2i, f_i2t, owners, 0.0).metrics)
         result.protocols["1k_folds"] = {key: float(np.mean([m[key] for m in folds])) for key in folds[0]}

@@ -30,7 +30,7 @@ class ImageEmbedding:
 
 @dataclass
 class TextEmbedding:
-    words: torch.Tensor  # [B, L, E], L2-normalised
+    words: torch.Tensor  # [B, L, E], L2-normalised (times the learned word weight when the model has them)
     word_mask: torch.Tensor  # [B, L]: scored words (no [CLS]/[SEP]/padding)
     global_vector: torch.Tensor  # [B, G], L2-normalised
 
@@ -40,6 +40,7 @@ class MatchingHead(nn.Module):
 
     def __init__(
         self,
+        in_dim: int,
         embed_dim: int,
         global_dim: int,
         num_layers: int,
@@ -49,7 +50,7 @@ class MatchingHead(nn.Module):
         pooling: str,
     ) -> None:
         super().__init__()
-        self.encoder = SequenceEncoder(embed_dim, embed_dim, num_layers, num_heads, ff_dim, dropout)
+        self.encoder = SequenceEncoder(in_dim, embed_dim, num_layers, num_heads, ff_dim, dropout)
         self.project = nn.Linear(embed_dim, global_dim)
         self.pooling = pooling
 
@@ -93,34 +94,59 @@ class AladinModel(nn.Module):
         )
         self.text_encoder = SequenceEncoder(m.text_feature_dim, m.embed_dim, **common)
         self.alignment_scale = LogitScale()
+        self.word_weight = nn.Linear(m.embed_dim, 1) if m.word_weights else None
         student = dict(common, num_layers=m.matching_layers, pooling=m.global_pooling)
-        self.image_matching = MatchingHead(m.embed_dim, m.global_dim, **student)
-        self.text_matching = MatchingHead(m.embed_dim, m.global_dim, **student)
+        frozen = m.matching_input == "frozen"
+        image_in, text_in = (m.image_feature_dim, m.text_feature_dim) if frozen else (m.embed_dim,) * 2
+        self.image_matching = MatchingHead(image_in, m.embed_dim, m.global_dim, **student)
+        self.text_matching = MatchingHead(text_in, m.embed_dim, m.global_dim, **student)
         self.matching_scale = LogitScale()
         self.info: dict[str, Any] = {}
 
     # ---- encoding -------------------------------------------------------------------------------
+    def image_features(self, regions: torch.Tensor) -> torch.Tensor:
+        """The encoder's region features, after its fine-tuned tail when there is one."""
+        return regions if self.image_tail is None else self.image_tail(regions)
+
+    def text_features(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return tokens if self.text_tail is None else self.text_tail(tokens, attention_mask)
+
     def image_hidden(
         self, regions: torch.Tensor, boxes: torch.Tensor, region_mask: torch.Tensor
     ) -> torch.Tensor:
-        """Contextualised, unnormalised region features: the teacher's view, and the student's input."""
-        if self.image_tail is not None:
-            regions = self.image_tail(regions)
-        return self.image_encoder(regions, region_mask, boxes)
+        """Contextualised, unnormalised region features: the teacher's view (and the contextual student's input)."""
+        return self.image_encoder(self.image_features(regions), region_mask, boxes)
 
     def text_hidden(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.text_tail is not None:
-            tokens = self.text_tail(tokens, attention_mask)
-        return self.text_encoder(tokens, attention_mask)
+        return self.text_encoder(self.text_features(tokens, attention_mask), attention_mask)
+
+    @property
+    def student_reads_frozen(self) -> bool:
+        return self.config.model.matching_input == "frozen"
+
+    def scored_words(self, hidden: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """Unit word vectors, each scaled by its learned weight when word weights are on.
+
+        Weights are a softmax over the caption's words times their count (mean 1), and are ≥ 0, so
+        max over regions of (weight × cosine) = weight × max cosine: every scorer that takes the max over
+        regions and the mean over words computes the weighted mean without knowing about the weights.
+        """
+        words = F.normalize(hidden, dim=-1)
+        if self.word_weight is None:
+            return words
+        logits = self.word_weight(hidden).squeeze(-1).float().masked_fill(~token_mask, float("-inf"))
+        weights = torch.nan_to_num(logits.softmax(dim=-1)) * token_mask.sum(dim=-1, keepdim=True)
+        return words * weights.unsqueeze(-1).to(words.dtype)
 
     def encode_image(
         self, regions: torch.Tensor, boxes: torch.Tensor, region_mask: torch.Tensor, with_global: bool = True
     ) -> ImageEmbedding:
         """regions [B, R, Di], boxes [B, R, 5], region_mask [B, R] → normalised regions and global vector."""
         hidden = self.image_hidden(regions, boxes, region_mask)
-        global_vector = (
-            self.image_matching(hidden, region_mask, region_mask) if with_global else hidden.new_zeros(0)
-        )
+        global_vector = hidden.new_zeros(0)
+        if with_global:
+            student_in = self.image_features(regions) if self.student_reads_frozen else hidden
+            global_vector = self.image_matching(student_in, region_mask, region_mask)
         return ImageEmbedding(F.normalize(hidden, dim=-1), region_mask, global_vector)
 
     def encode_text(
@@ -132,10 +158,11 @@ class AladinModel(nn.Module):
     ) -> TextEmbedding:
         """tokens [B, L, Dt]; attention over real tokens incl. [CLS]/[SEP]; scoring only over token_mask."""
         hidden = self.text_hidden(tokens, attention_mask)
-        global_vector = (
-            self.text_matching(hidden, attention_mask, token_mask) if with_global else hidden.new_zeros(0)
-        )
-        return TextEmbedding(F.normalize(hidden, dim=-1), token_mask, global_vector)
+        global_vector = hidden.new_zeros(0)
+        if with_global:
+            student_in = self.text_features(tokens, attention_mask) if self.student_reads_frozen else hidden
+            global_vector = self.text_matching(student_in, attention_mask, token_mask)
+        return TextEmbedding(self.scored_words(hidden, token_mask), token_mask, global_vector)
 
     # ---- scoring --------------------------------------------------------------------------------
     def alignment_scores(
@@ -159,6 +186,7 @@ class AladinModel(nn.Module):
             *self.image_encoder.parameters(),
             *self.text_encoder.parameters(),
             *self.alignment_scale.parameters(),
+            *(self.word_weight.parameters() if self.word_weight is not None else ()),
         ]
 
     def matching_parameters(self) -> list[nn.Parameter]:

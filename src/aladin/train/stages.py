@@ -144,14 +144,21 @@ def matching_batch_loss(model: AladinModel, train: FeatureTensors, cfg: TrainCon
         attention, scored = train.text_masks(captions, device)
         image_hidden = image_hidden_all[images].to(device, torch.float32)
         text_hidden = text_hidden_all[captions, : attention.shape[1]].to(device, torch.float32)
-        image_vec = gather_with_grad(model.image_matching(image_hidden, region_mask, region_mask))
-        text_vec = gather_with_grad(model.text_matching(text_hidden, attention, scored))
+        image_in, text_in = image_hidden, text_hidden
+        if model.student_reads_frozen:  # the encoders' own features (after any frozen fine-tuned tail)
+            with torch.no_grad():
+                image_in = model.image_features(train.regions[images].to(device, torch.float32))
+                text_in = model.text_features(
+                    train.tokens[captions, : attention.shape[1]].to(device, torch.float32), attention
+                )
+        image_vec = gather_with_grad(model.image_matching(image_in, region_mask, region_mask))
+        text_vec = gather_with_grad(model.text_matching(text_in, attention, scored))
         student = image_vec @ text_vec.T
         positives = _global_positives(train, images, captions, device)
         loss = student.new_zeros(())
         if "distill" in cfg.loss:
             with torch.no_grad():
-                words, word_mask = gather_padded(F.normalize(text_hidden, dim=-1), scored)
+                words, word_mask = gather_padded(model.scored_words(text_hidden, scored), scored)
                 teacher = (
                     region_word_scores(
                         gather_with_grad(F.normalize(image_hidden, dim=-1)),
