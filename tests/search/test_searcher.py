@@ -55,6 +55,30 @@ def test_rerank_orders_the_knn_candidates_by_the_alignment_head(searcher: Search
     )
 
 
+def _with_choice(model: AladinModel, k: int, fusion: float, helps: bool) -> AladinModel:
+    model.info = {
+        "rerank": {"k": k, "fusion": fusion, "val_rsum": 2.0 if helps else 1.0, "matching_val_rsum": 1.5}
+    }
+    return model
+
+
+def test_searches_use_the_rerank_setting_chosen_on_validation(
+    built: SearchIndex, model: AladinModel, text_encoder: ToyTextEncoder
+) -> None:
+    query = "red circle on the left of the dog"
+    searcher = Searcher(built, _with_choice(model, 6, 2.0, helps=True), text_encoder)
+    knn, aligned = reference_scores(searcher, query)
+    fused = aligned + 2.0 * knn
+    expected = sorted(np.argsort(-knn)[:6].tolist(), key=lambda i: -fused[i])[:4]
+    hits = searcher.search_text(query, k=4)  # no depth given: the validated one, fused with the kNN score
+    assert [h.id for h in hits] == expected
+    np.testing.assert_allclose([h.score for h in hits], fused[expected], rtol=1e-5, atol=1e-5)
+    # where validation said re-ranking does not help, a plain search is kNN only
+    plain = Searcher(built, _with_choice(model, 6, 2.0, helps=False), text_encoder).search_text(query, k=4)
+    assert [h.id for h in plain] == np.argsort(-knn)[:4].tolist()
+    assert all(h.score == h.first_stage_score for h in plain)
+
+
 def test_rerank_zero_is_the_knn_order(searcher: Searcher) -> None:
     query = "blue square"
     knn, _ = reference_scores(searcher, query)

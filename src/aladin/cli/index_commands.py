@@ -78,7 +78,10 @@ def register(subparsers: Any) -> None:
     _add_model_flags(p)
     p.add_argument("--k", type=int, default=10, help="results to show")
     p.add_argument(
-        "--rerank", type=int, default=100, help="kNN candidates re-ranked by the alignment head (0: none)"
+        "--rerank",
+        type=int,
+        help="kNN candidates re-ranked by the alignment head (0: none; default: the model's setting chosen "
+        "on validation, else 100)",
     )
     p.add_argument("--nprobe", type=int, help="override the index's IVF nprobe")
     p.add_argument("--ef-search", type=int, help="override the index's HNSW efSearch")

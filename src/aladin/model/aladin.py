@@ -196,6 +196,15 @@ class AladinModel(nn.Module):
             *self.matching_scale.parameters(),
         ]
 
+    def validated_rerank(self) -> tuple[int, float] | None:
+        """(depth, fusion weight) of re-ranking as chosen on validation when this model was trained; depth 0
+        when re-ranking did not beat the matching head there. None for checkpoints saved without that choice."""
+        chosen = self.info.get("rerank")
+        if not chosen:
+            return None
+        helps = chosen["val_rsum"] > chosen["matching_val_rsum"]
+        return (int(chosen["k"]) if helps else 0), float(chosen["fusion"])
+
     # ---- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, info: dict[str, Any] | None = None) -> Path:
         """config.json + model.safetensors, written atomically."""

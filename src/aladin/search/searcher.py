@@ -63,6 +63,9 @@ class EncodedQueries:
         return len(self.global_vectors)
 
 
+LEGACY_RERANK = 100  # for models trained before the re-rank setting was chosen on validation
+
+
 class Searcher:
     """Searches `index` with the model that built it (checked); encoders default to those the model names."""
 
@@ -77,6 +80,9 @@ class Searcher:
         check_model(index.manifest, model, index.directory)
         self.index = index
         self.model = model.eval()
+        #: Re-rank depth and the weight of the kNN score fused into the re-rank score, used when a search does
+        #: not name a depth: the model's validated choice, else the top 100 by the alignment head alone.
+        self.default_rerank, self.fusion = model.validated_rerank() or (LEGACY_RERANK, 0.0)
         self.pair_batch = pair_batch
         self._text_encoder = text_encoder
         self._image_encoder = image_encoder
@@ -117,13 +123,16 @@ class Searcher:
         return EncodedQueries(emb.global_vector, emb.regions, emb.region_mask)
 
     # ---- searching ------------------------------------------------------------------------------
-    def search_text(self, query: str, k: int = 10, rerank: int = 100, where: str | None = None) -> list[Hit]:
-        """Text → images: kNN for the top `rerank` (at least k), re-ranked by the alignment head; rerank=0: kNN only.
+    def search_text(
+        self, query: str, k: int = 10, rerank: int | None = None, where: str | None = None
+    ) -> list[Hit]:
+        """Text → images: kNN for the top `rerank` (at least k), re-ranked by the alignment head; rerank=0: kNN only,
+        None: the model's validated setting (`default_rerank`).
         `where` keeps only items whose metadata match (e.g. 'folder == "beach"'; milvus backend)."""
         return self.search_texts([query], k, rerank, where)[0]
 
     def search_texts(
-        self, queries: Sequence[str], k: int = 10, rerank: int = 100, where: str | None = None
+        self, queries: Sequence[str], k: int = 10, rerank: int | None = None, where: str | None = None
     ) -> list[list[Hit]]:
         """`search_text` for many queries, encoded, searched and re-ranked in batches."""
         return self.search_encoded(IMAGES, self.encode_texts(queries), k, rerank, where)
@@ -132,7 +141,7 @@ class Searcher:
         self,
         image: str | Path | Image.Image,
         k: int = 10,
-        rerank: int = 100,
+        rerank: int | None = None,
         target: str = IMAGES,
         where: str | None = None,
     ) -> list[Hit]:
@@ -146,10 +155,12 @@ class Searcher:
 
     @torch.inference_mode()
     def search_encoded(
-        self, kind: str, queries: EncodedQueries, k: int, rerank: int, where: str | None = None
+        self, kind: str, queries: EncodedQueries, k: int, rerank: int | None, where: str | None = None
     ) -> list[list[Hit]]:
         """Both stages for encoded queries against `kind` ("images" for text queries, "texts" for image ones);
-        the kNN stage only considers items matching the filter `where` when one is given."""
+        the kNN stage only considers items matching the filter `where` when one is given. Re-ranked candidates
+        are ordered by the alignment score plus `fusion` × their kNN score."""
+        rerank = self.default_rerank if rerank is None else rerank
         if k < 1 or rerank < 0:
             raise AladinError(f"need k >= 1 and rerank >= 0, got k={k}, rerank={rerank}")
         depth = max(k, rerank)
@@ -162,6 +173,7 @@ class Searcher:
         aligned = self._align(kind, queries, candidates)
         results = []
         for cand, knn, score in zip(candidates, first, aligned, strict=True):
+            score = score + self.fusion * knn if self.fusion else score
             order = np.argsort(-score, kind="stable")[:k]
             results.append(self._hits(kind, cand[order], score[order], knn[order]))
         return results

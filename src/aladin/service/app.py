@@ -229,9 +229,12 @@ def create_app(searcher: Searcher, config: ServiceConfig | None = None) -> FastA
 
     K = Annotated[int, Query(ge=1, le=config.max_k, description="results to return")]
     Rerank = Annotated[
-        int,
+        int | None,
         Query(
-            ge=0, le=config.max_rerank, description="kNN candidates re-ranked by the alignment head (0: none)"
+            ge=0,
+            le=config.max_rerank,
+            description="kNN candidates re-ranked by the alignment head (0: none; absent: the model's "
+            "setting chosen on validation)",
         ),
     ]
 
@@ -268,18 +271,19 @@ def create_app(searcher: Searcher, config: ServiceConfig | None = None) -> FastA
 
     @app.get("/api/search")
     async def search_text(
-        q: Annotated[str, Query(description="the text to find images for")], k: K = 10, rerank: Rerank = 100
+        q: Annotated[str, Query(description="the text to find images for")], k: K = 10, rerank: Rerank = None
     ) -> SearchOut:
         """Text → images."""
-        hits = await worker.run(searcher.search_text, _query(q), k, rerank)
-        return SearchOut(query=q, target=IMAGES, rerank=rerank, hits=[_hit_out(h) for h in hits])
+        depth = searcher.default_rerank if rerank is None else rerank
+        hits = await worker.run(searcher.search_text, _query(q), k, depth)
+        return SearchOut(query=q, target=IMAGES, rerank=depth, hits=[_hit_out(h) for h in hits])
 
     @app.post("/api/search/image")
     async def search_image(
         file: Annotated[UploadFile, File(description="the query image")],
         target: Literal["images", "texts"] = "images",
         k: K = 10,
-        rerank: Rerank = 100,
+        rerank: Rerank = None,
     ) -> SearchOut:
         """Image → similar images, or image → captions (target=texts, re-ranked like text search)."""
         if target == TEXTS and not index.has_texts:
@@ -290,15 +294,17 @@ def create_app(searcher: Searcher, config: ServiceConfig | None = None) -> FastA
         if not data:
             raise HTTPException(400, "the upload is empty")
 
+        depth = searcher.default_rerank if rerank is None else rerank
+
         def run() -> list[Hit]:
-            return searcher.search_image(decode_image(data, config.max_pixels), k, rerank, target=target)
+            return searcher.search_image(decode_image(data, config.max_pixels), k, depth, target=target)
 
         hits = await worker.run(run)
         name = file.filename or "upload"
         return SearchOut(
             query=name,
             target=target,
-            rerank=rerank if target == TEXTS else 0,
+            rerank=depth if target == TEXTS else 0,
             hits=[_hit_out(h) for h in hits],
         )
 

@@ -4,7 +4,6 @@
 
 const $ = (selector) => document.querySelector(selector);
 const RESULTS = 24;
-const RERANK = 100;
 const HEAT_CELLS = 48;
 const state = { query: "", opener: null, imageId: null, image: null, explanation: null, word: 0, request: 0 };
 
@@ -23,8 +22,9 @@ async function getJSON(url, options = {}) {
   return body;
 }
 
-function rerankDepth() {
-  return $("#rerank").checked ? RERANK : 0;
+// Checked: the model's own re-rank setting (chosen on validation when it was trained); unchecked: kNN only.
+function rerankParam() {
+  return $("#rerank").checked ? "" : "&rerank=0";
 }
 
 async function runSearch(url, options, label) {
@@ -46,7 +46,7 @@ async function runSearch(url, options, label) {
 function searchText(event) {
   event.preventDefault();
   state.query = $("#query").value;
-  const url = `/api/search?q=${encodeURIComponent(state.query)}&k=${RESULTS}&rerank=${rerankDepth()}`;
+  const url = `/api/search?q=${encodeURIComponent(state.query)}&k=${RESULTS}${rerankParam()}`;
   return runSearch(url, {}, `“${state.query}”`);
 }
 
@@ -56,7 +56,7 @@ function searchUpload() {
   const form = new FormData();
   form.append("file", file);
   state.query = "";
-  const url = `/api/search/image?target=${$("#target").value}&k=${RESULTS}&rerank=${rerankDepth()}`;
+  const url = `/api/search/image?target=${$("#target").value}&k=${RESULTS}${rerankParam()}`;
   return runSearch(url, { method: "POST", body: form }, file.name);
 }
 
