@@ -63,7 +63,7 @@ def test_explain_writes_a_heatmap(
     [
         (["--word", "dog"], "'dog' is not among the text's words"),
         (["--image-missing"], "file not found"),
-        (["--no-model"], "--model is required"),
+        (["--missing-model"], "checkpoint folder not found"),
     ],
 )
 def test_explain_errors_are_one_line(
@@ -74,7 +74,8 @@ def test_explain_errors_are_one_line(
     message: str,
 ) -> None:
     image = tmp_path / "missing.png" if extra == ["--image-missing"] else workspace["image"]
-    model = [] if extra == ["--no-model"] else ["--model", str(workspace["model"])]
+    missing = extra == ["--missing-model"]
+    model = ["--model", str(tmp_path / "no-such-model" if missing else workspace["model"])]
     words = extra if extra[0] == "--word" else []
     code = main(["explain", "a red circle", str(image), *model, *words, "--out", str(tmp_path / "x.png")])
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (the text encoder may log above it)

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from aladin.cli.models import add_model_flags, load_model
 from aladin.errors import AladinError
 from aladin.index.config import BACKENDS, REGION_DTYPES, IndexConfig
 
@@ -26,7 +27,7 @@ def register(subparsers: Any) -> None:
     p = commands.add_parser("build", help="encode images (and captions) into a new search index")
     p.add_argument("source", help="folder of images, dataset folder (captions.jsonl) or feature cache split")
     p.add_argument("--out", required=True, help="index folder to write")
-    _add_model_flags(p)
+    add_model_flags(p)
     p.add_argument("--factory", default=defaults.factory, help="Flat (exact), IVF<nlist>,Flat or HNSW<M>")
     p.add_argument("--nprobe", type=int, default=defaults.nprobe, help="IVF lists searched per query")
     p.add_argument("--ef-search", type=int, default=defaults.ef_search, help="HNSW candidate list size")
@@ -43,7 +44,7 @@ def register(subparsers: Any) -> None:
     p = commands.add_parser("add", help="encode more images into an index")
     p.add_argument("index", help="index folder")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    _add_model_flags(p)
+    add_model_flags(p)
     p.set_defaults(func=_add)
 
     p = commands.add_parser("remove", help="remove images (and their captions) from an index")
@@ -75,7 +76,7 @@ def register(subparsers: Any) -> None:
         help="with --image: similar images or captions",
     )
     p.add_argument("--index", required=True, help="index folder")
-    _add_model_flags(p)
+    add_model_flags(p)
     p.add_argument("--k", type=int, default=10, help="results to show")
     p.add_argument(
         "--rerank",
@@ -121,62 +122,13 @@ def _uri(args: argparse.Namespace) -> str:
     return str(Path(args.uri).resolve())
 
 
-def _add_model_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="checkpoint folder of the model (the one that built the index)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-
-
-def _load_model(args: argparse.Namespace, hint: str = "") -> Any:
-    from aladin.model.aladin import AladinModel
-    from aladin.pipeline import resolve_device
-
-    if args.model is None:
-        raise AladinError(f"--model is required: the checkpoint folder of the model{hint}")
-    return AladinModel.from_pretrained(args.model, resolve_device(args.device))
-
-
-def _built_with(index_dir: str) -> str:
-    """A hint naming the checkpoint the index was built from, for the --model error."""
-    from aladin.fileio import read_json
-    from aladin.index.manifest import MANIFEST_NAME
-
-    try:
-        checkpoint = read_json(f"{index_dir}/{MANIFEST_NAME}")["model"]["checkpoint"]
-    except (AladinError, KeyError, TypeError):
-        return " that built the index"
-    return f" that built the index ({checkpoint})" if checkpoint else " that built the index"
-
-
-def _recorded_model(args: argparse.Namespace) -> Any:
-    """The model the index was built with, when its manifest names a checkpoint folder that still exists and
-    whose model has the recorded fingerprint; None otherwise (the caller then asks for --model)."""
-    from pathlib import Path
-
-    from aladin.fileio import read_json
-    from aladin.index.manifest import MANIFEST_NAME
-    from aladin.model.aladin import AladinModel
-    from aladin.pipeline import resolve_device
-
-    try:
-        recorded = read_json(Path(args.index) / MANIFEST_NAME)["model"]
-        checkpoint, fingerprint = recorded["checkpoint"], recorded["fingerprint"]
-    except (AladinError, KeyError, TypeError):
-        return None
-    if not checkpoint or not Path(checkpoint).is_dir():
-        return None
-    try:
-        model = AladinModel.from_pretrained(checkpoint, resolve_device(args.device))
-    except (AladinError, OSError):
-        return None
-    return model if model.fingerprint() == fingerprint else None
-
-
 def _build(args: argparse.Namespace) -> None:
     from aladin import distributed
     from aladin.index.builder import build_index
+    from aladin.model.pretrained import default_model_dir
 
     distributed.init_from_env()  # under torchrun: load the model on this rank's GPU, not all on GPU 0
-    model = _load_model(args, " to index with")
+    model = load_model(args)
     cfg = IndexConfig(
         factory=args.factory,
         nprobe=args.nprobe,
@@ -204,7 +156,7 @@ def _build(args: argparse.Namespace) -> None:
         with_texts=args.with_texts,
         split=args.split,
         overwrite=args.overwrite,
-        checkpoint=str(args.model),
+        checkpoint=str(args.model or default_model_dir()),
     )
     texts = f" and {index.meta.count('texts')} captions" if index.has_texts else ""
     Console().print(
@@ -215,7 +167,7 @@ def _build(args: argparse.Namespace) -> None:
 def _add(args: argparse.Namespace) -> None:
     from aladin.index.index import SearchIndex
 
-    model = _load_model(args, _built_with(args.index))
+    model = load_model(args, args.index)
     index = SearchIndex.load(args.index, model)
     ids = index.add(args.paths, progress=True)
     Console().print(f"added {len(ids)} images (ids {ids[0]}..{ids[-1]}); the index now holds {len(index)}")
@@ -273,9 +225,7 @@ def _search(args: argparse.Namespace) -> None:
 
     if (args.query is None) == (args.image is None):
         raise AladinError("search: give either a text query or --image PATH")
-    model = _recorded_model(args) if args.model is None else None
-    if model is None:
-        model = _load_model(args, _built_with(args.index))
+    model = load_model(args, args.index)
     index = SearchIndex.load(args.index, model, verify_checksums=not args.skip_checksums)
     index.set_search_params(args.nprobe, args.ef_search)
     searcher = Searcher(index, model)

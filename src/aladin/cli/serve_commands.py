@@ -10,7 +10,7 @@ import ipaddress
 import sys
 from typing import Any
 
-from aladin.cli.index_commands import _add_model_flags, _built_with, _load_model, _recorded_model
+from aladin.cli.models import add_model_flags, load_model
 from aladin.errors import AladinError
 
 
@@ -21,7 +21,7 @@ def register(subparsers: Any) -> None:
     defaults = ServiceConfig()
     p = subparsers.add_parser("serve", help="serve an index over HTTP: JSON API, search page, /docs")
     p.add_argument("--index", required=True, help="index folder")
-    _add_model_flags(p)
+    add_model_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -51,16 +51,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--word", action="append", help="draw only this word piece (repeatable; default all)")
     p.add_argument("--index", help="take the model recorded by this index (instead of --model)")
-    _add_model_flags(p)
+    add_model_flags(p)
     p.set_defaults(func=_explain)
-
-
-def _model(args: argparse.Namespace) -> Any:
-    """--model, else the checkpoint recorded by --index (like `aladin search`)."""
-    model = _recorded_model(args) if args.model is None and args.index else None
-    if model is None:
-        model = _load_model(args, _built_with(args.index) if args.index else " (or --index to use its model)")
-    return model
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -84,7 +76,7 @@ def _serve(args: argparse.Namespace) -> None:
         max_pixels=args.max_pixels,
         image_root=Path(args.image_root) if args.image_root else None,
     )
-    model = _model(args)
+    model = load_model(args, args.index)
     index = SearchIndex.load(args.index, model, verify_checksums=not args.skip_checksums)
     app = create_app(Searcher(index, model), config)
     if not _is_loopback(args.host):
@@ -112,7 +104,7 @@ def _explain(args: argparse.Namespace) -> None:
     from aladin.service.heatmap import explain_image, render_heatmap
 
     image = load_image(args.image)
-    model = _model(args)
+    model = load_model(args, args.index)
     device = model_device(model)
     explanation = explain_image(
         model,

@@ -51,6 +51,35 @@ class Explanation:
     score: float  # the alignment score of the pair (what re-ranking used)
 
 
+def explain_pair(
+    model: AladinModel,
+    pieces: list[str],
+    words: torch.Tensor,
+    word_mask: torch.Tensor,
+    regions: torch.Tensor,
+    region_mask: torch.Tensor,
+    boxes: np.ndarray | None,
+    item_id: int = -1,
+    path: str = "",
+) -> Explanation:
+    """One text ([1, L, E] words) against one image ([1, R, E] regions): the pair's alignment score and each
+    scored word piece's similarity with each real region. `pieces` must name the scored words, in order."""
+    scored = words[0][word_mask[0]]
+    if len(pieces) != len(scored):
+        raise AladinError(f"explain: {len(pieces)} word pieces but {len(scored)} scored words")
+    score = paired_region_word_scores(
+        regions, region_mask, words, word_mask, model.config.model.word_aggregation
+    )
+    return Explanation(
+        item_id=item_id,
+        path=path,
+        words=pieces,
+        similarity=word_region_similarity(regions[0][region_mask[0]], scored).cpu().numpy(),
+        boxes=boxes,
+        score=float(score[0]),
+    )
+
+
 @dataclass
 class EncodedQueries:
     """Queries through the model: global vectors for kNN, plus the padded words or regions for re-ranking."""
@@ -223,24 +252,17 @@ class Searcher:
         if self.index.meta.missing(IMAGES, [item_id]):
             raise AladinError(f"{self.index.directory}: no image with id {item_id}")
         encoded = self.encode_texts([text])
-        words = encoded.rows[0][encoded.mask[0]]
         regions, mask = self.index.lookup(IMAGES, [item_id])
-        regions, mask = regions.to(words.device), mask.to(words.device)
-        score = paired_region_word_scores(
-            regions, mask, encoded.rows, encoded.mask, self.model.config.model.word_aggregation
-        )
-        pieces = self.text_encoder.word_pieces(text)
-        if len(pieces) != len(words):
-            raise AladinError(
-                f"explain: {len(pieces)} word pieces but {len(words)} scored words for {text!r}"
-            )
-        return Explanation(
+        return explain_pair(
+            self.model,
+            self.text_encoder.word_pieces(text),
+            encoded.rows,
+            encoded.mask,
+            regions.to(encoded.rows.device),
+            mask.to(encoded.rows.device),
+            boxes=self.index.collection(IMAGES).store.boxes(item_id),
             item_id=int(item_id),
             path=self.index.meta.images([item_id])[item_id].path,
-            words=pieces,
-            similarity=word_region_similarity(regions[0][mask[0]], words).cpu().numpy(),
-            boxes=self.index.collection(IMAGES).store.boxes(item_id),
-            score=float(score[0]),
         )
 
     # ---- helpers --------------------------------------------------------------------------------

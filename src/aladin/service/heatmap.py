@@ -20,8 +20,7 @@ from aladin.errors import AladinError
 from aladin.fileio import atomic_path
 from aladin.index.encoding import model_device
 from aladin.model.aladin import AladinModel
-from aladin.model.alignment import paired_region_word_scores, word_region_similarity
-from aladin.search.searcher import Explanation
+from aladin.search.searcher import Explanation, explain_pair
 
 
 @torch.inference_mode()
@@ -41,27 +40,15 @@ def explain_image(
     words = model.encode_text(tokens.tokens, tokens.attention_mask, tokens.token_mask, with_global=False)
     pixels = image_encoder.encode([image]).to(device)
     regions = model.encode_image(pixels.regions, pixels.boxes, pixels.region_mask, with_global=False)
-    region_mask, word_mask = regions.region_mask[0], words.word_mask[0]
-    pieces = text_encoder.word_pieces(text)
-    if len(pieces) != int(word_mask.sum()):
-        raise AladinError(
-            f"explain: {len(pieces)} word pieces but {int(word_mask.sum())} scored words for {text!r}"
-        )
-    score = paired_region_word_scores(
-        regions.regions,
-        regions.region_mask,
+    return explain_pair(
+        model,
+        text_encoder.word_pieces(text),
         words.words,
         words.word_mask,
-        model.config.model.word_aggregation,
-    )
-    similarity = word_region_similarity(regions.regions[0][region_mask], words.words[0][word_mask])
-    return Explanation(
-        item_id=-1,
+        regions.regions,
+        regions.region_mask,
+        boxes=pixels.boxes[0][regions.region_mask[0]].cpu().numpy(),
         path=path,
-        words=pieces,
-        similarity=similarity.cpu().numpy(),
-        boxes=pixels.boxes[0][region_mask].cpu().numpy(),
-        score=float(score[0]),
     )
 
 
