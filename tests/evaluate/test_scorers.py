@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from feature_fixtures import tiny_config
 
-from aladin.evaluate.scorers import alignment_matrix, rerank_matrices, score_rerank
+from aladin.evaluate.scorers import alignment_matrix, choose_rerank, rerank_matrices, score_rerank
 from aladin.model import AladinModel, ImageEmbedding, TextEmbedding
 
 
@@ -71,3 +71,38 @@ def test_rerank_1k_folds_rerank_each_folds_own_short_lists():
         expected.append(score_rerank(model, sub_image, sub_text, np.arange(1000), k=3).metrics["rsum"])
     assert result.protocols["1k_folds"]["rsum"] == pytest.approx(np.mean(expected))
     assert result.protocols["1k_folds"]["rsum"] != pytest.approx(result.metrics["rsum"])
+
+
+def test_fused_rerank_adds_the_weighted_first_stage_score():
+    model = AladinModel(tiny_config())
+    image, text = _embeddings()
+    first = image.global_vector @ text.global_vector.T
+    full = alignment_matrix(model, image, text)
+    k, fusion = 5, 3.0
+    t2i, _ = rerank_matrices(model, image, text, first, k, fusion)
+    for t in range(first.shape[1]):
+        candidates = first[:, t].topk(k).indices.tolist()
+        fused = {i: full[i, t].item() + fusion * first[i, t].item() for i in candidates}
+        assert t2i[:, t].argsort(descending=True)[:k].tolist() == sorted(candidates, key=lambda i: -fused[i])
+
+
+def _aligned_pairs(good_teacher: bool):
+    """Each image's two captions share its region vectors; the global vectors are either informative or noise,
+    and the words either copy the regions (a teacher that knows) or are noise (one that does not)."""
+    image, text = _embeddings(num_images=12, num_texts=24, seed=3)
+    owner = np.repeat(np.arange(12), 2)
+    if good_teacher:
+        text.words[:] = image.regions[owner, :4]
+    else:
+        text.global_vector[:] = image.global_vector[owner]
+    return image, text, owner
+
+
+def test_choose_rerank_turns_reranking_on_only_where_validation_says_it_helps():
+    model = AladinModel(tiny_config())
+    image, text, owner = _aligned_pairs(good_teacher=True)
+    helps = choose_rerank(model, image, text, owner, depths=(4, 12), fusions=(0.0, 1.0))
+    assert helps.helps and helps.default_k in (4, 12) and helps.val_rsum > helps.matching_val_rsum
+    image, text, owner = _aligned_pairs(good_teacher=False)
+    hurts = choose_rerank(model, image, text, owner, depths=(4, 12), fusions=(0.0,))
+    assert not hurts.helps and hurts.default_k == 0
