@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +253,16 @@ def test_encoders_of_stored_features_never_load_pictures(minilm, tmp_path: Path)
     cache = extract_features(dataset, Stored(), minilm, tmp_path / "cache", batch_size=3, progress=False)
     train = cache.split("train")
     assert train.image_batch([2, 3]).regions[:, 0, 0].tolist() == [2.0, 3.0]
+
+
+def test_caches_from_before_a_new_encoder_option_still_load(extracted, tmp_path: Path) -> None:
+    _, cache_dir = extracted
+    old = tmp_path / "old"
+    shutil.copytree(cache_dir / "train", old / "train")
+    meta = json.loads((old / "train" / "meta.json").read_text())
+    for field in ("tags_text_encoder", "max_tag_tokens"):  # options added after such a cache was written
+        del meta["image_encoder"][field]
+    (old / "train" / "meta.json").write_text(json.dumps(meta))
+    assert load_split(old, "train", ImageEncoderConfig()).num_images == 4
+    with pytest.raises(CheckpointError, match=r"image_encoder\.max_tag_tokens was 16 when cached, 8 now"):
+        load_split(old, "train", ImageEncoderConfig(max_tag_tokens=8))  # a changed value is still named

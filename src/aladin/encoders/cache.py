@@ -27,7 +27,13 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from aladin import distributed
-from aladin.config import CACHE_FORMAT_VERSION, ImageEncoderConfig, TextEncoderConfig, config_to_dict
+from aladin.config import (
+    CACHE_FORMAT_VERSION,
+    ImageEncoderConfig,
+    TextEncoderConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from aladin.data.dataset import Dataset
 from aladin.encoders.image import ImageEncoder, RegionBatch
 from aladin.encoders.text import TextEncoder, TokenBatch
@@ -125,6 +131,19 @@ def _first_difference(stored: Any, wanted: Any, prefix: str) -> str | None:
     return None if stored == wanted else f"{prefix} was {stored!r} when cached, {wanted!r} now"
 
 
+def _with_defaults(meta: dict[str, Any]) -> dict[str, Any]:
+    """Stored encoder configs with the fields added since they were cached at their defaults, so that a new
+    option left off does not invalidate caches written before it existed."""
+    out = dict(meta)
+    for key, cls in (("image_encoder", ImageEncoderConfig), ("text_encoder", TextEncoderConfig)):
+        if isinstance(meta.get(key), dict):
+            try:
+                out[key] = config_to_dict(config_from_dict(cls, meta[key], f"cache meta.{key}"))
+            except AladinError:
+                pass  # unknown or mistyped fields: compared as stored, so the difference gets named
+    return out
+
+
 def _split_is_current(directory: Path, identity: dict[str, Any]) -> bool:
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
@@ -133,6 +152,7 @@ def _split_is_current(directory: Path, identity: dict[str, Any]) -> bool:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
+    meta = _with_defaults(meta) if isinstance(meta, dict) else {}
     return all(meta.get(key) == value for key, value in identity.items())
 
 
@@ -371,8 +391,9 @@ def load_split(
         wanted["text_encoder"] = config_to_dict(text_encoder_config)
     if fingerprint is not None:
         wanted["fingerprint"] = fingerprint
+    stored = _with_defaults(meta)
     for key, value in wanted.items():
-        diff = _first_difference(meta.get(key), value, key)
+        diff = _first_difference(stored.get(key), value, key)
         if diff:
             raise CheckpointError(f"{meta_path}: {diff}; re-run feature extraction")
     arrays: dict[str, np.ndarray] = {}
