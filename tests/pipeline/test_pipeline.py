@@ -63,6 +63,10 @@ def test_train_then_evaluate_writes_every_artefact(cache, tmp_path):
     assert "rsum" in (run / "eval-test" / "results.md").read_text()
     # a rerun with the same recipe reuses the finished stages; another recipe is refused, not mixed in
     assert pipeline.train(cache, run, _recipe()).stages == report.stages
+    saved_recipe = json.loads((run / "recipe.json").read_text())
+    del saved_recipe["model"]["word_weights"]  # a run from before that setting existed: same recipe
+    (run / "recipe.json").write_text(json.dumps(saved_recipe))
+    assert pipeline.train(cache, run, _recipe()).stages == report.stages
     with pytest.raises(AladinError, match="another recipe"):
         pipeline.train(cache, run, _recipe(rerank_k=7))
 
