@@ -106,3 +106,18 @@ def test_choose_rerank_turns_reranking_on_only_where_validation_says_it_helps():
     image, text, owner = _aligned_pairs(good_teacher=False)
     hurts = choose_rerank(model, image, text, owner, depths=(4, 12), fusions=(0.0,))
     assert not hurts.helps and hurts.default_k == 0
+
+
+def test_reranked_candidates_stay_on_top_whatever_the_range_of_alignment_scores():
+    config = tiny_config()
+    config.model.word_aggregation = "sum"  # sums over words reach far beyond the kNN scores' ±1
+    model = AladinModel(config)
+    image, text = _embeddings()
+    image.regions[:] = image.regions[0, 0]
+    text.words[:] = -3 * image.regions[0, 0]  # every pair scores -12: far below any kNN score
+    first = image.global_vector @ text.global_vector.T
+    t2i, i2t = rerank_matrices(model, image, text, first, 4, fusion=0.5)
+    for t in range(first.shape[1]):
+        assert set(t2i[:, t].topk(4).indices.tolist()) == set(first[:, t].topk(4).indices.tolist())
+    for i in range(first.shape[0]):
+        assert set(i2t[i].topk(4).indices.tolist()) == set(first[i].topk(4).indices.tolist())

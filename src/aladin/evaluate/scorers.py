@@ -53,7 +53,8 @@ class _Shortlists:
         """(text→image, image→text) scores: the top k of each query, re-scored by the alignment head plus
         `fusion` × the first-stage score, sit above every other item, which keeps its first-stage order."""
         # Places candidates above all non-candidates while keeping float32 precision for their own order.
-        lift = (2 + abs(fusion)) * float(self.first_stage.abs().max()) + 2.0
+        top_aligned = max(float(a.abs().max()) if a.numel() else 0.0 for a in self.aligned)
+        lift = (1 + abs(fusion)) * float(self.first_stage.abs().max()) + top_aligned + 1.0
         out = []
         for direction, (cand, aligned) in enumerate(zip(self.candidates, self.aligned, strict=True)):
             cand, aligned = cand[:, :k], aligned[:, :k]
@@ -131,7 +132,11 @@ def choose_rerank(
     for k in depths:
         for fusion in fusions:
             t2i, i2t = shortlists.matrices(k, fusion)
-            rsum = _result("val", t2i, i2t, caption_image, 0.0).metrics["rsum"]
+            t2i_part = retrieval_metrics(_numpy(t2i), caption_image)  # the full split only: no 1K folds here
+            i2t_part = retrieval_metrics(_numpy(i2t), caption_image)
+            rsum = sum(v for key, v in t2i_part.items() if key.startswith("t2i")) + sum(
+                v for key, v in i2t_part.items() if key.startswith("i2t")
+            )
             best = max(best, (rsum, k, fusion), key=lambda entry: entry[0])
     rsum, k, fusion = best
     return RerankChoice(k, fusion, rsum, matching)
