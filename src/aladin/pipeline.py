@@ -136,7 +136,9 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = run_dir / "recipe.json"
     # read back through the config class: settings added since that run count as their defaults
-    stored = recipe_path.is_file() and config_from_dict(RecipeConfig, read_json(recipe_path), str(recipe_path))
+    stored = recipe_path.is_file() and config_from_dict(
+        RecipeConfig, read_json(recipe_path), str(recipe_path)
+    )
     if stored and stored != recipe:
         raise AladinError(
             f"{recipe_path}: this run folder was trained with another recipe; use a new --out folder "

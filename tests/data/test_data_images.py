@@ -142,3 +142,21 @@ def test_truncated_jpeg_fails_at_load(tmp_path: Path) -> None:
     path = tmp_path / "cut.jpg"
     path.write_bytes(data[: len(data) // 2])
     assert_one_line_error(path, "cannot read image", "truncated")
+
+
+def test_uploaded_bytes_decode_like_the_same_file(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from aladin.data.images import ImageTooLarge, decode_image_bytes, load_image
+
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 100  # half-transparent red: composited over white, not just dropped
+    wide = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000).astype(np.uint16)
+    for name, img in (("rgba.png", Image.fromarray(rgba, "RGBA")), ("grey16.png", Image.fromarray(wide))):
+        img.save(tmp_path / name)
+        from_file = np.asarray(load_image(tmp_path / name))
+        from_bytes = np.asarray(decode_image_bytes((tmp_path / name).read_bytes(), "upload"))
+        assert np.array_equal(from_file, from_bytes), name
+    with pytest.raises(ImageTooLarge, match="upload is 8×6 pixels; the limit is 40"):
+        decode_image_bytes((tmp_path / "rgba.png").read_bytes(), "upload", max_pixels=40)

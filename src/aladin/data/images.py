@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -10,6 +12,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from aladin.errors import DataError
 
 _WHITE = (255, 255, 255)
+
+
+class ImageTooLarge(DataError):
+    """An image over the caller's pixel limit (told from its header, before the pixels are decoded)."""
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -23,15 +29,28 @@ def load_image(path: str | Path) -> Image.Image:
         raise DataError(f"{path}: cannot read image (file not found)")
     if path.is_dir():
         raise DataError(f"{path}: cannot read image (is a directory, expected an image file)")
+    return _decode(path, str(path))
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Image bytes (an upload) → the same RGB image `load_image` gives for that file; `ImageTooLarge` over
+    `max_pixels`, checked from the header before decoding."""
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: Path | IO[bytes], name: str, max_pixels: int | None = None) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLarge(f"{name} is {width}×{height} pixels; the limit is {max_pixels:,}")
             img.load()
             return _to_rgb(ImageOps.exif_transpose(img))
     except UnidentifiedImageError as exc:
-        raise DataError(f"{path}: cannot read image (cannot identify image file)") from exc
+        raise DataError(f"{name}: cannot read image (cannot identify image file)") from exc
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise DataError(f"{path}: cannot read image ({reason})") from exc
+        raise DataError(f"{name}: cannot read image ({reason})") from exc
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

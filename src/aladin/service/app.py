@@ -20,11 +20,12 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import FastAPI, File, HTTPException, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aladin.errors import AladinError
+from aladin.data.images import ImageTooLarge, decode_image_bytes
+from aladin.errors import AladinError, DataError
 from aladin.index.metadata import IMAGES, TEXTS
 from aladin.search.searcher import Hit, Searcher
 from aladin.service.config import ServiceConfig
@@ -162,6 +163,11 @@ def _hit_out(hit: Hit) -> HitOut:
     return HitOut(**fields, thumbnail=thumbnail_url(hit.image_id))
 
 
+THUMBNAIL_SIZES = (64, 128, 256, 512)
+THUMBNAIL_WORKERS = 4
+THUMBNAIL_WAIT_S = 10.0
+
+
 def default_image_root(searcher: Searcher) -> Path:
     """The deepest folder that holds every live indexed image: thumbnails are served from inside it only."""
     meta = searcher.index.meta
@@ -171,15 +177,12 @@ def default_image_root(searcher: Searcher) -> Path:
 
 
 def decode_image(data: bytes, max_pixels: int, what: str = "the upload") -> Image.Image:
-    """Image bytes → an upright RGB image; the pixel count is checked from the header before decoding."""
+    """Upload bytes → the RGB image indexing would make of the same file (one decoder for both), as 4xx errors."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise HTTPException(413, f"{what} is {width}×{height} pixels; the limit is {max_pixels:,}")
-            img.load()
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        return decode_image_bytes(data, what, max_pixels)
+    except ImageTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    except DataError:
         raise HTTPException(
             400, f"{what} is not an image that can be decoded (PNG, JPEG, WebP, ...)"
         ) from None
@@ -321,7 +324,7 @@ def create_app(searcher: Searcher, config: ServiceConfig | None = None) -> FastA
             thumbnail=thumbnail_url(item_id),
         )
 
-    @lru_cache(maxsize=1024)
+    @lru_cache(maxsize=512)
     def thumbnail_bytes(item_id: int, size: int) -> bytes:
         path = Path(index.meta.images([item_id])[item_id].path).resolve()
         if not path.is_relative_to(image_root):
@@ -337,13 +340,22 @@ def create_app(searcher: Searcher, config: ServiceConfig | None = None) -> FastA
         img.save(out, format="JPEG", quality=85)
         return out.getvalue()
 
+    # Decoding a large photo takes memory: a few at a time, the rest wait briefly, then get 503.
+    thumbnail_slots = threading.BoundedSemaphore(THUMBNAIL_WORKERS)
+
     @app.get("/api/items/{item_id}/thumbnail", response_class=Response)
-    def thumbnail(item_id: int, size: Annotated[int, Query(ge=16, le=1024)] = 256) -> Response:
-        """A JPEG of an indexed image, at most `size` pixels a side; only by id, never by path."""
+    def thumbnail(item_id: int, size: Annotated[int, Query(ge=16, le=THUMBNAIL_SIZES[-1])] = 256) -> Response:
+        """A JPEG of an indexed image, at most `size` pixels a side (rounded up to one of a few sizes, so the
+        cache stays bounded); only by id, never by path."""
         _live(item_id)
-        return Response(
-            thumbnail_bytes(item_id, size), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"}
-        )
+        size = next(allowed for allowed in THUMBNAIL_SIZES if allowed >= size)
+        if not thumbnail_slots.acquire(timeout=THUMBNAIL_WAIT_S):
+            raise HTTPException(503, "busy making thumbnails; try again", headers={"Retry-After": "1"})
+        try:
+            data = thumbnail_bytes(item_id, size)
+        finally:
+            thumbnail_slots.release()
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/api/explain")
     async def explain(q: str, item_id: Annotated[int, Query(alias="id")]) -> ExplainOut:
