@@ -10,15 +10,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "index"))
 
 from fastapi.testclient import TestClient  # noqa: E402
 from index_fixtures import ToyImageEncoder, ToyTextEncoder, built, dataset, model, text_encoder  # noqa: E402, F401
+from service_limits import LIMITS  # noqa: E402
 
 from aladin.index import SearchIndex  # noqa: E402
 from aladin.model.aladin import AladinModel  # noqa: E402
 from aladin.search import Searcher  # noqa: E402
 from aladin.service.app import create_app  # noqa: E402
-from aladin.service.config import ServiceConfig  # noqa: E402
-
-#: Small limits, so that the tests can cross them with small files.
-LIMITS = ServiceConfig(queue_size=8, max_upload_bytes=20_000, max_pixels=256 * 256, max_k=20)
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LIMITS
 from fastapi.testclient import TestClient
 from index_fixtures import ToyTextEncoder, picture, write_images
 from PIL import Image
+from service_limits import LIMITS
 
 from aladin.index import IndexConfig, build_index
 from aladin.model.aladin import AladinModel

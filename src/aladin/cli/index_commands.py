@@ -146,6 +146,12 @@ def _build(args: argparse.Namespace) -> None:
 
         from aladin.index.milvus import connect
 
+        if distributed.world_size() > 1 and "://" not in cfg.uri:
+            raise AladinError(
+                f"--uri {cfg.uri}: Milvus Lite (a local path) is opened by one process at a time; build with "
+                "one process, or point --uri at a Milvus server"
+            )
+
         connect(cfg.uri, Path(args.out))
     started = time.perf_counter()
     index = build_index(

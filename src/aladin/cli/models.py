@@ -29,6 +29,10 @@ def load_model(args: argparse.Namespace, index_dir: str | Path | None = None) ->
         return AladinModel.from_pretrained(args.model, device)
     if index_dir is None:
         return load_default_model(device)
+    from aladin.index.manifest import MANIFEST_NAME
+
+    if not (Path(index_dir) / MANIFEST_NAME).is_file():
+        raise AladinError(f"{index_dir}: not an index folder (no {MANIFEST_NAME})")
     checkpoint, fingerprint = _recorded(Path(index_dir))
     loaders = [lambda: load_default_model(device)]
     if checkpoint:

@@ -328,6 +328,8 @@ def _publish_split(
     """Complete `partial` (merging the ranks' shards first, if any) and rename it into place."""
     if shard_dirs != [partial]:
         _merge_shards(partial, shard_dirs)
+    # shards of an interrupted run on another number of ranks must not be published with the split
+    shutil.rmtree(partial / distributed.RANKS_DIR, ignore_errors=True)
     np.save(partial / "caption_image.npy", np.asarray(owner, dtype=np.int64))
     write_json(partial / "meta.json", meta)
     stale = final.parent / f"{final.name}.old"

@@ -35,7 +35,7 @@ def row_fields(image_id: int, record: ImageRecord) -> dict[str, Any]:
         "image_id": int(image_id),
         "external_id": record.external_id,
         "path": record.path,
-        "folder": PurePosixPath(record.external_id.replace("\\", "/")).parent.name,
+        "folder": PurePosixPath(record.path.replace("\\", "/")).parent.name,
     }
 
 

@@ -209,7 +209,9 @@ class MilvusBackend(VectorBackend):
             what = f"filter {where!r}" if where else f"milvus {self.label}: search"
             raise AladinError(f"{what}: {_message(exc)}") from exc
         for q, hits in enumerate(found):
-            for j, hit in enumerate(hits):
+            # checked here too: a filter such as "x) or (y" could otherwise escape the bound in the expression
+            visible = [hit for hit in hits if hit["id"] < self.bound]
+            for j, hit in enumerate(visible):
                 ids[q, j], scores[q, j] = hit["id"], hit["distance"]
         return scores, ids
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from aladin.data.images import load_image
@@ -74,7 +75,10 @@ def explain_pair(
         item_id=item_id,
         path=path,
         words=pieces,
-        similarity=word_region_similarity(regions[0][region_mask[0]], scored).cpu().numpy(),
+        # cosines, even when the model scales words by learned weights for its score
+        similarity=word_region_similarity(regions[0][region_mask[0]], F.normalize(scored, dim=-1))
+        .cpu()
+        .numpy(),
         boxes=boxes,
         score=float(score[0]),
     )

@@ -1,0 +1,5 @@
+"""Small service limits, so that the tests can cross them with small files."""
+
+from aladin.service.config import ServiceConfig
+
+LIMITS = ServiceConfig(queue_size=8, max_upload_bytes=20_000, max_pixels=256 * 256, max_k=20)
