@@ -126,7 +126,8 @@ def start_server(index: Path, port: int, queue_size: int, log: Path) -> subproce
     """`aladin serve` as its own process; returns once /health answers."""
     command = [sys.executable, "-m", "aladin", "serve", "--index", str(index), "--port", str(port)]
     command += ["--queue-size", str(queue_size)]
-    server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    with log.open("w") as out:  # the child keeps its own copy of the file descriptor
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while True:
         try:

@@ -283,10 +283,13 @@ class PrecomputedRegionEncoder(ImageEncoder):
             )
         return record
 
-    def regions_of(self, item: ImageItem | str) -> tuple[np.ndarray, np.ndarray]:
-        """Features [N, D] float32 and normalised boxes [N, 5] (x1, y1, x2, y2, area) of one image."""
+    def regions_of(
+        self, item: ImageItem | str, record: RegionRecord | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Features [N, D] float32 and normalised boxes [N, 5] (x1, y1, x2, y2, area) of one image (from
+        `record` when the caller has read it already)."""
         image_path = Path(item.path) if isinstance(item, ImageItem) else None
-        record = self.record_of(item)
+        record = record or self.record_of(item)
         return record.features, normalised_boxes(record, image_path)
 
     def tags_for(self, item: ImageItem | str) -> tuple[str, ...]:
@@ -297,9 +300,11 @@ class PrecomputedRegionEncoder(ImageEncoder):
         """Regions of `items`, padded (or cut) to `region_slots`, then their tags' word pieces when tags are on."""
         if not items:
             raise AladinError("encode: no images given")
-        batch = collate_regions([self.regions_of(item) for item in items], self.region_slots)
+        records = [self.record_of(item) for item in items]  # each file read once, for regions and tags
+        regions = [self.regions_of(item, record) for item, record in zip(items, records, strict=True)]
+        batch = collate_regions(regions, self.region_slots)
         if self._tag_encoder is not None:
-            batch = self._append_tags(batch, [" ".join(self.tags_for(item)) for item in items])
+            batch = self._append_tags(batch, [" ".join(record.tags) for record in records])
         return batch.to(self.device)
 
     def _append_tags(self, batch: RegionBatch, tags: list[str]) -> RegionBatch:

@@ -24,3 +24,5 @@ class ServiceConfig:
         for name in ("queue_size", "max_upload_bytes", "max_pixels", "max_k", "max_query_chars"):
             if getattr(self, name) < 1:
                 raise AladinError(f"service setting {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_rerank < 0:
+            raise AladinError(f"service setting max_rerank must be >= 0, got {self.max_rerank}")

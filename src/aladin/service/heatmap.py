@@ -82,6 +82,8 @@ def render_heatmap(
         raise AladinError(f"word {unknown[0]!r} is not among the text's words: {' '.join(explanation.words)}")
     chosen = [i for i, w in enumerate(explanation.words) if words is None or w in words]
     similarity = explanation.similarity
+    if not chosen:
+        raise AladinError("no words to draw: name at least one of the text's words")
     cols = min(4, len(chosen))
     rows = -(-len(chosen) // cols)
     fig = Figure(figsize=(3.2 * cols + 0.8, 3.4 * rows), layout="constrained")

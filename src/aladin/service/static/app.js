@@ -5,7 +5,7 @@
 const $ = (selector) => document.querySelector(selector);
 const RESULTS = 24;
 const HEAT_CELLS = 48;
-const state = { query: "", opener: null, imageId: null, image: null, explanation: null, word: 0, request: 0 };
+const state = { query: "", opener: null, imageId: null, image: null, explanation: null, word: 0, request: 0, search: 0 };
 
 function setStatus(element, text, isError = false) {
   element.textContent = text;
@@ -29,17 +29,19 @@ function rerankParam() {
 
 async function runSearch(url, options, label) {
   const status = $("#status");
+  const search = ++state.search; // a slower, older search must not overwrite a newer one's results
   setStatus(status, "Searching…");
   $("#results").replaceChildren();
   try {
     const started = performance.now();
     const result = await getJSON(url, options);
+    if (search !== state.search) return;
     const ms = Math.round(performance.now() - started);
     const how = result.rerank ? "re-ranked" : "kNN only";
     setStatus(status, `${result.hits.length} results for ${label} (${how}, ${ms} ms)`);
     $("#results").replaceChildren(...result.hits.map(renderHit));
   } catch (error) {
-    setStatus(status, error.message, true);
+    if (search === state.search) setStatus(status, error.message, true);
   }
 }
 
