@@ -3,7 +3,7 @@ table comes from evaluating the run on the test split here.
 
     python benchmarks/default_model.py --run runs/ablation/<variant>-seed0 [--cache runs/real_data/cache]
 
-Writes src/aladin/model/pretrained/<name>/{config.json, model.safetensors, MODEL_CARD.md}; `aladin index
+Writes src/aladin/model/bundled/<name>/{config.json, model.safetensors, MODEL_CARD.md}; `aladin index
 build`, `search`, `serve` and `explain` use it when no --model is given.
 """
 
@@ -21,7 +21,7 @@ from aladin import pipeline  # noqa: E402
 from aladin.evaluate.report import results_markdown  # noqa: E402
 from aladin.fileio import atomic_write, read_json  # noqa: E402
 from aladin.model import AladinModel  # noqa: E402
-from aladin.model.pretrained import DEFAULT_MODEL_NAME, PRETRAINED_ROOT  # noqa: E402
+from aladin.model.pretrained import BUNDLED_ROOT, DEFAULT_MODEL_NAME  # noqa: E402
 
 CARD = """# {name}: aladin's default model
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Path(args.run)
     results = pipeline.evaluate(args.cache, run, split="test", quiet=True)
     model = AladinModel.from_pretrained(run / "model").half()
-    out = PRETRAINED_ROOT / args.name
+    out = BUNDLED_ROOT / args.name
     model.save_pretrained(out, model.info)
     recipe = read_json(run / "recipe.json")
     m = recipe["model"]

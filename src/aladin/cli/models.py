@@ -1,5 +1,5 @@
 """Which model a command runs with: --model when given, else the one an index recorded, else the bundled
-default model (trained on COCO photos; see src/aladin/model/pretrained/*/MODEL_CARD.md)."""
+default model (trained on COCO photos; see src/aladin/model/bundled/*/MODEL_CARD.md)."""
 
 from __future__ import annotations
 

@@ -11,12 +11,12 @@ from aladin.errors import CheckpointError
 from aladin.model.aladin import AladinModel
 
 DEFAULT_MODEL_NAME = "coco-lite0-minilm"
-PRETRAINED_ROOT = Path(__file__).resolve().with_name("pretrained")
+BUNDLED_ROOT = Path(__file__).resolve().with_name("bundled")
 
 
 def default_model_dir() -> Path:
     """The bundled checkpoint folder (config.json, model.safetensors, MODEL_CARD.md)."""
-    folder = PRETRAINED_ROOT / DEFAULT_MODEL_NAME
+    folder = BUNDLED_ROOT / DEFAULT_MODEL_NAME
     if not (folder / "config.json").is_file():
         raise CheckpointError(
             f"{folder}: the bundled default model is missing from this installation; pass --model CHECKPOINT"
