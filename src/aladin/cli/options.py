@@ -82,6 +82,15 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--global-dim", type=int, help=f"matching-head vector size (default {defaults.model.global_dim})"
     )
+    parser.add_argument(
+        "--matching-input",
+        choices=["contextual", "frozen"],
+        help="what the matching head reads: the teacher's contextualised features (default) or the frozen "
+        "encoder features (better on small real-photo sets: benchmarks/results/ablation.md)",
+    )
+    parser.add_argument(
+        "--word-weights", action="store_true", help="learn a weight per word in the alignment score"
+    )
     parser.add_argument("--seed", type=int, help="seed of every stage (default 0)")
     parser.add_argument("--rerank-k", type=int, help=f"default {defaults.rerank_k}")
     parser.add_argument("--no-infonce-student", action="store_true", help="skip the no-distillation ablation")
@@ -102,6 +111,10 @@ def recipe_config(args: argparse.Namespace) -> RecipeConfig:
         model = replace(model, embed_dim=args.embed_dim)
     if args.global_dim is not None:
         model = replace(model, global_dim=args.global_dim)
+    if args.matching_input is not None:
+        model = replace(model, matching_input=args.matching_input)
+    if args.word_weights:
+        model = replace(model, word_weights=True)
     shared = {
         k: v
         for k, v in {"batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}.items()
