@@ -40,7 +40,6 @@ class MatchingHead(nn.Module):
 
     def __init__(
         self,
-        in_dim: int,
         embed_dim: int,
         global_dim: int,
         num_layers: int,
@@ -50,7 +49,7 @@ class MatchingHead(nn.Module):
         pooling: str,
     ) -> None:
         super().__init__()
-        self.encoder = SequenceEncoder(in_dim, embed_dim, num_layers, num_heads, ff_dim, dropout)
+        self.encoder = SequenceEncoder(embed_dim, embed_dim, num_layers, num_heads, ff_dim, dropout)
         self.project = nn.Linear(embed_dim, global_dim)
         self.pooling = pooling
 
@@ -63,6 +62,20 @@ class MatchingHead(nn.Module):
         else:
             pooled = masked_mean(out, pool_mask)
         return F.normalize(self.project(pooled), dim=-1)
+
+
+class PooledLinearHead(nn.Module):
+    """Student over the frozen encoder features: masked mean, then one linear map (the linear global
+    baseline's form, which on small real-photo sets generalises better than anything deeper)."""
+
+    def __init__(self, in_dim: int, global_dim: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(in_dim, global_dim)
+
+    def forward(
+        self, features: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return F.normalize(self.project(masked_mean(features, pool_mask)), dim=-1)
 
 
 def _encoder_tail(config: AladinConfig, side: str) -> nn.Module | None:
@@ -95,11 +108,15 @@ class AladinModel(nn.Module):
         self.text_encoder = SequenceEncoder(m.text_feature_dim, m.embed_dim, **common)
         self.alignment_scale = LogitScale()
         self.word_weight = nn.Linear(m.embed_dim, 1) if m.word_weights else None
-        student = dict(common, num_layers=m.matching_layers, pooling=m.global_pooling)
-        frozen = m.matching_input == "frozen"
-        image_in, text_in = (m.image_feature_dim, m.text_feature_dim) if frozen else (m.embed_dim,) * 2
-        self.image_matching = MatchingHead(image_in, m.embed_dim, m.global_dim, **student)
-        self.text_matching = MatchingHead(text_in, m.embed_dim, m.global_dim, **student)
+        self.image_matching: nn.Module
+        self.text_matching: nn.Module
+        if m.matching_input == "frozen":
+            self.image_matching = PooledLinearHead(m.image_feature_dim, m.global_dim)
+            self.text_matching = PooledLinearHead(m.text_feature_dim, m.global_dim)
+        else:
+            student = dict(common, num_layers=m.matching_layers, pooling=m.global_pooling)
+            self.image_matching = MatchingHead(m.embed_dim, m.global_dim, **student)
+            self.text_matching = MatchingHead(m.embed_dim, m.global_dim, **student)
         self.matching_scale = LogitScale()
         self.info: dict[str, Any] = {}
 
