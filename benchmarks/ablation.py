@@ -50,6 +50,7 @@ SCORERS = (
     ("distilled", "matching head (distill"),
     ("InfoNCE student", "matching head (InfoNCE"),
     ("re-rank", "matching + re-rank"),
+    ("InfoNCE student + re-rank", "InfoNCE student + re-rank"),
     ("baseline", "linear global baseline"),
 )
 

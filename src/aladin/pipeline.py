@@ -165,24 +165,37 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
         distributed.on_main_process(lambda: model.save_pretrained(teacher_dir, {"fit": result.__dict__}))
     stages["alignment head"] = _fit_info(teacher_dir)
 
-    if recipe.train_infonce_student and not (run_dir / INFONCE_STUDENT_DIR / "config.json").is_file():
+    def rerank_choice(student: AladinModel) -> dict[str, Any]:
+        """Re-rank depth and fusion weight for this student, chosen on validation."""
+        val_image, val_text = embed_split(student, val_feats)
+        depths = sorted({d for d in (10, 20, 50) if d < recipe.rerank_k} | {recipe.rerank_k})
+        return asdict(choose_rerank(student, val_image, val_text, val_feats.caption_image.numpy(), depths))
+
+    infonce_dir = run_dir / INFONCE_STUDENT_DIR
+    if recipe.train_infonce_student and not (infonce_dir / "config.json").is_file():
         student = copy.deepcopy(model)
         cfg = replace(recipe.matching, loss="infonce")
         result = train_matching(student, train_feats, val_feats, cfg, state_root / "infonce-student")
-        info = {"fit": result.__dict__, "student_loss": "infonce"}
-        distributed.on_main_process(lambda: student.save_pretrained(run_dir / INFONCE_STUDENT_DIR, info))
+        info = {"fit": result.__dict__, "student_loss": "infonce", "rerank": rerank_choice(student)}
+        distributed.on_main_process(lambda: student.save_pretrained(infonce_dir, info))
+    def record_rerank_choice(checkpoint: Path) -> None:
+        """For students saved before the re-rank setting was chosen at training time."""
+        if "rerank" not in read_json(checkpoint / "config.json")["info"]:
+            student = AladinModel.from_pretrained(checkpoint, device)
+            info = {**student.info, "rerank": rerank_choice(student)}
+            distributed.on_main_process(lambda: student.save_pretrained(checkpoint, info))
+
     if recipe.train_infonce_student:
-        stages["matching head (InfoNCE student)"] = _fit_info(run_dir / INFONCE_STUDENT_DIR)
+        record_rerank_choice(infonce_dir)
+        stages["matching head (InfoNCE student)"] = _fit_info(infonce_dir)
 
     if not (run_dir / MODEL_DIR / "config.json").is_file():
         result = train_matching(
             model, train_feats, val_feats, recipe.matching, state_root / "distilled-student"
         )
-        val_image, val_text = embed_split(model, val_feats)
-        depths = sorted({d for d in (10, 20, 50) if d < recipe.rerank_k} | {recipe.rerank_k})
-        rerank = choose_rerank(model, val_image, val_text, val_feats.caption_image.numpy(), depths)
-        info = {"fit": result.__dict__, "student_loss": recipe.matching.loss, "rerank": asdict(rerank)}
+        info = {"fit": result.__dict__, "student_loss": recipe.matching.loss, "rerank": rerank_choice(model)}
         distributed.on_main_process(lambda: model.save_pretrained(run_dir / MODEL_DIR, info))
+    record_rerank_choice(run_dir / MODEL_DIR)
     stages[f"matching head ({recipe.matching.loss})"] = _fit_info(run_dir / MODEL_DIR)
     distributed.on_main_process(lambda: write_json(run_dir / "train_report.json", stages))
     return TrainReport(run_dir, stages)
@@ -220,25 +233,35 @@ def evaluate(
         else RecipeConfig()
     )
     model = AladinModel.from_pretrained(model_dir)
-    chosen = model.info.get("rerank", {})  # the setting chosen on validation, when training recorded one
-    k = rerank_k or chosen.get("k") or recipe.rerank_k
-    fusion = float(chosen.get("fusion", 0.0))
     feats, _ = _load_tensors(Path(cache_dir), split, model.config)
     caption_image = feats.caption_image.numpy()
+
+    def rerank_row(
+        student: AladinModel, image: Any, text: Any, label: str
+    ) -> tuple[ScorerResult, int, float]:
+        """`student`'s kNN re-ranked as chosen on validation at training time (`rerank_k` overrides the depth)."""
+        chosen = student.info.get("rerank", {})
+        k = rerank_k or chosen.get("k") or recipe.rerank_k
+        fusion = float(chosen.get("fusion", 0.0))
+        name = f"{label} + re-rank top {k}" + (f" (fused, weight {fusion:g})" if fusion else "")
+        if chosen and chosen["val_rsum"] <= chosen["matching_val_rsum"]:
+            name += " [off by default: no gain on validation]"
+        return score_rerank(student, image, text, caption_image, k, name, fusion), k, fusion
+
     image, text = embed_split(model, feats)
     results = [score_alignment(model, image, text, caption_image, "alignment head (teacher, all pairs)")]
     student_loss = model.info.get("student_loss", "distill")
     results.append(score_matching(image, text, caption_image, f"matching head ({student_loss})"))
+    reranked, k, fusion = rerank_row(model, image, text, "matching")
+    results.append(reranked)
     if (run_dir / INFONCE_STUDENT_DIR / "config.json").is_file():
         infonce = AladinModel.from_pretrained(run_dir / INFONCE_STUDENT_DIR)
         img_s, txt_s = embed_split(infonce, feats)
         results.append(
             score_matching(img_s, txt_s, caption_image, "matching head (InfoNCE, no distillation)")
         )
-    name = f"matching + re-rank top {k}" + (f" (fused, weight {fusion:g})" if fusion else "")
-    if chosen and chosen["val_rsum"] <= chosen["matching_val_rsum"]:
-        name += " [off by default: no gain on validation]"
-    results.append(score_rerank(model, image, text, caption_image, k, name, fusion))
+        if "rerank" in infonce.info:
+            results.append(rerank_row(infonce, img_s, txt_s, "InfoNCE student")[0])
     if (run_dir / BASELINE_DIR / "config.json").is_file():
         results.append(
             score_linear_baseline(LinearGlobalModel.from_pretrained(run_dir / BASELINE_DIR), feats)

@@ -56,13 +56,20 @@ def test_train_then_evaluate_writes_every_artefact(cache, tmp_path):
     results = pipeline.evaluate(cache, run, quiet=True)
     names = [r.name for r in results]
     assert names[0].startswith("alignment head") and names[-1] == "linear global baseline"
-    assert any("re-rank top 4" in n for n in names)
+    assert any(n.startswith("matching + re-rank top 4") for n in names)
+    assert any(n.startswith("InfoNCE student + re-rank top 4") for n in names)
     saved = json.loads((run / "eval-test" / "results.json").read_text())
     assert [r["name"] for r in saved["results"]] == names
     assert (run / "eval-test" / "recall.png").stat().st_size > 1000
     assert "rsum" in (run / "eval-test" / "results.md").read_text()
     # a rerun with the same recipe reuses the finished stages; another recipe is refused, not mixed in
     assert pipeline.train(cache, run, _recipe()).stages == report.stages
+    # a student saved before the re-rank choice was recorded gets it on the next run
+    config = json.loads((run / "model" / "config.json").read_text())
+    del config["info"]["rerank"]
+    (run / "model" / "config.json").write_text(json.dumps(config))
+    pipeline.train(cache, run, _recipe())
+    assert json.loads((run / "model" / "config.json").read_text())["info"]["rerank"]["k"] == 4
     saved_recipe = json.loads((run / "recipe.json").read_text())
     del saved_recipe["model"]["word_weights"]  # a run from before that setting existed: same recipe
     (run / "recipe.json").write_text(json.dumps(saved_recipe))
