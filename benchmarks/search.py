@@ -488,15 +488,7 @@ def run_backends(
     started = time.perf_counter()
     for n in sizes:
         results["sizes"].append(compare_backends(n, backends, model, Synthetic(), workdir, args))
-    results["seconds"] = time.perf_counter() - started
-    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "search.milvus.json").write_text(json.dumps(results, indent=2) + "\n")
-    report = backends_markdown(results)
-    (out / "search.milvus.md").write_text(report)
-    print("\n" + report)
-    return 0
+    return finish(results, started, Path(args.out), "search.milvus", backends_markdown)
 
 
 # ---- retrieval quality on a real test split --------------------------------------------------------
@@ -781,13 +773,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+    return finish(results, started, Path(args.out), "search", markdown)
+
+
+def finish(
+    results: dict[str, Any], started: float, out: Path, stem: str, render: Callable[[dict[str, Any]], str]
+) -> int:
+    """Stamp the run's duration and load, write `<stem>.json` and `<stem>.md`, print the report."""
     results["seconds"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "search.json").write_text(json.dumps(results, indent=2) + "\n")
-    report = markdown(results)
-    (out / "search.md").write_text(report)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    report = render(results)
+    (out / f"{stem}.md").write_text(report)
     print("\n" + report)
     return 0
 
