@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -20,12 +19,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 from aladin import pipeline  # noqa: E402
+from aladin.config import RecipeConfig, config_from_dict  # noqa: E402
 from aladin.encoders.cache import load_split  # noqa: E402
 from aladin.evaluate.report import results_markdown  # noqa: E402
-from aladin.evaluate.scorers import choose_rerank, score_linear_baseline  # noqa: E402
+from aladin.evaluate.scorers import score_linear_baseline  # noqa: E402
 from aladin.fileio import atomic_write, read_json  # noqa: E402
 from aladin.model import AladinModel, LinearGlobalModel  # noqa: E402
-from aladin.model.features import FeatureTensors, embed_split  # noqa: E402
+from aladin.model.features import FeatureTensors  # noqa: E402
 from aladin.model.pretrained import BUNDLED_ROOT, DEFAULT_MODEL_NAME  # noqa: E402
 
 CARD = """# {name}: aladin's default model
@@ -62,9 +62,9 @@ InfoNCE). `benchmarks/ablation.py` shows what each piece of the configuration bu
 """
 
 
-def pick_student(run: Path, cache: Path) -> tuple[AladinModel, str]:
-    """The run's distilled or InfoNCE student, whichever has the better validation rsum, with the re-rank
-    setting chosen on validation for that student."""
+def pick_student(run: Path) -> tuple[AladinModel, str]:
+    """The run's distilled or InfoNCE student, whichever has the better validation rsum (each carries the
+    re-rank setting chosen on validation for it)."""
     candidates = [run / pipeline.MODEL_DIR, run / pipeline.INFONCE_STUDENT_DIR]
     scored = [
         (read_json(c / "config.json")["info"]["fit"]["best_val_rsum"], c)
@@ -72,12 +72,7 @@ def pick_student(run: Path, cache: Path) -> tuple[AladinModel, str]:
         if (c / "config.json").is_file()
     ]
     _, best = max(scored)
-    model = AladinModel.from_pretrained(best)
-    if model.validated_rerank() is None:
-        val = FeatureTensors.from_arrays(load_split(cache, "val").arrays)
-        image, text = embed_split(model, val)
-        model.info["rerank"] = asdict(choose_rerank(model, image, text, val.caption_image.numpy()))
-    return model, best.name
+    return AladinModel.from_pretrained(best), best.name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME)
     args = parser.parse_args(argv)
     run, cache = Path(args.run), Path(args.cache)
-    model, picked = pick_student(run, cache)
+    recipe = config_from_dict(RecipeConfig, read_json(run / "recipe.json"), str(run / "recipe.json"))
+    pipeline.train(cache, run, recipe)  # reuses every finished stage; records what older runs lack
+    model, picked = pick_student(run)
     out = BUNDLED_ROOT / args.name
     model.half().save_pretrained(out, model.info)
     atomic_write(out / "recipe.json", lambda tmp: tmp.write_text((run / "recipe.json").read_text()))
@@ -96,11 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     test = FeatureTensors.from_arrays(load_split(cache, "test").arrays)
     baseline = LinearGlobalModel.from_pretrained(run / pipeline.BASELINE_DIR)
     results.append(score_linear_baseline(baseline, test, "linear global baseline (same run)"))
-    recipe = read_json(run / "recipe.json")
-    m = recipe["model"]
+    m = recipe.model
     meta = {split: read_json(cache / split / "meta.json") for split in ("train", "val", "test")}
     k, fusion = model.validated_rerank() or (0, 0.0)
-    student_loss = "plain InfoNCE" if picked == pipeline.INFONCE_STUDENT_DIR else recipe["matching"]["loss"]
+    student_loss = "plain InfoNCE" if picked == pipeline.INFONCE_STUDENT_DIR else recipe.matching.loss
     card = CARD.format(
         name=args.name,
         size_mb=(out / "model.safetensors").stat().st_size / 2**20,
@@ -108,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         val_images=meta["val"]["num_images"],
         test_images=meta["test"]["num_images"],
         recipe=(
-            f"{m['embed_dim']}-d heads, {m['num_layers']} contextual layer(s) per side, word weights "
-            f"{'on' if m['word_weights'] else 'off'}; the matching head reads the {m['matching_input']} "
+            f"{m.embed_dim}-d heads, {m.num_layers} contextual layer(s) per side, word weights "
+            f"{'on' if m.word_weights else 'off'}; the matching head reads the {m.matching_input} "
             f"features and was trained with {student_loss} (of the run's students, the one with the better "
             "validation rsum)."
         ),

@@ -178,6 +178,7 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
         result = train_matching(student, train_feats, val_feats, cfg, state_root / "infonce-student")
         info = {"fit": result.__dict__, "student_loss": "infonce", "rerank": rerank_choice(student)}
         distributed.on_main_process(lambda: student.save_pretrained(infonce_dir, info))
+
     def record_rerank_choice(checkpoint: Path) -> None:
         """For students saved before the re-rank setting was chosen at training time."""
         if "rerank" not in read_json(checkpoint / "config.json")["info"]:
@@ -244,7 +245,7 @@ def evaluate(
         k = rerank_k or chosen.get("k") or recipe.rerank_k
         fusion = float(chosen.get("fusion", 0.0))
         name = f"{label} + re-rank top {k}" + (f" (fused, weight {fusion:g})" if fusion else "")
-        if chosen and chosen["val_rsum"] <= chosen["matching_val_rsum"]:
+        if student.validated_rerank() == (0, fusion):
             name += " [off by default: no gain on validation]"
         return score_rerank(student, image, text, caption_image, k, name, fusion), k, fusion
 

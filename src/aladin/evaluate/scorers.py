@@ -58,12 +58,18 @@ class _Shortlists:
         out = []
         for direction, (cand, aligned) in enumerate(zip(self.candidates, self.aligned, strict=True)):
             cand, aligned = cand[:, :k], aligned[:, :k]
-            owners = torch.arange(cand.shape[0]).repeat_interleave(cand.shape[1])
-            img, txt = (cand.reshape(-1), owners) if direction == 0 else (owners, cand.reshape(-1))
+            img, txt = _pairs(direction, cand)
             scores = self.first_stage.clone()
             scores[img, txt] = lift + aligned.reshape(-1) + fusion * self.first_stage[img, txt]
             out.append(scores)
         return out[0], out[1]
+
+
+def _pairs(direction: int, cand: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[Q, k] candidates per query → flat (image, caption) indices; queries are captions in direction 0
+    (text→image) and images in direction 1."""
+    owners = torch.arange(cand.shape[0]).repeat_interleave(cand.shape[1])
+    return (cand.reshape(-1), owners) if direction == 0 else (owners, cand.reshape(-1))
 
 
 def _shortlists(
@@ -75,8 +81,7 @@ def _shortlists(
         depth = min(k, first_stage.shape[direction])
         cand = first_stage.topk(depth, dim=direction).indices
         cand = cand.T if direction == 0 else cand
-        owners = torch.arange(cand.shape[0]).repeat_interleave(depth)
-        img, txt = (cand.reshape(-1), owners) if direction == 0 else (owners, cand.reshape(-1))
+        img, txt = _pairs(direction, cand)
         candidates.append(cand)
         aligned.append(_paired(image, text, img, txt, aggregation).view(cand.shape))
     return _Shortlists(first_stage, (candidates[0], candidates[1]), (aligned[0], aligned[1]))

@@ -186,6 +186,10 @@ class Searcher:
         query = self.encode_images([image])
         return self.search_encoded(target, query, k, rerank if target == TEXTS else 0, where)[0]
 
+    def rerank_depth(self, rerank: int | None) -> int:
+        """The depth a search with `rerank` uses: the model's validated default when None."""
+        return self.default_rerank if rerank is None else rerank
+
     @torch.inference_mode()
     def search_encoded(
         self, kind: str, queries: EncodedQueries, k: int, rerank: int | None, where: str | None = None
@@ -193,7 +197,7 @@ class Searcher:
         """Both stages for encoded queries against `kind` ("images" for text queries, "texts" for image ones);
         the kNN stage only considers items matching the filter `where` when one is given. Re-ranked candidates
         are ordered by the alignment score plus `fusion` × their kNN score."""
-        rerank = self.default_rerank if rerank is None else rerank
+        rerank = self.rerank_depth(rerank)
         if k < 1 or rerank < 0:
             raise AladinError(f"need k >= 1 and rerank >= 0, got k={k}, rerank={rerank}")
         depth = max(k, rerank)

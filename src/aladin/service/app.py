@@ -277,7 +277,7 @@ def create_app(searcher: Searcher, config: ServiceConfig | None = None) -> FastA
         q: Annotated[str, Query(description="the text to find images for")], k: K = 10, rerank: Rerank = None
     ) -> SearchOut:
         """Text → images."""
-        depth = searcher.default_rerank if rerank is None else rerank
+        depth = searcher.rerank_depth(rerank)
         hits = await worker.run(searcher.search_text, _query(q), k, depth)
         return SearchOut(query=q, target=IMAGES, rerank=depth, hits=[_hit_out(h) for h in hits])
 
@@ -297,7 +297,7 @@ def create_app(searcher: Searcher, config: ServiceConfig | None = None) -> FastA
         if not data:
             raise HTTPException(400, "the upload is empty")
 
-        depth = searcher.default_rerank if rerank is None else rerank
+        depth = searcher.rerank_depth(rerank)
 
         def run() -> list[Hit]:
             return searcher.search_image(decode_image(data, config.max_pixels), k, depth, target=target)
