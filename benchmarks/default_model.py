@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 from aladin import pipeline  # noqa: E402
-from aladin.config import RecipeConfig, config_from_dict  # noqa: E402
+from aladin.config import recipe_from_saved  # noqa: E402
 from aladin.encoders.cache import load_split  # noqa: E402
 from aladin.evaluate.report import results_markdown  # noqa: E402
 from aladin.evaluate.scorers import score_linear_baseline  # noqa: E402
@@ -31,7 +31,7 @@ from aladin.model.pretrained import BUNDLED_ROOT, DEFAULT_MODEL_NAME  # noqa: E4
 CARD = """# {name}: aladin's default model
 
 The model `aladin index build`, `aladin search`, `aladin serve` and `aladin explain` use when no `--model` is
-given: frozen EfficientNet-Lite0 (ImageNet, 7×7 grid regions at 224 px) and all-MiniLM-L6-v2 word pieces, with
+given: frozen EfficientNet-Lite0 (ImageNet; {regions}) and all-MiniLM-L6-v2 word pieces, with
 the alignment head (teacher) and the matching head (student) trained on top. Weights are stored as float16
 ({size_mb:.1f} MB).
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME)
     args = parser.parse_args(argv)
     run, cache = Path(args.run), Path(args.cache)
-    recipe = config_from_dict(RecipeConfig, read_json(run / "recipe.json"), str(run / "recipe.json"))
+    recipe = recipe_from_saved(read_json(run / "recipe.json"), str(run / "recipe.json"))
     pipeline.train(cache, run, recipe)  # reuses every finished stage; records what older runs lack
     model, picked = pick_student(run)
     out = BUNDLED_ROOT / args.name
@@ -114,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         else "off (no gain on validation)",
         table=results_markdown(results, "test split").split("\n", 2)[2],
         max_words=model.config.text_encoder.max_length,
+        regions=(
+            "regions: the 7×7 grid, 2×2-pooled, and the 14×14 map of the image at 448 px"
+            if model.config.image_encoder.multiscale
+            else "regions: the 7×7 grid at 224 px"
+        ),
     )
     atomic_write(out / "MODEL_CARD.md", lambda tmp: tmp.write_text(card))
     print(card)

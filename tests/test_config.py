@@ -1,6 +1,8 @@
+from dataclasses import replace
+
 import pytest
 
-from aladin.config import AladinConfig, RecipeConfig, config_from_dict, config_to_dict
+from aladin.config import AladinConfig, RecipeConfig, config_from_dict, config_to_dict, recipe_from_saved
 from aladin.errors import AladinError
 
 
@@ -8,6 +10,25 @@ def test_round_trip_of_nested_configs():
     recipe = RecipeConfig()
     assert config_from_dict(RecipeConfig, config_to_dict(recipe)) == recipe
     assert config_from_dict(AladinConfig, {}) == AladinConfig()
+
+
+def test_train_defaults_to_the_student_on_frozen_features_yet_old_configs_keep_theirs():
+    assert RecipeConfig().model.matching_input == "frozen"  # what validation chose (benchmarks/ablation.py)
+    assert config_from_dict(RecipeConfig, {}) == RecipeConfig()
+    # a checkpoint written before the option existed has no such field: it loads as the model it was
+    assert config_from_dict(AladinConfig, {"model": {}}).model.matching_input == "contextual"
+    # and so does a run's saved recipe
+    assert recipe_from_saved({"model": {"num_layers": 1}}, "recipe.json").model.matching_input == "contextual"
+    saved = config_to_dict(RecipeConfig())
+    assert recipe_from_saved(saved, "recipe.json") == RecipeConfig()
+
+
+def test_a_partial_section_keeps_the_rest_of_its_own_defaults():
+    recipe = config_from_dict(RecipeConfig, {"model": {"num_layers": 2}, "matching": {"epochs": 3}})
+    assert recipe.model.num_layers == 2 and recipe.model.matching_input == "frozen"
+    assert recipe.matching == replace(
+        RecipeConfig().matching, epochs=3
+    )  # still the matching stage's loss, lr…
 
 
 @pytest.mark.parametrize(
@@ -22,3 +43,12 @@ def test_round_trip_of_nested_configs():
 def test_bad_fields_are_named(data, message):
     with pytest.raises(AladinError, match=message):
         config_from_dict(AladinConfig, data)
+
+
+def test_augmented_views_need_pictures():
+    from aladin.config import ImageEncoderConfig
+
+    with pytest.raises(AladinError, match="train_views: augmented views are crops of the pictures"):
+        ImageEncoderConfig(name="precomputed", train_views=2)
+    with pytest.raises(AladinError, match="train_views: must be at least 1"):
+        ImageEncoderConfig(train_views=0)

@@ -33,7 +33,10 @@ def config_from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         spec = known[name]
         sub_type = _nested_type(spec)
         if sub_type is not None:
-            kwargs[name] = config_from_dict(sub_type, value, f"{where}.{name}")
+            # a partial section keeps the rest of this field's own default (e.g. the matching stage's loss)
+            base = config_to_dict(spec.default_factory())  # type: ignore[misc]
+            merged = {**base, **value} if isinstance(value, dict) else value
+            kwargs[name] = config_from_dict(sub_type, merged, f"{where}.{name}")
             continue
         default = spec.default
         if default is not dataclasses.MISSING and default is not None and not _compatible(default, value):
@@ -42,6 +45,18 @@ def config_from_dict(cls: type[T], data: Any, where: str = "config") -> T:
             )
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def first_difference(stored: Any, wanted: Any, prefix: str) -> str | None:
+    """Dotted name and values of the first field that differs, e.g. "image_encoder.multiscale was False when
+    saved, True now"; None when equal."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        for key in sorted(set(stored) | set(wanted)):
+            diff = first_difference(stored.get(key), wanted.get(key), f"{prefix}.{key}")
+            if diff:
+                return diff
+        return None
+    return None if stored == wanted else f"{prefix} was {stored!r} when saved, {wanted!r} now"
 
 
 def _nested_type(f: dataclasses.Field) -> type | None:
@@ -68,8 +83,11 @@ class ImageEncoderConfig:
 
     name: str = "efficientnet-lite0"
     image_size: int = 224
-    #: Add the 14×14 stride-16 map as extra, finer regions (49 + 196 regions instead of 49).
-    multiscale: bool = False
+    #: Run the CNN at twice the resolution and keep both the 7×7 grid (2×2-pooled) and the 14×14 map as regions
+    #: (49 + 196). Validation preferred it on real photos by 30 rsum for the best scorer (benchmarks/ablation.py),
+    #: for 4× the extraction time; the synthetic demo turns it off to fit its time budget. Precomputed regions
+    #: ignore it.
+    multiscale: bool = True
     #: Number of final backbone stages kept trainable; the cache then holds the map before them.
     finetune_layers: int = 0
     #: For name="precomputed": a folder of per-image .npy/.npz files or one HDF5 file of detector regions.
@@ -81,8 +99,18 @@ class ImageEncoderConfig:
     tags_text_encoder: str = ""
     #: Word pieces of the tags kept per image (the tag encoder's [CLS]/[SEP] come on top).
     max_tag_tokens: int = 16
+    #: Views cached per training image: the picture itself plus `train_views - 1` random resized crops (seeded
+    #: per image), one of which each training step draws, so the heads see augmented images at no encoder cost.
+    train_views: int = 1
 
     def __post_init__(self) -> None:
+        if self.train_views < 1:
+            raise AladinError(f"image_encoder.train_views: must be at least 1, got {self.train_views}")
+        if self.train_views > 1 and self.name == "precomputed":
+            raise AladinError(
+                "image_encoder.train_views: augmented views are crops of the pictures, which precomputed "
+                "regions do not have"
+            )
         if self.tags_text_encoder and self.name != "precomputed":
             raise AladinError(
                 f"image_encoder.tags_text_encoder: object tags come with precomputed detector regions, "
@@ -213,6 +241,25 @@ class AladinConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
+def _default_heads() -> ModelConfig:
+    """The heads `aladin train` builds: the student reads the frozen encoder features, which validation preferred
+    on the real-photo COCO subset (334.2 against 317.6 rsum) and on the synthetic demo (264.2 against 259.4).
+    ModelConfig's own default stays "contextual" so checkpoints saved before the option existed load as before."""
+    return ModelConfig(matching_input="frozen")
+
+
+def recipe_from_saved(data: Any, where: str) -> RecipeConfig:
+    """A recipe as a run saved it (`<run>/recipe.json`). Runs from before `model.matching_input` existed trained
+    the contextual student, so a saved recipe without the field means that one, not today's default."""
+    if (
+        isinstance(data, dict)
+        and isinstance(data.get("model"), dict)
+        and "matching_input" not in data["model"]
+    ):
+        data = {**data, "model": {**data["model"], "matching_input": "contextual"}}
+    return config_from_dict(RecipeConfig, data, where)
+
+
 def _alignment_defaults() -> TrainConfig:
     return TrainConfig(stage="alignment", loss="infonce", epochs=20, lr=5e-4, patience=3)
 
@@ -229,7 +276,7 @@ def _baseline_defaults() -> TrainConfig:
 class RecipeConfig:
     """A whole training run: the heads, each stage's settings, and the re-rank depth used in evaluation."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=_default_heads)
     alignment: TrainConfig = field(default_factory=_alignment_defaults)
     matching: TrainConfig = field(default_factory=_matching_defaults)
     baseline: TrainConfig = field(default_factory=_baseline_defaults)

@@ -21,6 +21,8 @@ from aladin.config import (
     TextEncoderConfig,
     config_from_dict,
     config_to_dict,
+    first_difference,
+    recipe_from_saved,
 )
 from aladin.data import Dataset
 from aladin.encoders.cache import FeatureCache, extract_features, load_split
@@ -38,6 +40,10 @@ from aladin.fileio import atomic_write, read_json, write_json
 from aladin.model import AladinModel, LinearGlobalModel
 from aladin.model.features import FeatureTensors, embed_split
 from aladin.train.stages import train_alignment, train_linear_baseline, train_matching
+
+#: The demo's regions: the single-scale grid, which keeps set-up plus `aladin demo` within 15 minutes on 2 CPU
+#: cores (multi-scale extraction and teacher training cost about 4× and 5× as much).
+DEMO_IMAGE_ENCODER = ImageEncoderConfig(multiscale=False)
 
 MODEL_DIR = "model"
 INFONCE_STUDENT_DIR = "model-infonce-student"
@@ -135,15 +141,25 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     recipe_path = run_dir / "recipe.json"
-    # read back through the config class: settings added since that run count as their defaults
-    stored = recipe_path.is_file() and config_from_dict(
-        RecipeConfig, read_json(recipe_path), str(recipe_path)
-    )
+    teacher_dir = run_dir / "alignment-teacher"
+    # read back through the config class: settings added since that run count as that run's defaults
+    stored = recipe_path.is_file() and recipe_from_saved(read_json(recipe_path), str(recipe_path))
     if stored and stored != recipe:
+        diff = first_difference(config_to_dict(stored), config_to_dict(recipe), "recipe")
         raise AladinError(
-            f"{recipe_path}: this run folder was trained with another recipe; use a new --out folder "
+            f"{recipe_path}: this run folder was trained with another recipe ({diff}); use a new --out folder "
             "(finished stages are reused only with the same settings)"
         )
+    if (teacher_dir / "config.json").is_file():  # before anything is written or trained
+        saved = config_from_dict(
+            AladinConfig, read_json(teacher_dir / "config.json")["config"], str(teacher_dir)
+        )
+        if saved != config:  # its students would take the architecture the teacher was saved with
+            diff = first_difference(config_to_dict(saved), config_to_dict(config), "config")
+            raise AladinError(
+                f"{teacher_dir}: saved with other settings than this recipe and cache ({diff}); use a new --out "
+                "folder, or the cache it was trained on"
+            )
     distributed.on_main_process(lambda: write_json(recipe_path, config_to_dict(recipe)))
     stages: dict[str, dict[str, Any]] = {}
     state_root = run_dir / "training-state"
@@ -157,7 +173,6 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
 
     torch.manual_seed(recipe.alignment.seed)
     model = AladinModel(config).to(device)
-    teacher_dir = run_dir / "alignment-teacher"
     if (teacher_dir / "config.json").is_file():
         model = AladinModel.from_pretrained(teacher_dir, device)
     else:
@@ -229,7 +244,7 @@ def evaluate(
         raise AladinError(f"{run_dir}: neither a run folder (with {MODEL_DIR}/) nor a model checkpoint")
     recipe_path = run_dir / "recipe.json"
     recipe = (
-        config_from_dict(RecipeConfig, read_json(recipe_path), str(recipe_path))
+        recipe_from_saved(read_json(recipe_path), str(recipe_path))
         if recipe_path.is_file()
         else RecipeConfig()
     )
@@ -324,7 +339,7 @@ def demo(
     work_dir = Path(work_dir)
     started = time.perf_counter()
     generate_synthetic_dataset(work_dir / "data", SyntheticConfig(seed=seed))
-    extract(work_dir / "data", work_dir / "cache")
+    extract(work_dir / "data", work_dir / "cache", DEMO_IMAGE_ENCODER)
     train(work_dir / "cache", work_dir / "run", recipe)
     results = evaluate(work_dir / "cache", work_dir / "run")
     Console().print(f"demo finished in {time.perf_counter() - started:.0f} s; results in {work_dir / 'run'}")

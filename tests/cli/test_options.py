@@ -22,10 +22,10 @@ def test_model_flags_override_the_recipe_file(tmp_path: Path) -> None:
     base["model"]["num_layers"] = 2
     file.write_text(json.dumps(base))
     recipe = recipe_config(
-        _parse(add_recipe_flags, ["--config", str(file), "--matching-input", "frozen", "--word-weights"])
+        _parse(add_recipe_flags, ["--config", str(file), "--matching-input", "contextual", "--word-weights"])
     )
     assert recipe.model.num_layers == 2  # from the file
-    assert recipe.model.matching_input == "frozen" and recipe.model.word_weights  # from the flags
+    assert recipe.model.matching_input == "contextual" and recipe.model.word_weights  # from the flags
     assert recipe_config(_parse(add_recipe_flags, [])) == RecipeConfig()
 
 
@@ -35,3 +35,10 @@ def test_object_tags_flag_names_the_text_encoder_for_the_tags() -> None:
     assert image.tags_text_encoder == text.name == "all-MiniLM-L6-v2"
     image, _ = encoder_configs(_parse(add_encoder_flags, argv[:4]))
     assert image.tags_text_encoder == ""
+
+
+def test_train_views_flag_reaches_the_image_encoder_config() -> None:
+    image, _ = encoder_configs(_parse(add_encoder_flags, ["--train-views", "3"]))
+    assert image.train_views == 3
+    image, _ = encoder_configs(_parse(add_encoder_flags, []))
+    assert image.train_views == 1

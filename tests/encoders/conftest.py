@@ -15,7 +15,9 @@ from aladin.encoders.text import TextEncoder, build_text_encoder  # noqa: E402
 
 @pytest.fixture(scope="session")
 def grid_encoder() -> ImageEncoder:
-    return build_image_encoder(ImageEncoderConfig())
+    return build_image_encoder(
+        ImageEncoderConfig(multiscale=False)
+    )  # the 7×7 grid: 4× faster than the default
 
 
 @pytest.fixture(scope="session")

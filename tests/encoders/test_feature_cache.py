@@ -125,7 +125,7 @@ def test_layout_dtypes_and_shapes(extracted, minilm) -> None:
 
 def test_reloaded_values_match_direct_encoding(extracted, grid_encoder, minilm) -> None:
     dataset, cache_dir = extracted
-    cache = FeatureCache(cache_dir, ImageEncoderConfig(), TextEncoderConfig())
+    cache = FeatureCache(cache_dir, ImageEncoderConfig(multiscale=False), TextEncoderConfig())
     assert cache.splits == ["test", "train"] and "test" in cache
     test = cache.split("test", fingerprint=dataset.split("test").fingerprint())
     assert (test.num_images, test.num_captions) == (2, 3)
@@ -208,7 +208,7 @@ def test_mismatches_are_refused(extracted, tmp_path: Path) -> None:
     _, cache_dir = extracted
     with pytest.raises(CheckpointError, match=r"meta\.json: image_encoder\.multiscale was False"):
         load_split(cache_dir, "train", ImageEncoderConfig(multiscale=True))
-    with pytest.raises(CheckpointError, match=r"text_encoder\.max_length was 40 when cached, 20 now"):
+    with pytest.raises(CheckpointError, match=r"text_encoder\.max_length was 40 when saved, 20 now"):
         FeatureCache(cache_dir, text_encoder_config=TextEncoderConfig(max_length=20)).split("train")
     with pytest.raises(CheckpointError, match=r"split 'val' \(available: test, train\)"):
         load_split(cache_dir, "val")
@@ -263,6 +263,30 @@ def test_caches_from_before_a_new_encoder_option_still_load(extracted, tmp_path:
     for field in ("tags_text_encoder", "max_tag_tokens"):  # options added after such a cache was written
         del meta["image_encoder"][field]
     (old / "train" / "meta.json").write_text(json.dumps(meta))
-    assert load_split(old, "train", ImageEncoderConfig()).num_images == 4
-    with pytest.raises(CheckpointError, match=r"image_encoder\.max_tag_tokens was 16 when cached, 8 now"):
+    assert load_split(old, "train", ImageEncoderConfig(multiscale=False)).num_images == 4
+    with pytest.raises(CheckpointError, match=r"image_encoder\.max_tag_tokens was 16 when saved, 8 now"):
         load_split(old, "train", ImageEncoderConfig(max_tag_tokens=8))  # a changed value is still named
+
+
+def test_train_split_caches_augmented_views_and_other_splits_do_not(minilm, tmp_path: Path) -> None:
+    from aladin.encoders.image import build_image_encoder
+    from aladin.model.features import FeatureTensors
+
+    (tmp_path / "data").mkdir()
+    dataset = make_dataset(tmp_path / "data")
+    encoder = build_image_encoder(ImageEncoderConfig(train_views=3, multiscale=False))
+    extract_features(dataset, encoder, minilm, tmp_path / "cache", batch_size=3, progress=False)
+    train, test = load_split(tmp_path / "cache", "train"), load_split(tmp_path / "cache", "test")
+    regions, views = (
+        train.arrays["regions"].astype(np.float32),
+        train.arrays["view_regions"].astype(np.float32),
+    )
+    assert views.shape == (4, 2, *regions.shape[1:])
+    assert "view_regions" not in test.arrays
+    # each view is a crop of its own picture: not the picture, not the other crop, the same on every extraction
+    assert np.abs(views[:, 0] - regions).mean() > 0.01 and np.abs(views[:, 0] - views[:, 1]).mean() > 0.01
+    again = build_image_encoder(ImageEncoderConfig(train_views=3, multiscale=False)).encode_views(
+        dataset.split("train").items, 0, 3
+    )[1]
+    assert np.allclose(again.numpy(), views, atol=2e-2)
+    assert FeatureTensors.from_arrays(train.arrays).view_regions.shape == views.shape

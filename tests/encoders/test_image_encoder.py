@@ -210,3 +210,17 @@ def test_register_another_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "constant-test" in image_encoder_names()
     enc = build_image_encoder(ImageEncoderConfig(name="constant-test"))
     assert isinstance(enc, Constant) and enc.encode([scene(0)]).regions.shape == (1, 1, 3)
+
+
+def test_augmented_view_is_a_seeded_crop_within_the_picture() -> None:
+    from aladin.encoders.image import augmented_view
+
+    picture = Image.fromarray(np.arange(120 * 80 * 3, dtype=np.uint8).reshape(80, 120, 3))
+    sizes = set()
+    for row in range(30):
+        crop = augmented_view(picture, (row, 1))
+        assert np.array_equal(np.asarray(crop), np.asarray(augmented_view(picture, (row, 1))))  # seeded
+        width, height = crop.size
+        assert 0.5 * 120 * 80 * 0.9 <= width * height <= 120 * 80 and width <= 120 and height <= 80
+        sizes.add(crop.size)
+    assert len(sizes) > 10  # the key picks different crops

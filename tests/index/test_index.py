@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -7,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from index_fixtures import (
-    TOY_IMAGE_ENCODER,
     ToyImageEncoder,
     ToyTextEncoder,
     picture,
@@ -15,7 +15,6 @@ from index_fixtures import (
     write_images,
 )
 
-from aladin.config import ImageEncoderConfig
 from aladin.data.folder import load_dataset_folder
 from aladin.encoders.cache import extract_features
 from aladin.errors import AladinError, CheckpointError
@@ -274,12 +273,10 @@ def test_build_from_a_feature_cache_matches_building_from_the_images(
     for item, scores in by_id["direct"].items():
         np.testing.assert_allclose(by_id["cached"][item], scores, atol=2e-3)  # cache is float16
 
-    other = AladinModel(
-        model.config.__class__(
-            image_encoder=ImageEncoderConfig(name=TOY_IMAGE_ENCODER, multiscale=True),
-            model=model.config.model,
-        )
+    flipped = dataclasses.replace(
+        model.config.image_encoder, multiscale=not model.config.image_encoder.multiscale
     )
+    other = AladinModel(dataclasses.replace(model.config, image_encoder=flipped))
     with pytest.raises(CheckpointError, match="image_encoder.multiscale"):
         build_index(tmp_path / "cache", other, tmp_path / "other", progress=False)
 

@@ -1,6 +1,7 @@
 """The verbs end to end on a tiny synthetic dataset with the real encoders: extract → train → evaluate."""
 
 import json
+import shutil
 
 import pytest
 
@@ -33,10 +34,10 @@ def test_evaluate_a_model_on_an_unseen_dataset_folder(cache, tmp_path):
         pipeline.evaluate_on_data(unseen, run / "model", tmp_path / "c2", split="val")
 
 
-def _recipe(**overrides):
+def _recipe(matching_input="frozen", **overrides):
     fast = dict(epochs=2, batch_size=8, warmup_steps=1)
     return RecipeConfig(
-        model=ModelConfig(embed_dim=32, global_dim=16, ff_dim=64, num_heads=2),
+        model=ModelConfig(embed_dim=32, global_dim=16, ff_dim=64, num_heads=2, matching_input=matching_input),
         alignment=TrainConfig(stage="alignment", **fast),
         matching=TrainConfig(stage="matching", loss="distill+infonce", **fast),
         baseline=TrainConfig(stage="baseline", **fast),
@@ -74,8 +75,20 @@ def test_train_then_evaluate_writes_every_artefact(cache, tmp_path):
     del saved_recipe["model"]["word_weights"]  # a run from before that setting existed: same recipe
     (run / "recipe.json").write_text(json.dumps(saved_recipe))
     assert pipeline.train(cache, run, _recipe()).stages == report.stages
-    with pytest.raises(AladinError, match="another recipe"):
+    with pytest.raises(AladinError, match=r"another recipe \(recipe\.rerank_k was 4 when saved, 7 now\)"):
         pipeline.train(cache, run, _recipe(rerank_k=7))
+    # a teacher brought from a run with other heads or another cache is refused before anything is written
+    other = tmp_path / "other-run"
+    other.mkdir()
+    shutil.copytree(run / "alignment-teacher", other / "alignment-teacher")
+    with pytest.raises(AladinError, match=r"saved with other settings .*matching_input was 'frozen'"):
+        pipeline.train(cache, other, _recipe(matching_input="contextual"))
+    teacher_config = json.loads((other / "alignment-teacher" / "config.json").read_text())
+    teacher_config["config"]["image_encoder"]["image_size"] = 160
+    (other / "alignment-teacher" / "config.json").write_text(json.dumps(teacher_config))
+    with pytest.raises(AladinError, match=r"config\.image_encoder\.image_size was 160 when saved, 224 now"):
+        pipeline.train(cache, other, _recipe())
+    assert sorted(p.name for p in other.iterdir()) == ["alignment-teacher"]
 
 
 def test_extract_from_precomputed_regions_without_the_pictures(tmp_path):

@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -60,6 +61,21 @@ def test_linear_baseline_learns(tiny_splits):
     train, val = tiny_splits
     _, fit = train_linear_baseline(train, val, TrainConfig(**FAST))
     assert fit.best_val_rsum > 100
+
+
+def test_every_stage_learns_from_augmented_views(tiny_splits):
+    train, val = tiny_splits
+    g = torch.Generator().manual_seed(0)
+    noisy = [train.regions.float() + 0.3 * torch.randn(train.regions.shape, generator=g) for _ in range(2)]
+    train = dataclasses.replace(train, view_regions=torch.stack(noisy, dim=1).half())
+    torch.manual_seed(0)
+    model = AladinModel(tiny_config())
+    assert train_alignment(model, train, val, TrainConfig(**FAST)).best_val_rsum > 100  # chance is about 48
+    for loss in ("distill", "infonce"):
+        student = copy.deepcopy(model)
+        fit = train_matching(student, train, val, TrainConfig(stage="matching", loss=loss, **FAST))
+        assert fit.best_val_rsum > 100
+    assert train_linear_baseline(train, val, TrainConfig(**FAST))[1].best_val_rsum > 100
 
 
 def test_sampled_captions_belong_to_their_images():

@@ -17,8 +17,20 @@ from aladin.fileio import read_json
 
 def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-encoder", default=ImageEncoderConfig.name, help="image backbone name")
-    parser.add_argument("--multiscale", action="store_true", help="add the 14×14 map as finer regions")
+    parser.add_argument(
+        "--multiscale",
+        action=argparse.BooleanOptionalAction,
+        default=ImageEncoderConfig.multiscale,
+        help="regions from the 7×7 grid and the 14×14 map at twice the resolution (default; --no-multiscale: "
+        "the 7×7 grid only, 4× faster to extract)",
+    )
     parser.add_argument("--image-finetune-layers", type=int, default=0, help="backbone stages left trainable")
+    parser.add_argument(
+        "--train-views",
+        type=int,
+        default=1,
+        help="views cached per training image: the picture plus random resized crops (1 = no augmentation)",
+    )
     parser.add_argument(
         "--region-features", default="", help="with --image-encoder precomputed: .npz folder or HDF5 file"
     )
@@ -39,6 +51,7 @@ def encoder_configs(args: argparse.Namespace) -> tuple[ImageEncoderConfig, TextE
     image = ImageEncoderConfig(
         name=args.image_encoder,
         multiscale=args.multiscale,
+        train_views=args.train_views,
         finetune_layers=args.image_finetune_layers,
         features_path=args.region_features,
         max_regions=args.max_regions,
@@ -85,8 +98,8 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--matching-input",
         choices=["contextual", "frozen"],
-        help="what the matching head reads: the teacher's contextualised features (default) or the frozen "
-        "encoder features (better on small real-photo sets: benchmarks/results/ablation.md)",
+        help="what the matching head reads: the frozen encoder features (default; better on validation: "
+        "benchmarks/results/ablation.md) or the teacher's contextualised features, as in ALADIN",
     )
     parser.add_argument(
         "--word-weights", action="store_true", help="learn a weight per word in the alignment score"

@@ -1,7 +1,8 @@
 """Encoder outputs cached on disk (float16, memory-mapped) so training epochs never re-run the frozen encoders.
 
 Layout per split: `cache_dir/<split>/` holds regions/boxes/region_mask (images) and tokens/token_mask/
-attention_mask/input_ids/caption_image (captions) as .npy files, plus meta.json. Extraction writes into
+attention_mask/input_ids/caption_image (captions) as .npy files, plus meta.json; the train split of a cache with
+augmented views (`ImageEncoderConfig.train_views`) also holds view_regions. Extraction writes into
 `<split>.partial/` batch by batch, records progress in progress.json (so an interrupted run resumes), and renames
 the folder into place only when complete. Images go through `ImageEncoder.encode_items`, so encoders that serve
 stored features never open the pictures.
@@ -33,6 +34,7 @@ from aladin.config import (
     TextEncoderConfig,
     config_from_dict,
     config_to_dict,
+    first_difference,
 )
 from aladin.data.dataset import Dataset
 from aladin.encoders.image import ImageEncoder, RegionBatch
@@ -43,8 +45,11 @@ from aladin.fileio import read_json, write_json
 _COPY_ROWS = 1024
 IMAGE_ARRAYS = ("regions", "boxes", "region_mask")
 TEXT_ARRAYS = ("tokens", "token_mask", "attention_mask", "input_ids")
+#: Regions of the augmented views [N, views - 1, R, D]: only in the train split of a cache with train_views > 1.
+VIEW_ARRAY = "view_regions"
 _DTYPES = {
     "regions": np.float16,
+    VIEW_ARRAY: np.float16,
     "boxes": np.float16,
     "region_mask": np.bool_,
     "tokens": np.float16,
@@ -118,17 +123,6 @@ def _identity(
         "image_encoder": config_to_dict(image_config),
         "text_encoder": config_to_dict(text_config),
     }
-
-
-def _first_difference(stored: Any, wanted: Any, prefix: str) -> str | None:
-    """Dotted name and values of the first field that differs, e.g. "image_encoder.multiscale=False vs True"."""
-    if isinstance(stored, dict) and isinstance(wanted, dict):
-        for key in sorted(set(stored) | set(wanted)):
-            diff = _first_difference(stored.get(key), wanted.get(key), f"{prefix}.{key}")
-            if diff:
-                return diff
-        return None
-    return None if stored == wanted else f"{prefix} was {stored!r} when cached, {wanted!r} now"
 
 
 def _with_defaults(meta: dict[str, Any]) -> dict[str, Any]:
@@ -249,6 +243,7 @@ def _extract_split(
     writer = _SplitWriter(shard_dirs[distributed.rank()], identity, shapes, shards[distributed.rank()])
     state = writer.state
     image_stop, caption_stop = writer.rows["images"][1], writer.rows["captions"][1]
+    views = image_encoder.config.train_views if split == "train" else 1
     with tqdm(
         total=sum(stop - start for start, stop in writer.rows.values()),
         initial=state["images_done"] + state["captions_done"],
@@ -258,9 +253,13 @@ def _extract_split(
     ) as bar:
         for start in range(writer.next_row("images"), image_stop, batch_size):
             items = data.items[start : min(start + batch_size, image_stop)]
-            batch = image_encoder.encode_items(items)
             what = f"images {items[0].path}..{items[-1].path}"
-            arrays = {name: _to_disk(getattr(batch, name), name, what) for name in IMAGE_ARRAYS}
+            if views > 1:
+                batch, view_regions = image_encoder.encode_views(items, start, views)
+                arrays = {VIEW_ARRAY: _to_disk(view_regions, VIEW_ARRAY, what)}
+            else:
+                batch, arrays = image_encoder.encode_items(items), {}
+            arrays.update({name: _to_disk(getattr(batch, name), name, what) for name in IMAGE_ARRAYS})
             writer.write("images", start, arrays)
             bar.update(len(items))
         for start in range(writer.next_row("captions"), caption_stop, batch_size):
@@ -305,10 +304,12 @@ def _batch_shards(total: int, batch_size: int, parts: int) -> list[tuple[int, in
 
 def _merge_shards(partial: Path, shard_dirs: list[Path]) -> None:
     """Concatenate the ranks' shard arrays, in rank order, into `partial` (ranks with no rows wrote nothing)."""
-    for name in (*IMAGE_ARRAYS, *TEXT_ARRAYS):
+    for name in (*IMAGE_ARRAYS, *TEXT_ARRAYS, VIEW_ARRAY):
         parts = [
             np.load(d / f"{name}.npy", mmap_mode="r") for d in shard_dirs if (d / f"{name}.npy").is_file()
         ]
+        if not parts:  # no augmented views in this split
+            continue
         shape = (sum(len(part) for part in parts), *parts[0].shape[1:])
         merged = open_memmap(partial / f"{name}.npy", mode="w+", dtype=parts[0].dtype, shape=shape)
         row = 0
@@ -395,17 +396,18 @@ def load_split(
         wanted["fingerprint"] = fingerprint
     stored = _with_defaults(meta)
     for key, value in wanted.items():
-        diff = _first_difference(stored.get(key), value, key)
+        diff = first_difference(stored.get(key), value, key)
         if diff:
             raise CheckpointError(f"{meta_path}: {diff}; re-run feature extraction")
     arrays: dict[str, np.ndarray] = {}
-    for name in (*IMAGE_ARRAYS, *TEXT_ARRAYS, "caption_image"):
+    views = (VIEW_ARRAY,) if (directory / f"{VIEW_ARRAY}.npy").is_file() else ()
+    for name in (*IMAGE_ARRAYS, *TEXT_ARRAYS, "caption_image", *views):
         path = directory / f"{name}.npy"
         try:
             arrays[name] = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: cannot read cached features ({exc})") from exc
-        rows = meta["num_images"] if name in IMAGE_ARRAYS else meta["num_captions"]
+        rows = meta["num_images"] if name in (*IMAGE_ARRAYS, *views) else meta["num_captions"]
         if arrays[name].shape[0] != rows:
             raise CheckpointError(f"{path}: {arrays[name].shape[0]} rows, meta.json says {rows}")
     return CachedSplit(directory, meta, arrays)

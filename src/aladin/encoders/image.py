@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,9 +65,36 @@ class ImageEncoder(ABC):
 
         return self.encode([load_image(item.path) for item in items])
 
+    def encode_views(
+        self, items: Sequence[ImageItem], first_row: int, views: int
+    ) -> tuple[RegionBatch, torch.Tensor]:
+        """Regions of dataset images and of `views - 1` augmented crops of each ([B, views - 1, R, D]); crops are
+        seeded by the image's row in its split, so every run and every rank crops alike."""
+        from aladin.data.images import load_image
+
+        pictures = [load_image(item.path) for item in items]
+        crops = [
+            self.encode([augmented_view(p, (first_row + i, v)) for i, p in enumerate(pictures)]).regions
+            for v in range(1, views)
+        ]
+        return self.encode(pictures), torch.stack(crops, dim=1)
+
     def make_tail(self) -> nn.Module | None:
         """A fresh trainable copy of the backbone's last layers, or None when nothing is fine-tuned."""
         return None
+
+
+def augmented_view(image: Image.Image, key: tuple[int, int], min_area: float = 0.5) -> Image.Image:
+    """A random resized crop (50–100% of the area, aspect 3:4 to 4:3) drawn from a generator seeded with `key`.
+    No flips: captions say "left" and "right"."""
+    rng = np.random.default_rng(key)
+    width, height = image.size
+    area = width * height * rng.uniform(min_area, 1.0)
+    aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    crop_w = max(1, min(width, round(math.sqrt(area * aspect))))
+    crop_h = max(1, min(height, round(math.sqrt(area / aspect))))
+    x, y = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
+    return image.crop((x, y, x + crop_w, y + crop_h))
 
 
 def grid_boxes(rows: int, cols: int) -> torch.Tensor:

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aladin import distributed
+from aladin.encoders.cache import VIEW_ARRAY
 from aladin.model.aladin import AladinModel, ImageEmbedding, TextEmbedding
 from aladin.model.layers import masked_mean
 
@@ -23,6 +25,7 @@ class FeatureTensors:
     attention_mask: torch.Tensor  # [T, L]
     token_mask: torch.Tensor  # [T, L]
     caption_image: torch.Tensor  # [T]
+    view_regions: torch.Tensor | None = None  # [N, V-1, R, Di]: augmented views (train split only)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> FeatureTensors:
@@ -39,6 +42,7 @@ class FeatureTensors:
             attention_mask=tensor("attention_mask").bool(),
             token_mask=tensor("token_mask").bool(),
             caption_image=tensor("caption_image").long(),
+            view_regions=tensor(VIEW_ARRAY).half() if VIEW_ARRAY in arrays else None,
         )
 
     @property
@@ -49,12 +53,28 @@ class FeatureTensors:
     def num_captions(self) -> int:
         return self.tokens.shape[0]
 
-    def image_batch(self, idx: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+    def image_batch(
+        self, idx: torch.Tensor, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """(regions, boxes, region_mask) as float32/bool; for a training step (`generator` given) each image's
+        regions come from a random one of its cached views, the picture itself included."""
+        regions = self.regions[idx] if generator is None else self._random_views(idx, generator)
         return (
-            self.regions[idx].to(device, torch.float32),
+            regions.to(device, torch.float32),
             self.boxes[idx].to(device),
             self.region_mask[idx].to(device),
         )
+
+    def _random_views(self, idx: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.view_regions is None:
+            return self.regions[idx]  # and no draw, so runs without views keep their random stream
+        # the draws of the global batch, this rank keeping its share (as sample_captions does)
+        draws = distributed.local_part(torch.rand(len(idx) * distributed.world_size(), generator=generator))
+        view = (draws * (self.view_regions.shape[1] + 1)).long()  # 0 = the picture itself
+        regions = self.regions[idx].clone()
+        cropped = view > 0
+        regions[cropped] = self.view_regions[idx[cropped], view[cropped] - 1]
+        return regions
 
     def text_masks(
         self, idx: torch.Tensor, device: torch.device | str = "cpu"

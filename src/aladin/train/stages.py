@@ -20,6 +20,7 @@ from aladin.evaluate.scorers import alignment_matrix, matching_matrix, validatio
 from aladin.model import AladinModel, LinearGlobalModel
 from aladin.model.alignment import region_word_scores
 from aladin.model.features import FeatureTensors, embed_split, mean_pooled
+from aladin.model.layers import masked_mean
 from aladin.model.losses import distillation_loss, hardest_negative_hinge_loss, infonce_loss
 from aladin.train.loop import BatchLoss, FitResult, fit
 
@@ -72,7 +73,7 @@ def alignment_batch_loss(model: AladinModel, train: FeatureTensors, cfg: TrainCo
 
     def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
         captions = sample_captions(train, images, generator)
-        img = model.encode_image(*train.image_batch(images, device), with_global=False)
+        img = model.encode_image(*train.image_batch(images, device, generator), with_global=False)
         txt = model.encode_text(*train.text_batch(captions, device), with_global=False)
         words, word_mask = gather_padded(txt.words, txt.word_mask)
         scores = region_word_scores(
@@ -142,12 +143,17 @@ def matching_batch_loss(model: AladinModel, train: FeatureTensors, cfg: TrainCon
         captions = sample_captions(train, images, generator)
         region_mask = train.region_mask[images].to(device)
         attention, scored = train.text_masks(captions, device)
-        image_hidden = image_hidden_all[images].to(device, torch.float32)
+        regions, boxes, _ = train.image_batch(images, device, generator)  # a random view, when cached
+        if train.view_regions is None:
+            image_hidden = image_hidden_all[images].to(device, torch.float32)
+        else:  # the teacher sees the view the student sees
+            with torch.no_grad():
+                image_hidden = model.image_hidden(regions, boxes, region_mask)
         text_hidden = text_hidden_all[captions, : attention.shape[1]].to(device, torch.float32)
         image_in, text_in = image_hidden, text_hidden
         if model.student_reads_frozen:  # the encoders' own features (after any frozen fine-tuned tail)
             with torch.no_grad():
-                image_in = model.image_features(train.regions[images].to(device, torch.float32))
+                image_in = model.image_features(regions)
                 text_in = model.text_features(
                     train.tokens[captions, : attention.shape[1]].to(device, torch.float32), attention
                 )
@@ -254,7 +260,11 @@ def train_linear_baseline(
 
     def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
         captions = sample_captions(train, images, generator)
-        img = gather_with_grad(model.project_image(image_train[images]))
+        if train.view_regions is None:
+            pooled = image_train[images]
+        else:  # mean of a random view's regions
+            pooled = masked_mean(train.image_batch(images, cpu, generator)[0], train.region_mask[images])
+        img = gather_with_grad(model.project_image(pooled))
         txt = gather_with_grad(model.project_text(text_train[captions]))
         return infonce_loss(img @ txt.T, _global_positives(train, images, captions, cpu), model.logit_scale())
 
