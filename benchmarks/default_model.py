@@ -63,15 +63,16 @@ InfoNCE). `benchmarks/ablation.py` shows what each piece of the configuration bu
 
 
 def pick_student(run: Path) -> tuple[AladinModel, str]:
-    """The run's distilled or InfoNCE student, whichever has the better validation rsum (each carries the
-    re-rank setting chosen on validation for it)."""
+    """The run's distilled or InfoNCE student, whichever serves better on validation as it will be served: its
+    kNN rsum, or its re-ranked rsum where re-ranking helped (each carries the re-rank setting chosen for it)."""
     candidates = [run / pipeline.MODEL_DIR, run / pipeline.INFONCE_STUDENT_DIR]
-    scored = [
-        (read_json(c / "config.json")["info"]["fit"]["best_val_rsum"], c)
-        for c in candidates
-        if (c / "config.json").is_file()
-    ]
-    _, best = max(scored)
+
+    def served_val_rsum(checkpoint: Path) -> float:
+        info = read_json(checkpoint / "config.json")["info"]
+        rerank = info.get("rerank") or {}
+        return max(info["fit"]["best_val_rsum"], rerank.get("val_rsum", float("-inf")))
+
+    best = max((c for c in candidates if (c / "config.json").is_file()), key=served_val_rsum)
     return AladinModel.from_pretrained(best), best.name
 
 
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{m.embed_dim}-d heads, {m.num_layers} contextual layer(s) per side, word weights "
             f"{'on' if m.word_weights else 'off'}; the matching head reads the {m.matching_input} "
             f"features and was trained with {student_loss} (of the run's students, the one with the better "
-            "validation rsum)."
+            "validation rsum as served, re-ranked where that helped)."
         ),
         rerank=f"top {k}, fused with the kNN score at weight {fusion:g}"
         if k
