@@ -154,7 +154,7 @@ def table(rows: dict[str, dict[str, Any]]) -> list[str]:
         + " |"
     )
     lines = [header, "|---|" + "---:|" * (len(SCORERS) + 2)]
-    for name, row in rows.items():
+    for name, row in in_variant_order(rows).items():
         cells = []
         for col, _ in SCORERS:
             entry = row.get(col)
@@ -167,7 +167,7 @@ def table(rows: dict[str, dict[str, Any]]) -> list[str]:
 def seed_summary(rows: dict[str, dict[str, Any]]) -> list[str]:
     """Mean ± std over seeds of each variant's scorers, validation and test."""
     by_variant: dict[str, list[dict[str, Any]]] = {}
-    for label, row in rows.items():
+    for label, row in in_variant_order(rows).items():
         by_variant.setdefault(label.rsplit(" (seed ", 1)[0], []).append(row)
     lines = []
     for variant, runs in by_variant.items():
@@ -190,19 +190,23 @@ def seed_summary(rows: dict[str, dict[str, Any]]) -> list[str]:
 def merged_with_earlier(
     path: Path, cache: Path, rows: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """A partial rerun updates its rows of the results file and keeps the others, in VARIANTS order."""
+    """A partial rerun updates its rows of the results file and keeps the others."""
     if not path.is_file():
         return rows
     earlier = read_json(path)
     if earlier.get("cache") != str(cache):
         raise SystemExit(f"{path}: rows measured on {earlier.get('cache')}, not {cache}; pass another --out")
-    merged = {**earlier["rows"], **rows}
+    return {**earlier["rows"], **rows}
+
+
+def in_variant_order(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Rows in the order of VARIANTS (then seed), whatever order the JSON kept them in."""
     order = {name: i for i, name in enumerate(VARIANTS)}
 
     def position(label: str) -> tuple[int, str]:
         return order.get(label.rsplit(" (seed ", 1)[0], len(order)), label
 
-    return {label: merged[label] for label in sorted(merged, key=position)}
+    return {label: rows[label] for label in sorted(rows, key=position)}
 
 
 def main(argv: list[str] | None = None) -> int:
