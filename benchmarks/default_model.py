@@ -1,7 +1,10 @@
 """Ship a trained run as the package's default model: float16 weights, config, and a model card whose recall
 table comes from evaluating the run on the test split here.
 
-    python benchmarks/default_model.py --run runs/ablation/<variant>-seed0 [--cache runs/real_data/cache]
+    python benchmarks/default_model.py --run runs/ablation/<variant>-seed0 --cache <the cache it was trained on>
+
+The shipped model: --run runs/ablation/student-on-frozen-features---multi-scale-regions--7-7---14-1-seed0
+--cache runs/ablation/caches/image_encoder.multiscale-True
 
 Writes src/aladin/model/bundled/<name>/{config.json, model.safetensors, MODEL_CARD.md}; `aladin index
 build`, `search`, `serve` and `explain` use it when no --model is given.

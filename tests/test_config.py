@@ -52,3 +52,10 @@ def test_augmented_views_need_pictures():
         ImageEncoderConfig(name="precomputed", train_views=2)
     with pytest.raises(AladinError, match="train_views: must be at least 1"):
         ImageEncoderConfig(train_views=0)
+
+
+def test_precomputed_regions_are_recorded_as_single_scale():
+    from aladin.config import ImageEncoderConfig
+
+    assert ImageEncoderConfig().multiscale  # the default for CNN grids
+    assert not ImageEncoderConfig(name="precomputed").multiscale  # stored regions have no scales

@@ -42,3 +42,15 @@ def test_train_views_flag_reaches_the_image_encoder_config() -> None:
     assert image.train_views == 3
     image, _ = encoder_configs(_parse(add_encoder_flags, []))
     assert image.train_views == 1
+
+
+def test_a_saved_recipe_from_before_the_student_option_reads_as_the_contextual_student(
+    tmp_path: Path,
+) -> None:
+    saved = config_to_dict(RecipeConfig())
+    del saved["model"]["matching_input"]  # as runs wrote it before the option existed
+    file = tmp_path / "recipe.json"
+    file.write_text(json.dumps(saved))
+    assert (
+        recipe_config(_parse(add_recipe_flags, ["--config", str(file)])).model.matching_input == "contextual"
+    )

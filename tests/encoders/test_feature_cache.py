@@ -290,3 +290,9 @@ def test_train_split_caches_augmented_views_and_other_splits_do_not(minilm, tmp_
     )[1]
     assert np.allclose(again.numpy(), views, atol=2e-2)
     assert FeatureTensors.from_arrays(train.arrays).view_regions.shape == views.shape
+    # only the train split depends on the number of views: a model trained with views reads any test split
+    for views_wanted in (1, 3, 5):
+        wanted = ImageEncoderConfig(train_views=views_wanted, multiscale=False)
+        assert load_split(tmp_path / "cache", "test", wanted).num_images == 2
+    with pytest.raises(CheckpointError, match=r"image_encoder\.train_views was 3 when saved, 1 now"):
+        load_split(tmp_path / "cache", "train", ImageEncoderConfig(multiscale=False))

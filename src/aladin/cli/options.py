@@ -10,7 +10,7 @@ from aladin.config import (
     ImageEncoderConfig,
     RecipeConfig,
     TextEncoderConfig,
-    config_from_dict,
+    recipe_from_saved,
 )
 from aladin.fileio import read_json
 
@@ -113,9 +113,7 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
 def recipe_config(args: argparse.Namespace) -> RecipeConfig:
     """Recipe = defaults, then the --config file, then explicit flags."""
     recipe = (
-        config_from_dict(RecipeConfig, read_json(args.config, "recipe"), args.config)
-        if args.config
-        else RecipeConfig()
+        recipe_from_saved(read_json(args.config, "recipe"), args.config) if args.config else RecipeConfig()
     )
     model = recipe.model
     if args.layers is not None:

@@ -14,6 +14,7 @@ a single process writes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -113,14 +114,19 @@ class CachedSplit:
         )
 
 
+def _as_split_sees_it(image_config: ImageEncoderConfig, split: str) -> ImageEncoderConfig:
+    """Augmented views exist only in the train split: other splits are the same whatever `train_views` says."""
+    return image_config if split == "train" else dataclasses.replace(image_config, train_views=1)
+
+
 def _identity(
-    fingerprint: str, image_config: ImageEncoderConfig, text_config: TextEncoderConfig
+    fingerprint: str, image_config: ImageEncoderConfig, text_config: TextEncoderConfig, split: str
 ) -> dict[str, Any]:
     """What must match for a cached split to be reused."""
     return {
         "format_version": CACHE_FORMAT_VERSION,
         "fingerprint": fingerprint,
-        "image_encoder": config_to_dict(image_config),
+        "image_encoder": config_to_dict(_as_split_sees_it(image_config, split)),
         "text_encoder": config_to_dict(text_config),
     }
 
@@ -220,7 +226,7 @@ def _extract_split(
     batch_size: int,
     progress: bool,
 ) -> None:
-    identity = _identity(data.fingerprint(), image_encoder.config, text_encoder.config)
+    identity = _identity(data.fingerprint(), image_encoder.config, text_encoder.config, split)
     final = cache_dir / split
     if _split_is_current(final, identity):
         return
@@ -389,7 +395,7 @@ def load_split(
         )
     wanted: dict[str, Any] = {}
     if image_encoder_config is not None:
-        wanted["image_encoder"] = config_to_dict(image_encoder_config)
+        wanted["image_encoder"] = config_to_dict(_as_split_sees_it(image_encoder_config, split))
     if text_encoder_config is not None:
         wanted["text_encoder"] = config_to_dict(text_encoder_config)
     if fingerprint is not None:
