@@ -105,9 +105,8 @@ class ImageEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.name == "precomputed":
-            self.multiscale = (
-                False  # stored regions have no scales: recorded as such, so caches stay comparable
-            )
+            # stored regions have no scales: recorded as such, so caches stay comparable
+            self.multiscale = False
         if self.train_views < 1:
             raise AladinError(f"image_encoder.train_views: must be at least 1, got {self.train_views}")
         if self.train_views > 1 and self.name == "precomputed":

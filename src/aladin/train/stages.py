@@ -137,18 +137,20 @@ def matching_batch_loss(model: AladinModel, train: FeatureTensors, cfg: TrainCon
     """
     _check_loss(cfg.loss, MATCHING_LOSSES, "matching")
     device = next(model.parameters()).device
-    image_hidden_all, text_hidden_all = _frozen_teacher_states(model, train, device)
+    views = train.view_regions is not None  # then the teacher sees each step's view, computed per batch
+    image_hidden_all, text_hidden_all = _frozen_teacher_states(model, train, device, with_images=not views)
 
     def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
         captions = sample_captions(train, images, generator)
         region_mask = train.region_mask[images].to(device)
         attention, scored = train.text_masks(captions, device)
-        regions, boxes, _ = train.image_batch(images, device, generator)  # a random view, when cached
-        if train.view_regions is None:
-            image_hidden = image_hidden_all[images].to(device, torch.float32)
-        else:  # the teacher sees the view the student sees
+        if views or model.student_reads_frozen:  # a random view, when cached
+            regions, boxes, _ = train.image_batch(images, device, generator)
+        if views:  # the teacher sees the view the student sees
             with torch.no_grad():
                 image_hidden = model.image_hidden(regions, boxes, region_mask)
+        else:
+            image_hidden = image_hidden_all[images].to(device, torch.float32)
         text_hidden = text_hidden_all[captions, : attention.shape[1]].to(device, torch.float32)
         image_in, text_in = image_hidden, text_hidden
         if model.student_reads_frozen:  # the encoders' own features (after any frozen fine-tuned tail)
@@ -225,19 +227,24 @@ def train_matching(
 
 @torch.no_grad()
 def _frozen_teacher_states(
-    model: AladinModel, feats: FeatureTensors, device: torch.device, batch: int = 256
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen teacher's contextualised features of the whole split, computed once for all of stage 2."""
+    model: AladinModel, feats: FeatureTensors, device: torch.device, with_images: bool, batch: int = 256
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The frozen teacher's contextualised features of the whole split, computed once for all of stage 2 (the
+    images' only `with_images`)."""
     was_training = model.training
     model.eval()
-    images = torch.cat(
-        [
-            model.image_hidden(*feats.image_batch(torch.arange(s, min(s + batch, feats.num_images)), device))
-            .half()
-            .cpu()
-            for s in range(0, feats.num_images, batch)
-        ]
-    )
+    images = None
+    if with_images:
+        images = torch.cat(
+            [
+                model.image_hidden(
+                    *feats.image_batch(torch.arange(s, min(s + batch, feats.num_images)), device)
+                )
+                .half()
+                .cpu()
+                for s in range(0, feats.num_images, batch)
+            ]
+        )
     width = feats.tokens.shape[1]
     texts = []
     for s in range(0, feats.num_captions, batch):
