@@ -63,6 +63,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "alignment": {"loss": "infonce+hinge", "hinge_warmup_epochs": 3},
     },
     "student on frozen features": {"model": {"matching_input": "frozen"}},
+    "detectors student (the demo's choice)": {
+        "model": {**CONTEXTUAL, "matching_form": "detectors", "global_dim": 512}
+    },
+    "detectors student on frozen features": {
+        "model": {"matching_input": "frozen", "matching_form": "detectors", "global_dim": 512}
+    },
     "student on frozen features + learned word weights": {
         "model": {"matching_input": "frozen", "word_weights": True}
     },
@@ -76,6 +82,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "student on frozen features + multi-scale regions (7×7 + 14×14)": {
         "model": {"matching_input": "frozen"},
+        "encoders": {"image_encoder": {"multiscale": True}},
+    },
+    "detectors student on frozen features + multi-scale regions": {
+        "model": {"matching_input": "frozen", "matching_form": "detectors", "global_dim": 512},
         "encoders": {"image_encoder": {"multiscale": True}},
     },
 }

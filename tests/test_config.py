@@ -38,6 +38,11 @@ def test_a_partial_section_keeps_the_rest_of_its_own_defaults():
         ({"model": {"embed_dim": "wide"}}, "config.model.embed_dim: expected int"),
         ({"model": {"dropout": True}}, "config.model.dropout: expected float"),
         ({"model": []}, "config.model: expected an object"),
+        ({"model": {"matching_form": "mixed"}}, "model.matching_form: must be one of pooled, detectors"),
+        (
+            {"model": {"matching_form": "detectors", "matching_layers": 1}},
+            "model.matching_layers: the detectors",
+        ),
     ],
 )
 def test_bad_fields_are_named(data, message):

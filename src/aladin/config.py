@@ -156,6 +156,11 @@ class ModelConfig:
     #: What the matching head reads: "contextual" (the teacher's contextualised regions and words, as in
     #: ALADIN) or "frozen" (the encoders' own features, so the student does not inherit a weak teacher's view).
     matching_input: str = "contextual"
+    #: The matching head's form: "pooled" (pool the sequence, then project; a linear map of the mean on frozen
+    #: features) or "detectors" (a per-region and per-word MLP into global_dim detectors, its hidden width the
+    #: teacher's ff_dim and no dropout; the image keeps each detector's best region, the caption the mean of its
+    #: words' non-negative demands).
+    matching_form: str = "pooled"
     #: Learn a weight per word (softmax over the caption's words) in the alignment score, so that function
     #: words can fade instead of counting as much as nouns.
     word_weights: bool = False
@@ -164,6 +169,11 @@ class ModelConfig:
         _choice("model.word_aggregation", self.word_aggregation, ("mean", "sum"))
         _choice("model.global_pooling", self.global_pooling, ("mean", "max"))
         _choice("model.matching_input", self.matching_input, ("contextual", "frozen"))
+        _choice("model.matching_form", self.matching_form, ("pooled", "detectors"))
+        if self.matching_form == "detectors" and self.matching_layers:
+            raise AladinError(
+                "model.matching_layers: the detectors form has no transformer layers; set it to 0"
+            )
         for name in (
             "image_feature_dim",
             "text_feature_dim",
@@ -246,8 +256,9 @@ class AladinConfig:
 
 def _default_heads() -> ModelConfig:
     """The heads `aladin train` builds: the student reads the frozen encoder features, which validation preferred
-    on the real-photo COCO subset (334.2 against 317.6 rsum) and on the synthetic demo (264.2 against 259.4).
-    ModelConfig's own default stays "contextual" so checkpoints saved before the option existed load as before."""
+    on the real-photo COCO subset (334.2 against 317.6 rsum). The synthetic demo's validation chose another
+    student (`pipeline.demo_recipe`). ModelConfig's own default stays "contextual" so checkpoints saved before
+    the option existed load as before."""
     return ModelConfig(matching_input="frozen")
 
 

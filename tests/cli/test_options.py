@@ -24,9 +24,12 @@ def test_model_flags_override_the_recipe_file(tmp_path: Path) -> None:
     recipe = recipe_config(
         _parse(add_recipe_flags, ["--config", str(file), "--matching-input", "contextual", "--word-weights"])
     )
+    assert recipe.model.matching_form == "pooled"
     assert recipe.model.num_layers == 2  # from the file
     assert recipe.model.matching_input == "contextual" and recipe.model.word_weights  # from the flags
     assert recipe_config(_parse(add_recipe_flags, [])) == RecipeConfig()
+    detectors = recipe_config(_parse(add_recipe_flags, ["--matching-form", "detectors"]))
+    assert detectors.model.matching_form == "detectors"
 
 
 def test_object_tags_flag_names_the_text_encoder_for_the_tags() -> None:

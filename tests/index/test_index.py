@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from index_fixtures import (
     ToyImageEncoder,
     ToyTextEncoder,
@@ -61,6 +62,24 @@ def test_round_trip_gives_the_same_results_as_the_index_in_memory(
     assert len(loaded) == 12 and loaded.meta.count(TEXTS) == 24
     assert loaded.config == cfg
     assert not (tmp_path / "index" / builder_module.BUILDING_DIR).exists()
+
+
+def test_a_detectors_student_round_trips_through_its_checkpoint_and_an_index(
+    tmp_path: Path, dataset: Path, text_encoder: ToyTextEncoder
+) -> None:
+    base = tiny_model().config
+    torch.manual_seed(0)
+    heads = dataclasses.replace(base.model, matching_form="detectors", global_dim=24)  # ≠ embed_dim
+    model = AladinModel(dataclasses.replace(base, model=heads)).eval()
+    model.save_pretrained(tmp_path / "model")
+    reloaded = AladinModel.from_pretrained(tmp_path / "model")
+    assert reloaded.config == model.config and reloaded.fingerprint() == model.fingerprint()
+    cfg = IndexConfig(factory="Flat", batch_size=5)
+    built = build_index(
+        dataset, model, tmp_path / "index", cfg, text_encoder=text_encoder, with_texts=True, progress=False
+    )
+    loaded = SearchIndex.load(tmp_path / "index", reloaded)
+    assert snapshot(loaded, reloaded, text_encoder) == snapshot(built, model, text_encoder)
 
 
 @pytest.mark.parametrize("factory", ["Flat", "IVF2,Flat", "HNSW8"])

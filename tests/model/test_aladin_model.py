@@ -1,4 +1,6 @@
+import pytest
 import torch
+import torch.nn.functional as F
 from feature_fixtures import tiny_config
 
 from aladin.config import AladinConfig, ModelConfig, TextEncoderConfig
@@ -78,9 +80,10 @@ def test_learned_word_weights_give_a_weighted_mean_over_words():
     assert set(map(id, model.word_weight.parameters())) <= set(map(id, model.alignment_parameters()))
 
 
-def test_frozen_input_student_reads_the_encoder_features_not_the_teacher():
+@pytest.mark.parametrize("form", ["pooled", "detectors"])
+def test_frozen_input_student_reads_the_encoder_features_not_the_teacher(form):
     torch.manual_seed(0)
-    model = _variant(matching_input="frozen")
+    model = _variant(matching_input="frozen", matching_form=form)
     regions, boxes, mask = torch.randn(2, 5, 32), torch.rand(2, 5, 5), torch.ones(2, 5, dtype=torch.bool)
     tokens, attention, scored = _text_batch()
     before = model.encode_image(regions, boxes, mask), model.encode_text(tokens, attention, scored)
@@ -92,3 +95,34 @@ def test_frozen_input_student_reads_the_encoder_features_not_the_teacher():
         torch.testing.assert_close(old.global_vector, new.global_vector)
     assert not torch.allclose(before[0].regions, after[0].regions)
     assert before[0].global_vector.shape == (2, 32) and before[1].global_vector.shape == (3, 32)
+
+
+def test_detectors_student_keeps_each_detectors_best_region_and_the_mean_demand_of_the_words():
+    torch.manual_seed(0)
+    model = _variant(matching_form="detectors")
+    regions, boxes = torch.randn(2, 5, 32), torch.rand(2, 5, 5)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    tokens, attention, scored = _text_batch()
+    image, text = model.encode_image(regions, boxes, mask), model.encode_text(tokens, attention, scored)
+    image_hidden, text_hidden = model.image_hidden(regions, boxes, mask), model.text_hidden(tokens, attention)
+    for i in range(2):  # padded regions take no part in the max
+        best = model.image_matching.detect(image_hidden[i][mask[i]]).max(dim=0).values
+        torch.testing.assert_close(image.global_vector[i], F.normalize(best, dim=0))
+    for t in range(3):  # nor [CLS] and padding in the mean
+        demand = F.relu(model.text_matching.detect(text_hidden[t][scored[t]])).mean(dim=0)
+        torch.testing.assert_close(text.global_vector[t], F.normalize(demand, dim=0))
+    assert (text.global_vector >= 0).all() and image.global_vector.shape == (2, 32)
+
+
+def test_detectors_student_gives_a_zero_vector_when_nothing_is_pooled():
+    from aladin.model.aladin import DetectorHead
+
+    torch.manual_seed(0)
+    features, nothing = torch.randn(2, 3, 8), torch.zeros(2, 3, dtype=torch.bool)
+    image_head = DetectorHead(8, 16, 4, "max")
+    assert torch.equal(image_head(features, nothing, nothing), torch.zeros(2, 4))
+    caption_head = DetectorHead(8, 16, 4, "demand").half()
+    with torch.no_grad():
+        caption_head.detect[-1].bias.fill_(-100.0)  # no word asks for any detector
+    everything = torch.ones(2, 3, dtype=torch.bool)
+    assert torch.equal(caption_head(features.half(), everything, everything), torch.zeros(2, 4).half())

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from aladin import pipeline
-from aladin.config import ModelConfig, RecipeConfig, TrainConfig
+from aladin.config import ModelConfig, RecipeConfig, TrainConfig, config_to_dict
 from aladin.data.synthetic import SyntheticConfig, generate_synthetic_dataset
 from aladin.errors import AladinError
 
@@ -189,3 +189,16 @@ def test_object_tags_let_words_align_to_what_the_detector_named(tmp_path):
         recall[bool(tags)] = results[0].metrics["t2i_r5"]
     # 40 test images: chance R@5 is 12.5%; noise regions alone stay near it, the tags carry the content
     assert recall[True] >= 50 and recall[True] > recall[False] + 25, recall
+
+
+def test_demo_refuses_a_run_folder_of_another_recipe_before_generating_anything(tmp_path):
+    (tmp_path / "run").mkdir()
+    default = RecipeConfig()  # what `aladin train` builds: not the demo's student
+    (tmp_path / "run" / "recipe.json").write_text(json.dumps(config_to_dict(default)))
+    demo_dim = pipeline.demo_recipe().model.global_dim
+    message = (
+        rf"recipe\.model\.global_dim was {default.model.global_dim} when saved, {demo_dim} now\); delete"
+    )
+    with pytest.raises(AladinError, match=message):
+        pipeline.demo(tmp_path)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "cache").exists()

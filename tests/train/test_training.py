@@ -49,6 +49,19 @@ def test_matching_head_learns_and_teacher_stays_frozen(trained, tiny_splits, los
     assert metrics["t2i_r5"] > 25 and metrics["i2t_r5"] > 25
 
 
+def test_detectors_student_learns_from_the_teacher(trained, tiny_splits):
+    teacher, _ = trained
+    train, val = tiny_splits
+    model_cfg = dataclasses.replace(teacher.config.model, matching_form="detectors")
+    model = AladinModel(dataclasses.replace(teacher.config, model=model_cfg))
+    teacher_part = {k: v for k, v in teacher.state_dict().items() if "matching" not in k}
+    model.load_state_dict(teacher_part, strict=False)  # the student alone starts afresh
+    train_matching(model, train, val, TrainConfig(stage="matching", loss="distill+infonce", **FAST))
+    image, text = embed_split(model, val)
+    metrics = retrieval_metrics(matching_matrix(image, text).numpy(), val.caption_image.numpy())
+    assert metrics["t2i_r5"] > 25 and metrics["i2t_r5"] > 25  # chance is 5 %
+
+
 def test_hinge_loss_trains(tiny_splits):
     train, val = tiny_splits
     torch.manual_seed(0)
@@ -57,10 +70,14 @@ def test_hinge_loss_trains(tiny_splits):
     assert fit.best_val_rsum > 100  # chance rsum with 100 images is about 48
 
 
-def test_linear_baseline_learns(tiny_splits):
+def test_linear_baseline_learns_and_is_seeded(tiny_splits):
     train, val = tiny_splits
-    _, fit = train_linear_baseline(train, val, TrainConfig(**FAST))
+    model, fit = train_linear_baseline(train, val, TrainConfig(**FAST))
     assert fit.best_val_rsum > 100
+    torch.rand(1000)  # whatever ran before in the process, the same seed gives the same model
+    again, _ = train_linear_baseline(train, val, TrainConfig(**FAST))
+    for name, weight in model.state_dict().items():
+        assert torch.equal(weight, again.state_dict()[name]), name
 
 
 def test_every_stage_learns_from_augmented_views(tiny_splits):

@@ -102,6 +102,12 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         "benchmarks/results/ablation.md) or the teacher's contextualised features, as in ALADIN",
     )
     parser.add_argument(
+        "--matching-form",
+        choices=["pooled", "detectors"],
+        help="the matching head: pooled features projected (default) or learned detectors, max over regions "
+        "and a non-negative mean over words (the teacher's form in one vector; best on the synthetic demo)",
+    )
+    parser.add_argument(
         "--word-weights", action="store_true", help="learn a weight per word in the alignment score"
     )
     parser.add_argument("--seed", type=int, help="seed of every stage (default 0)")
@@ -124,6 +130,8 @@ def recipe_config(args: argparse.Namespace) -> RecipeConfig:
         model = replace(model, global_dim=args.global_dim)
     if args.matching_input is not None:
         model = replace(model, matching_input=args.matching_input)
+    if args.matching_form is not None:
+        model = replace(model, matching_form=args.matching_form)
     if args.word_weights:
         model = replace(model, word_weights=True)
     shared = {

@@ -78,6 +78,35 @@ class PooledLinearHead(nn.Module):
         return F.normalize(self.project(masked_mean(features, pool_mask)), dim=-1)
 
 
+class DetectorHead(nn.Module):
+    """Student that approximates the teacher's form in one vector: each dimension is a learned detector.
+
+    An image's vector holds each detector's best response over its regions (max), as the teacher takes each
+    word's best region; a caption's vector holds how much it asks for each detector (the mean over its words of
+    a non-negative demand), as the teacher takes the mean over words. Their dot product is a non-negatively
+    weighted sum of best-region responses, where a pooled vector blurs which attribute belongs to which object.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, global_dim: int, pooling: str) -> None:
+        super().__init__()
+        self.detect = nn.Sequential(
+            nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, global_dim)
+        )
+        self.pooling = pooling  # "max": image regions; "demand": caption words
+
+    def forward(
+        self, features: torch.Tensor, attention_mask: torch.Tensor, pool_mask: torch.Tensor
+    ) -> torch.Tensor:
+        responses = self.detect(features)
+        if self.pooling == "max":
+            filled = responses.masked_fill(~pool_mask.unsqueeze(-1), float("-inf"))
+            pooled = filled.amax(dim=1).nan_to_num(neginf=0.0)  # no region at all: a zero vector
+        else:
+            pooled = masked_mean(F.relu(responses), pool_mask)
+        # normalised in float32, so a vector of zeros (no word asks for anything) stays zero in float16 too
+        return F.normalize(pooled.float(), dim=-1).to(responses.dtype)
+
+
 def _encoder_tail(config: AladinConfig, side: str) -> nn.Module | None:
     """A trainable copy of the encoder's last layers (pretrained weights), when the config fine-tunes them."""
     if side == "image" and config.image_encoder.finetune_layers:
@@ -110,7 +139,12 @@ class AladinModel(nn.Module):
         self.word_weight = nn.Linear(m.embed_dim, 1) if m.word_weights else None
         self.image_matching: nn.Module
         self.text_matching: nn.Module
-        if m.matching_input == "frozen":
+        if m.matching_form == "detectors":
+            frozen = m.matching_input == "frozen"
+            image_in, text_in = (m.image_feature_dim, m.text_feature_dim) if frozen else (m.embed_dim,) * 2
+            self.image_matching = DetectorHead(image_in, m.ff_dim, m.global_dim, "max")
+            self.text_matching = DetectorHead(text_in, m.ff_dim, m.global_dim, "demand")
+        elif m.matching_input == "frozen":
             self.image_matching = PooledLinearHead(m.image_feature_dim, m.global_dim)
             self.text_matching = PooledLinearHead(m.text_feature_dim, m.global_dim)
         else:

@@ -260,6 +260,7 @@ def train_linear_baseline(
 ) -> tuple[LinearGlobalModel, FitResult]:
     """The linear global baseline: mean-pooled frozen features, one linear map per side, symmetric InfoNCE."""
     distributed.init_from_env()
+    torch.manual_seed(cfg.seed)  # the same initial weights whatever this process drew before
     model = LinearGlobalModel(train.regions.shape[-1], train.tokens.shape[-1], dim)
     pooled = {name: mean_pooled(feats) for name, feats in (("train", train), ("val", val))}
     image_train, text_train = pooled["train"]
