@@ -51,8 +51,9 @@ BASE_ENCODERS: dict[str, dict[str, Any]] = {"image_encoder": {"multiscale": Fals
 #: defaults to the student on frozen features, which validation preferred).
 CONTEXTUAL = {"matching_input": "contextual"}
 
-#: Each variant changes the default recipe in one place (nested fields of RecipeConfig); "encoders" changes the
-#: encoder settings instead (a feature cache of its own, extracted from --data with the same validation carve).
+#: Each variant changes the default recipe in one place (nested fields of RecipeConfig; the detectors student
+#: comes with its own width, 512 as the demo uses it); "encoders" changes the encoder settings instead (a feature
+#: cache of its own, extracted from --data with the same validation carve).
 VARIANTS: dict[str, dict[str, Any]] = {
     "1 contextual layer, InfoNCE, contextual student (ALADIN's form)": {"model": CONTEXTUAL},
     "linear region×word head (0 layers)": {"model": {**CONTEXTUAL, "num_layers": 0}},
