@@ -40,6 +40,10 @@ def test_a_partial_section_keeps_the_rest_of_its_own_defaults():
         ({"model": []}, "config.model: expected an object"),
         ({"model": {"matching_form": "mixed"}}, "model.matching_form: must be one of pooled, detectors"),
         (
+            {"model": {"matching_form": "detectors", "global_pooling": "max"}},
+            "model.global_pooling: the detectors form pools its own way",
+        ),
+        (
             {"model": {"matching_form": "detectors", "matching_layers": 1}},
             "model.matching_layers: the detectors",
         ),

@@ -174,6 +174,11 @@ class ModelConfig:
             raise AladinError(
                 "model.matching_layers: the detectors form has no transformer layers; set it to 0"
             )
+        if self.matching_form == "detectors" and self.global_pooling != "mean":
+            raise AladinError(
+                "model.global_pooling: the detectors form pools its own way (max over regions, mean over "
+                "words); leave it at 'mean'"
+            )
         for name in (
             "image_feature_dim",
             "text_feature_dim",
