@@ -37,6 +37,7 @@ from aladin.config import (  # noqa: E402
 )
 from aladin.encoders.cache import load_split  # noqa: E402
 from aladin.fileio import atomic_write, read_json, write_json  # noqa: E402
+from aladin.model.rerank import RerankSetting  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_COCO = Path(__file__).resolve().parents[1].parent / "shared/data/coco"
@@ -151,7 +152,7 @@ def run_variant(cache: Path, run: Path, recipe: RecipeConfig) -> dict[str, Any]:
                 continue
             row.setdefault(column, {"name": result.name})[split] = result.metrics["rsum"]
             row[column]["ms_per_query"] = 1000 * result.seconds_per_query
-    row["rerank_choice"] = read_json(run / "model" / "config.json")["info"].get("rerank")
+    row["rerank_choice"] = RerankSetting.from_info(read_json(run / "model" / "config.json")["info"]).to_info()
     return row
 
 

@@ -30,6 +30,7 @@ from aladin.fileio import atomic_write, read_json  # noqa: E402
 from aladin.model import AladinModel, LinearGlobalModel  # noqa: E402
 from aladin.model.features import FeatureTensors  # noqa: E402
 from aladin.model.pretrained import BUNDLED_ROOT, DEFAULT_MODEL_NAME  # noqa: E402
+from aladin.model.rerank import RerankSetting  # noqa: E402
 
 CARD = """# {name}: aladin's default model
 
@@ -72,8 +73,8 @@ def pick_student(run: Path) -> tuple[AladinModel, str]:
 
     def served_val_rsum(checkpoint: Path) -> float:
         info = read_json(checkpoint / "config.json")["info"]
-        rerank = info.get("rerank") or {}
-        return max(info["fit"]["best_val_rsum"], rerank.get("val_rsum", float("-inf")))
+        rerank = RerankSetting.from_info(info)
+        return max(info["fit"]["best_val_rsum"], rerank.val_rsum if rerank.validated else float("-inf"))
 
     best = max((c for c in candidates if (c / "config.json").is_file()), key=served_val_rsum)
     return AladinModel.from_pretrained(best), best.name
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     results.append(score_linear_baseline(baseline, test, "linear global baseline (same run)"))
     m = recipe.model
     meta = {split: read_json(cache / split / "meta.json") for split in ("train", "val", "test")}
-    k, fusion = model.validated_rerank() or (0, 0.0)
+    k, fusion = model.rerank.default_depth, model.rerank.fusion
     student_loss = "plain InfoNCE" if picked == pipeline.INFONCE_STUDENT_DIR else recipe.matching.loss
     card = CARD.format(
         name=args.name,

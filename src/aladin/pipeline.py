@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from aladin.evaluate.scorers import (
 from aladin.fileio import atomic_write, read_json, write_json
 from aladin.model import AladinModel, LinearGlobalModel
 from aladin.model.features import FeatureTensors, embed_split
+from aladin.model.rerank import RerankSetting, depths_to_try, has_setting
 from aladin.train.stages import train_alignment, train_linear_baseline, train_matching
 
 #: The demo's regions: the single-scale grid, which keeps set-up plus `aladin demo` within 15 minutes on 2 CPU
@@ -188,25 +189,25 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
         distributed.on_main_process(lambda: model.save_pretrained(teacher_dir, {"fit": result.__dict__}))
     stages["alignment head"] = _fit_info(teacher_dir)
 
-    def rerank_choice(student: AladinModel) -> dict[str, Any]:
+    def rerank_choice(student: AladinModel) -> RerankSetting:
         """Re-rank depth and fusion weight for this student, chosen on validation."""
         val_image, val_text = embed_split(student, val_feats)
-        depths = sorted({d for d in (10, 20, 50) if d < recipe.rerank_k} | {recipe.rerank_k})
-        return asdict(choose_rerank(student, val_image, val_text, val_feats.caption_image.numpy(), depths))
+        depths = depths_to_try(recipe.rerank_k)
+        return choose_rerank(student, val_image, val_text, val_feats.caption_image.numpy(), depths)
 
     infonce_dir = run_dir / INFONCE_STUDENT_DIR
     if recipe.train_infonce_student and not (infonce_dir / "config.json").is_file():
         student = copy.deepcopy(model)
         cfg = replace(recipe.matching, loss="infonce")
         result = train_matching(student, train_feats, val_feats, cfg, state_root / "infonce-student")
-        info = {"fit": result.__dict__, "student_loss": "infonce", "rerank": rerank_choice(student)}
+        info = rerank_choice(student).into({"fit": result.__dict__, "student_loss": "infonce"})
         distributed.on_main_process(lambda: student.save_pretrained(infonce_dir, info))
 
     def record_rerank_choice(checkpoint: Path) -> None:
         """For students saved before the re-rank setting was chosen at training time."""
-        if "rerank" not in read_json(checkpoint / "config.json")["info"]:
+        if not has_setting(read_json(checkpoint / "config.json")["info"]):
             student = AladinModel.from_pretrained(checkpoint, device)
-            info = {**student.info, "rerank": rerank_choice(student)}
+            info = rerank_choice(student).into(student.info)
             distributed.on_main_process(lambda: student.save_pretrained(checkpoint, info))
 
     if recipe.train_infonce_student:
@@ -217,7 +218,7 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
         result = train_matching(
             model, train_feats, val_feats, recipe.matching, state_root / "distilled-student"
         )
-        info = {"fit": result.__dict__, "student_loss": recipe.matching.loss, "rerank": rerank_choice(model)}
+        info = rerank_choice(model).into({"fit": result.__dict__, "student_loss": recipe.matching.loss})
         distributed.on_main_process(lambda: model.save_pretrained(run_dir / MODEL_DIR, info))
     record_rerank_choice(run_dir / MODEL_DIR)
     stages[f"matching head ({recipe.matching.loss})"] = _fit_info(run_dir / MODEL_DIR)
@@ -262,12 +263,6 @@ def evaluate(
         model_dir = run_dir / MODEL_DIR
     else:
         raise AladinError(f"{run_dir}: neither a run folder (with {MODEL_DIR}/) nor a model checkpoint")
-    recipe_path = run_dir / RECIPE_FILE
-    recipe = (
-        recipe_from_saved(read_json(recipe_path), str(recipe_path))
-        if recipe_path.is_file()
-        else RecipeConfig()
-    )
     model = AladinModel.from_pretrained(model_dir)
     feats, _ = _load_tensors(Path(cache_dir), split, model.config)
     caption_image = feats.caption_image.numpy()
@@ -276,13 +271,10 @@ def evaluate(
         student: AladinModel, image: Any, text: Any, label: str
     ) -> tuple[ScorerResult, int, float]:
         """`student`'s kNN re-ranked as chosen on validation at training time (`rerank_k` overrides the depth)."""
-        chosen = student.info.get("rerank", {})
-        k = rerank_k or chosen.get("k") or recipe.rerank_k
-        fusion = float(chosen.get("fusion", 0.0))
-        name = f"{label} + re-rank top {k}" + (f" (fused, weight {fusion:g})" if fusion else "")
-        if student.validated_rerank() == (0, fusion):
-            name += " [off by default: no gain on validation]"
-        return score_rerank(student, image, text, caption_image, k, name, fusion), k, fusion
+        setting = student.rerank
+        k = rerank_k or setting.depth
+        name = f"{label} + {setting.describe(k)}"
+        return score_rerank(student, image, text, caption_image, k, name, setting.fusion), k, setting.fusion
 
     image, text = embed_split(model, feats)
     results = [score_alignment(model, image, text, caption_image, "alignment head (teacher, all pairs)")]
@@ -296,7 +288,7 @@ def evaluate(
         results.append(
             score_matching(img_s, txt_s, caption_image, "matching head (InfoNCE, no distillation)")
         )
-        if "rerank" in infonce.info:
+        if has_setting(infonce.info):
             results.append(rerank_row(infonce, img_s, txt_s, "InfoNCE student")[0])
     if (run_dir / BASELINE_DIR / "config.json").is_file():
         results.append(

@@ -102,10 +102,10 @@ def test_choose_rerank_turns_reranking_on_only_where_validation_says_it_helps():
     model = AladinModel(tiny_config())
     image, text, owner = _aligned_pairs(good_teacher=True)
     helps = choose_rerank(model, image, text, owner, depths=(4, 12), fusions=(0.0, 1.0))
-    assert helps.helps and helps.default_k in (4, 12) and helps.val_rsum > helps.matching_val_rsum
+    assert helps.helps and helps.default_depth in (4, 12) and helps.val_rsum > helps.matching_val_rsum
     image, text, owner = _aligned_pairs(good_teacher=False)
     hurts = choose_rerank(model, image, text, owner, depths=(4, 12), fusions=(0.0,))
-    assert not hurts.helps and hurts.default_k == 0
+    assert not hurts.helps and hurts.default_depth == 0
 
 
 def test_reranked_candidates_stay_on_top_whatever_the_range_of_alignment_scores():

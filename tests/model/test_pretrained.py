@@ -29,6 +29,6 @@ def test_bundled_model_loads_offline_with_its_declared_shapes() -> None:
     assert image.global_vector.shape == (2, cfg.model.global_dim)
     assert text.global_vector.shape == (3, cfg.model.global_dim)
     assert torch.allclose(image.global_vector.norm(dim=-1), torch.ones(2), atol=1e-3)
-    assert model.validated_rerank() is not None  # the re-rank setting chosen on validation travels with it
+    assert model.rerank.validated  # the re-rank setting chosen on validation travels with it
     card = (default_model_dir() / "MODEL_CARD.md").read_text()
     assert "Recall on the test split" in card and "linear global baseline" in card and "Licences" in card

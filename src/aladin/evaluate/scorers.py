@@ -21,6 +21,7 @@ from aladin.evaluate.metrics import (
 from aladin.model import AladinModel, ImageEmbedding, LinearGlobalModel, TextEmbedding
 from aladin.model.alignment import chunked_region_word_scores, paired_region_word_scores
 from aladin.model.features import FeatureTensors, mean_pooled
+from aladin.model.rerank import CANDIDATE_DEPTHS, CANDIDATE_FUSIONS, LEGACY_DEPTH, RerankSetting
 
 
 def validation_rsum(scores: torch.Tensor | np.ndarray, caption_image: torch.Tensor | np.ndarray) -> float:
@@ -101,34 +102,15 @@ def rerank_matrices(
     return _shortlists(model, image, text, first_stage, k).matrices(k, fusion)
 
 
-@dataclass(frozen=True)
-class RerankChoice:
-    """The best re-rank setting on validation, and whether it beat the matching head alone there."""
-
-    k: int
-    fusion: float
-    val_rsum: float
-    matching_val_rsum: float
-
-    @property
-    def helps(self) -> bool:
-        return self.val_rsum > self.matching_val_rsum
-
-    @property
-    def default_k(self) -> int:
-        """What search uses when not told: re-ranking only where validation says it helps."""
-        return self.k if self.helps else 0
-
-
 @torch.inference_mode()
 def choose_rerank(
     model: AladinModel,
     image: ImageEmbedding,
     text: TextEmbedding,
     caption_image: np.ndarray,
-    depths: Sequence[int] = (10, 20, 50, 100),
-    fusions: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0),
-) -> RerankChoice:
+    depths: Sequence[int] = (*CANDIDATE_DEPTHS, LEGACY_DEPTH),
+    fusions: Sequence[float] = CANDIDATE_FUSIONS,
+) -> RerankSetting:
     """Grid over re-rank depth and fusion weight on a validation split: on by default only where it helps."""
     first_stage = matching_matrix(image, text)
     matching = validation_rsum(first_stage, caption_image)
@@ -144,7 +126,7 @@ def choose_rerank(
             )
             best = max(best, (rsum, k, fusion), key=lambda entry: entry[0])
     rsum, k, fusion = best
-    return RerankChoice(k, fusion, rsum, matching)
+    return RerankSetting.chosen(k, fusion, rsum, matching)
 
 
 def _paired(

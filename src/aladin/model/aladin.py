@@ -15,6 +15,7 @@ from aladin.checkpoint import load_state_strict, read_checkpoint, save_checkpoin
 from aladin.config import AladinConfig, config_from_dict, config_to_dict
 from aladin.model.alignment import chunked_region_word_scores, region_word_scores
 from aladin.model.layers import LogitScale, SequenceEncoder, masked_mean
+from aladin.model.rerank import RerankSetting
 
 CHECKPOINT_KIND = "aladin"
 
@@ -247,14 +248,11 @@ class AladinModel(nn.Module):
             *self.matching_scale.parameters(),
         ]
 
-    def validated_rerank(self) -> tuple[int, float] | None:
-        """(depth, fusion weight) of re-ranking as chosen on validation when this model was trained; depth 0
-        when re-ranking did not beat the matching head there. None for checkpoints saved without that choice."""
-        chosen = self.info.get("rerank")
-        if not chosen:
-            return None
-        helps = chosen["val_rsum"] > chosen["matching_val_rsum"]
-        return (int(chosen["k"]) if helps else 0), float(chosen["fusion"])
+    @property
+    def rerank(self) -> RerankSetting:
+        """The re-rank setting chosen on validation when this student was trained (the legacy default for
+        checkpoints saved without one)."""
+        return RerankSetting.from_info(self.info)
 
     # ---- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, info: dict[str, Any] | None = None) -> Path:

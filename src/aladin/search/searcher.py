@@ -96,9 +96,6 @@ class EncodedQueries:
         return len(self.global_vectors)
 
 
-LEGACY_RERANK = 100  # for models trained before the re-rank setting was chosen on validation
-
-
 class Searcher:
     """Searches `index` with the model that built it (checked); encoders default to those the model names."""
 
@@ -113,9 +110,9 @@ class Searcher:
         check_model(index.manifest, model, index.directory)
         self.index = index
         self.model = model.eval()
-        #: Re-rank depth and the weight of the kNN score fused into the re-rank score, used when a search does
-        #: not name a depth: the model's validated choice, else the top 100 by the alignment head alone.
-        self.default_rerank, self.fusion = model.validated_rerank() or (LEGACY_RERANK, 0.0)
+        #: Used when a search names no re-rank depth, and for the weight of the kNN score fused into the
+        #: re-rank score.
+        self.rerank = model.rerank
         self.pair_batch = pair_batch
         self._text_encoder = text_encoder
         self._image_encoder = image_encoder
@@ -160,7 +157,7 @@ class Searcher:
         self, query: str, k: int = 10, rerank: int | None = None, where: str | None = None
     ) -> list[Hit]:
         """Text → images: kNN for the top `rerank` (at least k), re-ranked by the alignment head; rerank=0: kNN only,
-        None: the model's validated setting (`default_rerank`).
+        None: the model's validated setting (`Searcher.rerank`).
         `where` keeps only items whose metadata match (e.g. 'folder == "beach"'; milvus backend)."""
         return self.search_texts([query], k, rerank, where)[0]
 
@@ -188,7 +185,7 @@ class Searcher:
 
     def rerank_depth(self, rerank: int | None) -> int:
         """The depth a search with `rerank` uses: the model's validated default when None."""
-        return self.default_rerank if rerank is None else rerank
+        return self.rerank.resolve_depth(rerank)
 
     @torch.inference_mode()
     def search_encoded(
@@ -210,7 +207,7 @@ class Searcher:
         aligned = self._align(kind, queries, candidates)
         results = []
         for cand, knn, score in zip(candidates, first, aligned, strict=True):
-            score = score + self.fusion * knn if self.fusion else score
+            score = score + self.rerank.fusion * knn if self.rerank.fusion else score
             order = np.argsort(-score, kind="stable")[:k]
             results.append(self._hits(kind, cand[order], score[order], knn[order]))
         return results
