@@ -180,7 +180,7 @@ async def load(host: str, port: int, captions: list[str], run: Run, seconds: flo
             target = "/api/search?" + urlencode({"q": rng.choice(captions), "k": 10, "rerank": 100})
             try:
                 outcome = str(await asyncio.wait_for(connection.get(target), TIMEOUT_S))
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 outcome = "timeout"
                 connection.close()
             except (OSError, asyncio.IncompleteReadError, ValueError) as exc:

@@ -3,7 +3,8 @@
 # (without the pin, pip would resolve a multi-GB CUDA build of torch through the text-model package).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
+# the oldest Python pyproject.toml claims, when installed, so that CI tests the floor (tests/test_packaging.py)
+PYTHON="${PYTHON:-$(command -v python3.11 || echo python3)}"
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
