@@ -1,8 +1,18 @@
+import re
 from dataclasses import replace
 
 import pytest
 
-from aladin.config import AladinConfig, RecipeConfig, config_from_dict, config_to_dict, recipe_from_saved
+from aladin.config import (
+    CHOICES,
+    AladinConfig,
+    ModelConfig,
+    RecipeConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    recipe_from_saved,
+)
 from aladin.errors import AladinError
 
 
@@ -68,3 +78,28 @@ def test_precomputed_regions_are_recorded_as_single_scale():
 
     assert ImageEncoderConfig().multiscale  # the default for CNN grids
     assert not ImageEncoderConfig(name="precomputed").multiscale  # stored regions have no scales
+
+
+def test_configs_are_frozen():
+    import dataclasses
+
+    recipe = RecipeConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.model.embed_dim = 64  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.alignment.lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_every_choice_of_the_table_is_what_validation_accepts(key):
+    section, name = key.split(".")
+
+    def build(value):
+        if section == "model":
+            return ModelConfig(**{name: value})
+        return TrainConfig(stage=section, **{name: value})
+
+    for value in CHOICES[key]:
+        build(value)  # "detectors" is valid with the default pooling and layers
+    with pytest.raises(AladinError, match=re.escape(f"{key}: must be one of {', '.join(CHOICES[key])}")):
+        build("bogus")

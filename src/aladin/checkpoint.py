@@ -15,6 +15,7 @@ from aladin import __version__
 from aladin.config import CHECKPOINT_FORMAT_VERSION
 from aladin.errors import CheckpointError
 from aladin.fileio import atomic_directory, read_json, recover_directory
+from aladin.migrations import SCHEMA_KEY, stored_version
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -30,8 +31,10 @@ def save_checkpoint(
     config: dict[str, Any],
     state_dict: dict[str, torch.Tensor],
     info: dict[str, Any] | None = None,
+    schema_version: int | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically: a crash leaves the previous checkpoint intact."""
+    """Write a checkpoint folder atomically: a crash leaves the previous checkpoint intact. `schema_version` is
+    that of `config` (aladin.migrations), for configs that have one."""
     directory = Path(directory)
     header = {
         "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -40,6 +43,8 @@ def save_checkpoint(
         "config": config,
         "info": info or {},
     }
+    if schema_version is not None:
+        header[SCHEMA_KEY] = schema_version
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     with atomic_directory(directory) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"config_digest": _config_digest(config)})
@@ -81,6 +86,12 @@ def read_checkpoint(directory: str | Path, kind: str) -> tuple[dict[str, Any], d
     if digest != _config_digest(config):
         raise CheckpointError(f"{weights}: weights were saved with a different config than {CONFIG_FILE}")
     return config, state, header.get("info", {})
+
+
+def config_schema_version(directory: str | Path) -> Any:
+    """The schema version of a checkpoint's config (0 when written before versions existed)."""
+    directory = recover_directory(directory)
+    return stored_version(read_json(directory / CONFIG_FILE, "checkpoint config"))
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: Path | str) -> None:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from aladin.errors import AladinError
+from aladin.migrations import SCHEMA_KEY, SCHEMA_VERSION, migrate, stored_version
 
 #: Bumped whenever the on-disk layout of checkpoints or feature caches changes incompatibly.
 CHECKPOINT_FORMAT_VERSION = 1
@@ -20,23 +21,31 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return asdict(cfg)
 
 
-def config_from_dict(cls: type[T], data: Any, where: str = "config") -> T:
-    """Dict → dataclass, refusing unknown fields and wrong types with a message naming the field."""
+def config_from_dict(cls: type[T], data: Any, where: str = "config", *, partial: bool = True) -> T:
+    """Dict → dataclass, refusing unknown fields and wrong types with a message naming the field.
+
+    `partial` lets absent fields (and absent fields of a nested section) keep their defaults: what hand-written
+    `--config` recipes rely on. Saved files are read with `partial=False` after their migrations
+    (aladin.migrations), so a field missing there is an error, never a silent default.
+    """
     if not isinstance(data, dict):
         raise AladinError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(known))
     if unknown:
         raise AladinError(f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
+    missing = sorted(set(known) - set(data))
+    if missing and not partial:
+        raise AladinError(f"{where}: missing field(s) {', '.join(missing)} for {cls.__name__}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         spec = known[name]
         sub_type = _nested_type(spec)
         if sub_type is not None:
-            # a partial section keeps the rest of this field's own default (e.g. the matching stage's loss)
-            base = config_to_dict(spec.default_factory())  # type: ignore[misc]
-            merged = {**base, **value} if isinstance(value, dict) else value
-            kwargs[name] = config_from_dict(sub_type, merged, f"{where}.{name}")
+            if partial and isinstance(value, dict):
+                # a partial section keeps the rest of this field's own default (e.g. the matching stage's loss)
+                value = {**config_to_dict(spec.default_factory()), **value}  # type: ignore[misc]
+            kwargs[name] = config_from_dict(sub_type, value, f"{where}.{name}", partial=partial)
             continue
         default = spec.default
         if default is not dataclasses.MISSING and default is not None and not _compatible(default, value):
@@ -77,7 +86,23 @@ def _compatible(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-@dataclass
+#: The training stages a recipe holds, in the order `aladin train` runs them.
+STAGES = ("baseline", "alignment", "matching")
+
+#: Every closed set of choices a config field takes, by dotted field name: read by the dataclasses' validation,
+#: the training stages and the CLI's `choices=` (the index backends' names live in the index package's registry).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "alignment.loss": ("infonce", "hinge", "infonce+hinge"),
+    "matching.loss": ("distill", "infonce", "distill+infonce"),
+    "baseline.loss": ("infonce",),
+    "model.word_aggregation": ("mean", "sum"),
+    "model.global_pooling": ("mean", "max"),
+    "model.matching_input": ("contextual", "frozen"),
+    "model.matching_form": ("pooled", "detectors"),
+}
+
+
+@dataclass(frozen=True)
 class ImageEncoderConfig:
     """Which image backbone gives the regions, and how."""
 
@@ -105,8 +130,9 @@ class ImageEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.name == "precomputed":
-            # stored regions have no scales: recorded as such, so caches stay comparable
-            self.multiscale = False
+            # stored regions have no scales: recorded as such, so caches stay comparable (set once, here, before
+            # anyone holds the frozen instance)
+            object.__setattr__(self, "multiscale", False)
         if self.train_views < 1:
             raise AladinError(f"image_encoder.train_views: must be at least 1, got {self.train_views}")
         if self.train_views > 1 and self.name == "precomputed":
@@ -123,7 +149,7 @@ class ImageEncoderConfig:
             raise AladinError(f"image_encoder.max_tag_tokens: must be at least 1, got {self.max_tag_tokens}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TextEncoderConfig:
     """Which text encoder gives the word features: a name of a bundled model or a local HF folder."""
 
@@ -133,7 +159,7 @@ class TextEncoderConfig:
     finetune_layers: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Heads on top of the encoders. Dimensions of the encoder features are recorded so loading can check them."""
 
@@ -166,10 +192,8 @@ class ModelConfig:
     word_weights: bool = False
 
     def __post_init__(self) -> None:
-        _choice("model.word_aggregation", self.word_aggregation, ("mean", "sum"))
-        _choice("model.global_pooling", self.global_pooling, ("mean", "max"))
-        _choice("model.matching_input", self.matching_input, ("contextual", "frozen"))
-        _choice("model.matching_form", self.matching_form, ("pooled", "detectors"))
+        for name in ("word_aggregation", "global_pooling", "matching_input", "matching_form"):
+            _choice(f"model.{name}", getattr(self, name), CHOICES[f"model.{name}"])
         if self.matching_form == "detectors" and self.matching_layers:
             raise AladinError(
                 "model.matching_layers: the detectors form has no transformer layers; set it to 0"
@@ -197,7 +221,7 @@ class ModelConfig:
             raise AladinError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """One training stage. Stage "alignment" trains the teacher; stage "matching" the student."""
 
@@ -222,13 +246,8 @@ class TrainConfig:
     amp: bool = True
 
     def __post_init__(self) -> None:
-        losses = {
-            "alignment": ("infonce", "hinge", "infonce+hinge"),
-            "matching": ("distill", "infonce", "distill+infonce"),
-            "baseline": ("infonce",),
-        }
-        _choice(f"{self.stage}.stage", self.stage, tuple(losses))
-        _choice(f"{self.stage}.loss", self.loss, losses[self.stage])
+        _choice(f"{self.stage}.stage", self.stage, STAGES)
+        _choice(f"{self.stage}.loss", self.loss, CHOICES[f"{self.stage}.loss"])
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise AladinError(
                 f"{self.stage}: need epochs ≥ 1, batch_size ≥ 2 and lr > 0, got {self.epochs}, "
@@ -241,7 +260,7 @@ def _choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise AladinError(f"{field_name}: must be one of {', '.join(allowed)}; got {value!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DatasetSplitConfig:
     """How a validation split is carved from train when a dataset has none."""
 
@@ -250,7 +269,7 @@ class DatasetSplitConfig:
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class AladinConfig:
     """Everything that defines a trained model: saved in its checkpoint's config.json."""
 
@@ -267,16 +286,23 @@ def _default_heads() -> ModelConfig:
     return ModelConfig(matching_input="frozen")
 
 
-def recipe_from_saved(data: Any, where: str) -> RecipeConfig:
-    """A recipe as a run saved it (`<run>/recipe.json`). Runs from before `model.matching_input` existed trained
-    the contextual student, so a saved recipe without the field means that one, not today's default."""
-    if (
-        isinstance(data, dict)
-        and isinstance(data.get("model"), dict)
-        and "matching_input" not in data["model"]
-    ):
-        data = {**data, "model": {**data["model"], "matching_input": "contextual"}}
-    return config_from_dict(RecipeConfig, data, where)
+def recipe_from_saved(data: Any, where: str, partial: bool = False) -> RecipeConfig:
+    """A recipe as a run saved it (`<run>/recipe.json`), migrated from its schema version; `partial` also accepts
+    a hand-written recipe that sets only some fields (`aladin train --config`), the rest at their defaults."""
+    if isinstance(data, dict):
+        version = stored_version(data)
+        data = migrate("recipe", {k: v for k, v in data.items() if k != SCHEMA_KEY}, version, where)
+    return config_from_dict(RecipeConfig, data, where, partial=partial)
+
+
+def recipe_to_saved(recipe: RecipeConfig) -> dict[str, Any]:
+    """What `<run>/recipe.json` holds: the recipe and its schema version."""
+    return {SCHEMA_KEY: SCHEMA_VERSION, **config_to_dict(recipe)}
+
+
+def model_config_from_saved(data: Any, version: Any, where: str) -> AladinConfig:
+    """A model's config as a checkpoint saved it at schema `version`, migrated."""
+    return config_from_dict(AladinConfig, migrate("model", data, version, where), where, partial=False)
 
 
 def _alignment_defaults() -> TrainConfig:
@@ -291,7 +317,7 @@ def _baseline_defaults() -> TrainConfig:
     return TrainConfig(stage="baseline", loss="infonce", epochs=20, lr=2e-3, warmup_steps=20, patience=3)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RecipeConfig:
     """A whole training run: the heads, each stage's settings, and the re-rank depth used in evaluation."""
 
@@ -304,4 +330,11 @@ class RecipeConfig:
     #: The deepest re-rank tried when validation chooses the re-rank depth and fusion weight (10, 20, 50 and
     #: this); also the depth for models trained before that choice was recorded.
     rerank_k: int = 100
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how a run executes: not part of the recipe (a run may resume elsewhere), never saved with it."""
+
+    #: "auto" (CUDA when present), "cpu" or "cuda[:N]".
     device: str = "auto"

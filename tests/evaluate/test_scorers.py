@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -110,7 +112,8 @@ def test_choose_rerank_turns_reranking_on_only_where_validation_says_it_helps():
 
 def test_reranked_candidates_stay_on_top_whatever_the_range_of_alignment_scores():
     config = tiny_config()
-    config.model.word_aggregation = "sum"  # sums over words reach far beyond the kNN scores' ±1
+    # sums over words reach far beyond the kNN scores' ±1
+    config = replace(config, model=replace(config.model, word_aggregation="sum"))
     model = AladinModel(config)
     image, text = _embeddings()
     image.regions[:] = image.regions[0, 0]

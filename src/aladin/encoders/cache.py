@@ -42,6 +42,7 @@ from aladin.encoders.image import ImageEncoder, RegionBatch
 from aladin.encoders.text import TextEncoder, TokenBatch
 from aladin.errors import AladinError, CheckpointError
 from aladin.fileio import read_json, write_json
+from aladin.migrations import SCHEMA_KEY, SCHEMA_VERSION, migrate, stored_version
 
 _COPY_ROWS = 1024
 IMAGE_ARRAYS = ("regions", "boxes", "region_mask")
@@ -125,22 +126,23 @@ def _identity(
     """What must match for a cached split to be reused."""
     return {
         "format_version": CACHE_FORMAT_VERSION,
+        SCHEMA_KEY: SCHEMA_VERSION,
         "fingerprint": fingerprint,
         "image_encoder": config_to_dict(_as_split_sees_it(image_config, split)),
         "text_encoder": config_to_dict(text_config),
     }
 
 
-def _with_defaults(meta: dict[str, Any]) -> dict[str, Any]:
-    """Stored encoder configs with the fields added since they were cached at their defaults, so that a new
-    option left off does not invalidate caches written before it existed."""
-    out = dict(meta)
+def _current_meta(meta: dict[str, Any], where: str) -> dict[str, Any]:
+    """Stored metadata with its encoder configs migrated to the current schema (aladin.migrations) and
+    normalised, so a cache written before an option existed is compared as what it holds."""
+    out = migrate("encoders", meta, stored_version(meta), where)
+    out = {**out, SCHEMA_KEY: SCHEMA_VERSION}
     for key, cls in (("image_encoder", ImageEncoderConfig), ("text_encoder", TextEncoderConfig)):
-        if isinstance(meta.get(key), dict):
-            try:
-                out[key] = config_to_dict(config_from_dict(cls, meta[key], f"cache meta.{key}"))
-            except AladinError:
-                pass  # unknown or mistyped fields: compared as stored, so the difference gets named
+        try:
+            out[key] = config_to_dict(config_from_dict(cls, out[key], f"{where}: {key}", partial=False))
+        except AladinError:
+            pass  # unknown or mistyped fields: compared as stored, so the difference gets named
     return out
 
 
@@ -152,7 +154,10 @@ def _split_is_current(directory: Path, identity: dict[str, Any]) -> bool:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    meta = _with_defaults(meta) if isinstance(meta, dict) else {}
+    try:
+        meta = _current_meta(meta, str(meta_path)) if isinstance(meta, dict) else {}
+    except AladinError:
+        return False  # a schema this aladin does not know: extracted again
     return all(meta.get(key) == value for key, value in identity.items())
 
 
@@ -400,7 +405,7 @@ def load_split(
         wanted["text_encoder"] = config_to_dict(text_encoder_config)
     if fingerprint is not None:
         wanted["fingerprint"] = fingerprint
-    stored = _with_defaults(meta)
+    stored = _current_meta(meta, str(meta_path))
     for key, value in wanted.items():
         diff = first_difference(stored.get(key), value, key)
         if diff:
@@ -416,7 +421,7 @@ def load_split(
         rows = meta["num_images"] if name in (*IMAGE_ARRAYS, *views) else meta["num_captions"]
         if arrays[name].shape[0] != rows:
             raise CheckpointError(f"{path}: {arrays[name].shape[0]} rows, meta.json says {rows}")
-    return CachedSplit(directory, meta, arrays)
+    return CachedSplit(directory, stored, arrays)
 
 
 def available_splits(cache_dir: Path) -> list[str]:

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aladin.checkpoint import load_state_strict, read_checkpoint, save_checkpoint
-from aladin.config import AladinConfig, config_from_dict, config_to_dict
+from aladin.checkpoint import config_schema_version, load_state_strict, read_checkpoint, save_checkpoint
+from aladin.config import AladinConfig, config_to_dict, model_config_from_saved
+from aladin.migrations import SCHEMA_VERSION
 from aladin.model.alignment import chunked_region_word_scores, region_word_scores
 from aladin.model.layers import LogitScale, SequenceEncoder, masked_mean
 from aladin.model.rerank import RerankSetting
@@ -258,14 +259,15 @@ class AladinModel(nn.Module):
     def save_pretrained(self, directory: str | Path, info: dict[str, Any] | None = None) -> Path:
         """config.json + model.safetensors, written atomically."""
         return save_checkpoint(
-            directory, CHECKPOINT_KIND, config_to_dict(self.config), self.state_dict(), info
+            directory, CHECKPOINT_KIND, config_to_dict(self.config), self.state_dict(), info, SCHEMA_VERSION
         )
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> AladinModel:
         """Load a checkpoint folder, refusing other format versions or weights that do not match the config."""
         raw, state, info = read_checkpoint(directory, CHECKPOINT_KIND)
-        config = config_from_dict(AladinConfig, raw, where=f"{Path(directory) / 'config.json'}: config")
+        where = f"{Path(directory) / 'config.json'}: config"
+        config = model_config_from_saved(raw, config_schema_version(directory), where)
         model = cls(config)
         load_state_strict(model, state, Path(directory) / "model.safetensors")
         model.info = info
