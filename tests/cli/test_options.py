@@ -6,8 +6,24 @@ import argparse
 import json
 from pathlib import Path
 
-from aladin.cli.options import add_encoder_flags, add_recipe_flags, encoder_configs, recipe_config
-from aladin.config import RecipeConfig, config_to_dict
+from aladin.cli.options import (
+    add_encoder_flags,
+    add_recipe_flags,
+    add_split_flags,
+    encoder_configs,
+    recipe_config,
+    run_config,
+    split_config,
+)
+from aladin.config import (
+    CHOICES,
+    DatasetSplitConfig,
+    ImageEncoderConfig,
+    RecipeConfig,
+    RunConfig,
+    TextEncoderConfig,
+    config_to_dict,
+)
 
 
 def _parse(adder, argv: list[str]) -> argparse.Namespace:
@@ -57,3 +73,39 @@ def test_a_saved_recipe_from_before_the_student_option_reads_as_the_contextual_s
     assert (
         recipe_config(_parse(add_recipe_flags, ["--config", str(file)])).model.matching_input == "contextual"
     )
+
+
+def test_the_device_is_a_run_setting_not_part_of_the_recipe() -> None:
+    on_cpu = _parse(add_recipe_flags, ["--device", "cpu"])
+    assert run_config(on_cpu) == RunConfig(device="cpu")
+    assert recipe_config(on_cpu) == recipe_config(
+        _parse(add_recipe_flags, [])
+    )  # so a resume elsewhere matches
+    assert run_config(_parse(add_recipe_flags, [])) == RunConfig()
+
+
+def test_flags_without_values_give_the_dataclasses_defaults() -> None:
+    assert encoder_configs(_parse(add_encoder_flags, [])) == (ImageEncoderConfig(), TextEncoderConfig())
+    assert split_config(_parse(add_split_flags, [])) == DatasetSplitConfig()
+
+
+def test_choice_flags_offer_the_config_table() -> None:
+    parser = argparse.ArgumentParser()
+    add_recipe_flags(parser)
+    offered = {a.dest: tuple(a.choices) for a in parser._actions if a.choices}
+    assert offered == {
+        "alignment_loss": CHOICES["alignment.loss"],
+        "matching_loss": CHOICES["matching.loss"],
+        "matching_input": CHOICES["model.matching_input"],
+        "matching_form": CHOICES["model.matching_form"],
+    }
+
+
+def test_lr_sets_the_alignment_and_matching_stages_as_its_help_says() -> None:
+    parser = argparse.ArgumentParser()
+    add_recipe_flags(parser)
+    (lr,) = [a for a in parser._actions if a.dest == "lr"]
+    assert "alignment and matching stages" in lr.help and "linear baseline keeps its own" in lr.help
+    recipe = recipe_config(parser.parse_args(["--lr", "0.01"]))
+    assert recipe.alignment.lr == recipe.matching.lr == 0.01
+    assert recipe.baseline.lr == RecipeConfig().baseline.lr

@@ -32,9 +32,9 @@ def _extract(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from aladin import pipeline
-    from aladin.cli.options import recipe_config
+    from aladin.cli.options import recipe_config, run_config
 
-    report = pipeline.train(args.cache, args.out, recipe_config(args))
+    report = pipeline.train(args.cache, args.out, recipe_config(args), run_config(args))
     from rich.console import Console
     from rich.table import Table
 

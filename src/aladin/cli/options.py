@@ -6,9 +6,11 @@ import argparse
 from dataclasses import replace
 
 from aladin.config import (
+    CHOICES,
     DatasetSplitConfig,
     ImageEncoderConfig,
     RecipeConfig,
+    RunConfig,
     TextEncoderConfig,
     recipe_from_saved,
 )
@@ -24,17 +26,29 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
         help="regions from the 7×7 grid and the 14×14 map at twice the resolution (default; --no-multiscale: "
         "the 7×7 grid only, 4× faster to extract)",
     )
-    parser.add_argument("--image-finetune-layers", type=int, default=0, help="backbone stages left trainable")
+    parser.add_argument(
+        "--image-finetune-layers",
+        type=int,
+        default=ImageEncoderConfig.finetune_layers,
+        help="backbone stages left trainable",
+    )
     parser.add_argument(
         "--train-views",
         type=int,
-        default=1,
+        default=ImageEncoderConfig.train_views,
         help="views cached per training image: the picture plus random resized crops (1 = no augmentation)",
     )
     parser.add_argument(
-        "--region-features", default="", help="with --image-encoder precomputed: .npz folder or HDF5 file"
+        "--region-features",
+        default=ImageEncoderConfig.features_path,
+        help="with --image-encoder precomputed: .npz folder or HDF5 file",
     )
-    parser.add_argument("--max-regions", type=int, default=0, help="precomputed regions kept per image")
+    parser.add_argument(
+        "--max-regions",
+        type=int,
+        default=ImageEncoderConfig.max_regions,
+        help="precomputed regions kept per image",
+    )
     parser.add_argument(
         "--object-tags",
         action="store_true",
@@ -44,7 +58,12 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
         "--text-encoder", default=TextEncoderConfig.name, help="bundled model name or a local HF BERT folder"
     )
     parser.add_argument("--max-words", type=int, default=TextEncoderConfig.max_length, help="token limit")
-    parser.add_argument("--text-finetune-layers", type=int, default=0, help="text layers left trainable")
+    parser.add_argument(
+        "--text-finetune-layers",
+        type=int,
+        default=TextEncoderConfig.finetune_layers,
+        help="text layers left trainable",
+    )
 
 
 def encoder_configs(args: argparse.Namespace) -> tuple[ImageEncoderConfig, TextEncoderConfig]:
@@ -70,7 +89,9 @@ def add_split_flags(parser: argparse.ArgumentParser) -> None:
         default=DatasetSplitConfig.val_fraction,
         help="share of train carved out for validation when the data has no val split",
     )
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of that carve-out")
+    parser.add_argument(
+        "--split-seed", type=int, default=DatasetSplitConfig.seed, help="seed of that carve-out"
+    )
 
 
 def split_config(args: argparse.Namespace) -> DatasetSplitConfig:
@@ -82,12 +103,17 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", help="recipe JSON (as written to <run>/recipe.json); flags below override it"
     )
-    parser.add_argument("--alignment-loss", choices=["infonce", "hinge", "infonce+hinge"])
-    parser.add_argument("--matching-loss", choices=["distill", "infonce", "distill+infonce"])
+    parser.add_argument("--alignment-loss", choices=CHOICES["alignment.loss"])
+    parser.add_argument("--matching-loss", choices=CHOICES["matching.loss"])
     parser.add_argument("--alignment-epochs", type=int, help=f"default {defaults.alignment.epochs}")
     parser.add_argument("--matching-epochs", type=int, help=f"default {defaults.matching.epochs}")
     parser.add_argument("--batch-size", type=int, help=f"default {defaults.alignment.batch_size}")
-    parser.add_argument("--lr", type=float, help=f"default {defaults.alignment.lr}")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        help=f"learning rate of the alignment and matching stages (defaults {defaults.alignment.lr} and "
+        f"{defaults.matching.lr}); the linear baseline keeps its own ({defaults.baseline.lr})",
+    )
     parser.add_argument(
         "--layers", type=int, help=f"transformer layers per modality (default {defaults.model.num_layers})"
     )
@@ -97,29 +123,41 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--matching-input",
-        choices=["contextual", "frozen"],
+        choices=CHOICES["model.matching_input"],
         help="what the matching head reads: the frozen encoder features (default; better on validation: "
         "benchmarks/results/ablation.md) or the teacher's contextualised features, as in ALADIN",
     )
     parser.add_argument(
         "--matching-form",
-        choices=["pooled", "detectors"],
+        choices=CHOICES["model.matching_form"],
         help="the matching head: pooled features projected (default) or learned detectors, max over regions "
         "and a non-negative mean over words (the teacher's form in one vector; best on the synthetic demo)",
     )
     parser.add_argument(
         "--word-weights", action="store_true", help="learn a weight per word in the alignment score"
     )
-    parser.add_argument("--seed", type=int, help="seed of every stage (default 0)")
+    parser.add_argument("--seed", type=int, help=f"seed of every stage (default {defaults.alignment.seed})")
     parser.add_argument("--rerank-k", type=int, help=f"default {defaults.rerank_k}")
     parser.add_argument("--no-infonce-student", action="store_true", help="skip the no-distillation ablation")
-    parser.add_argument("--device", help="auto (default), cpu or cuda")
+    parser.add_argument(
+        "--device",
+        default=RunConfig.device,
+        help=f"where the run executes, not part of its recipe: auto, cpu or cuda (default {RunConfig.device})",
+    )
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """Where the run executes: resuming a run elsewhere keeps its recipe."""
+    return RunConfig(device=args.device)
 
 
 def recipe_config(args: argparse.Namespace) -> RecipeConfig:
-    """Recipe = defaults, then the --config file, then explicit flags."""
+    """Recipe = defaults, then the --config file (a saved recipe.json, or a hand-written one setting only some
+    fields), then explicit flags."""
     recipe = (
-        recipe_from_saved(read_json(args.config, "recipe"), args.config) if args.config else RecipeConfig()
+        recipe_from_saved(read_json(args.config, "recipe"), args.config, partial=True)
+        if args.config
+        else RecipeConfig()
     )
     model = recipe.model
     if args.layers is not None:
@@ -157,5 +195,4 @@ def recipe_config(args: argparse.Namespace) -> RecipeConfig:
         baseline=replace(recipe.baseline, **{k: v for k, v in shared.items() if k == "seed"}),
         rerank_k=args.rerank_k if args.rerank_k is not None else recipe.rerank_k,
         train_infonce_student=recipe.train_infonce_student and not args.no_infonce_student,
-        device=args.device or recipe.device,
     )
