@@ -135,7 +135,13 @@ def gather_objects(value: T) -> list[T]:
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward hands each rank the gradient of its own rows summed over every rank's loss."""
+    """all_gather whose backward hands each rank the gradient of its own rows summed over every rank's loss.
+
+    torch.distributed.nn.functional.all_gather computes the same gradient (its reduce-scatter, or all-to-all
+    and a sum on gloo), but the pinned torch deprecates it with a FutureWarning on every call, pointing to the
+    private torch.distributed._functional_collectives; this Function uses public collectives only and
+    tests/distributed/test_global_batch.py checks its gradients against one process's.
+    """
 
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,6 @@ generate demo data → extract features → train both stages (+ baselines) → 
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,11 +18,14 @@ from aladin.config import (
     ImageEncoderConfig,
     ModelConfig,
     RecipeConfig,
+    RunConfig,
     TextEncoderConfig,
     config_from_dict,
     config_to_dict,
     first_difference,
+    model_config_from_saved,
     recipe_from_saved,
+    recipe_to_saved,
 )
 from aladin.data import Dataset
 from aladin.encoders.cache import FeatureCache, extract_features, load_split
@@ -31,17 +33,24 @@ from aladin.errors import AladinError
 from aladin.evaluate.metrics import ScorerResult
 from aladin.evaluate.report import plot_recall_curves, print_results, results_markdown, write_results_json
 from aladin.evaluate.scorers import (
-    choose_rerank,
     score_alignment,
     score_linear_baseline,
     score_matching,
     score_rerank,
 )
 from aladin.fileio import atomic_write, read_json, write_json
+from aladin.migrations import stored_version
 from aladin.model import AladinModel, LinearGlobalModel
 from aladin.model.features import FeatureTensors, embed_split
-from aladin.model.rerank import RerankSetting, depths_to_try, has_setting
-from aladin.train.stages import train_alignment, train_linear_baseline, train_matching
+from aladin.model.rerank import has_setting
+from aladin.train.run import (
+    BASELINE_DIR,
+    INFONCE_STUDENT_DIR,
+    MODEL_DIR,
+    TEACHER_DIR,
+    TrainingRun,
+    run_stages,
+)
 
 #: The demo's regions: the single-scale grid, which keeps set-up plus `aladin demo` within 15 minutes on 2 CPU
 #: cores (multi-scale extraction and teacher training cost about 4× and 5× as much).
@@ -58,9 +67,6 @@ def demo_recipe() -> RecipeConfig:
     )
 
 
-MODEL_DIR = "model"
-INFONCE_STUDENT_DIR = "model-infonce-student"
-BASELINE_DIR = "linear-baseline"
 RECIPE_FILE = "recipe.json"
 
 
@@ -129,17 +135,28 @@ class TrainReport:
     stages: dict[str, dict[str, Any]]
 
 
-def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | None = None) -> TrainReport:
+def train(
+    cache_dir: str | Path,
+    run_dir: str | Path,
+    recipe: RecipeConfig | None = None,
+    settings: RunConfig | None = None,
+) -> TrainReport:
     """Train the linear baseline, the alignment head, then its students; checkpoints go under `run_dir`.
 
     Each stage keeps the epoch with the best validation rsum; the test split is never read. A rerun with the
-    same settings resumes unfinished stages and skips finished ones. Under torchrun every rank trains on its
-    share of each global batch and rank 0 alone writes.
+    same recipe resumes unfinished stages and skips finished ones, whatever its run `settings` (the device).
+    Under torchrun every rank trains on its share of each global batch and rank 0 alone writes.
     """
     distributed.init_from_env()  # first, so that "cuda" below means this rank's GPU under torchrun
-    recipe = recipe or RecipeConfig()
-    cache_dir, run_dir = Path(cache_dir), Path(run_dir)
-    device = resolve_device(recipe.device)
+    recipe, settings = recipe or RecipeConfig(), settings or RunConfig()
+    run = _prepare_run(Path(cache_dir), Path(run_dir), recipe, resolve_device(settings.device))
+    stages = run_stages(run)
+    distributed.on_main_process(lambda: write_json(run.run_dir / "train_report.json", stages))
+    return TrainReport(run.run_dir, stages)
+
+
+def _prepare_run(cache_dir: Path, run_dir: Path, recipe: RecipeConfig, device: torch.device) -> TrainingRun:
+    """Load the cached features, refuse a run folder holding another recipe or teacher, record the recipe."""
     train_feats, meta = _load_tensors(cache_dir, "train")
     val_feats, _ = _load_tensors(cache_dir, "val")
     model_cfg = replace(
@@ -154,93 +171,33 @@ def train(cache_dir: str | Path, run_dir: str | Path, recipe: RecipeConfig | Non
         model=model_cfg,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
-    recipe_path = run_dir / RECIPE_FILE
-    teacher_dir = run_dir / "alignment-teacher"
     _refuse_other_recipe(
         run_dir, recipe, "use a new --out folder (finished stages are reused only with the same settings)"
     )
+    teacher_dir = run_dir / TEACHER_DIR
     if (teacher_dir / "config.json").is_file():  # before anything is written or trained
-        saved = config_from_dict(
-            AladinConfig, read_json(teacher_dir / "config.json")["config"], str(teacher_dir)
-        )
+        header = read_json(teacher_dir / "config.json")
+        saved = model_config_from_saved(header["config"], stored_version(header), str(teacher_dir))
         if saved != config:  # its students would take the architecture the teacher was saved with
             diff = first_difference(config_to_dict(saved), config_to_dict(config), "config")
             raise AladinError(
                 f"{teacher_dir}: saved with other settings than this recipe and cache ({diff}); use a new --out "
                 "folder, or the cache it was trained on"
             )
-    distributed.on_main_process(lambda: write_json(recipe_path, config_to_dict(recipe)))
-    stages: dict[str, dict[str, Any]] = {}
-    state_root = run_dir / "training-state"
-
-    if not (run_dir / BASELINE_DIR / "config.json").is_file():
-        baseline, result = train_linear_baseline(train_feats, val_feats, recipe.baseline)
-        distributed.on_main_process(
-            lambda: baseline.save_pretrained(run_dir / BASELINE_DIR, {"fit": result.__dict__})
-        )
-    stages["linear baseline"] = _fit_info(run_dir / BASELINE_DIR)
-
-    torch.manual_seed(recipe.alignment.seed)
-    model = AladinModel(config).to(device)
-    if (teacher_dir / "config.json").is_file():
-        model = AladinModel.from_pretrained(teacher_dir, device)
-    else:
-        result = train_alignment(model, train_feats, val_feats, recipe.alignment, state_root / "alignment")
-        distributed.on_main_process(lambda: model.save_pretrained(teacher_dir, {"fit": result.__dict__}))
-    stages["alignment head"] = _fit_info(teacher_dir)
-
-    def rerank_choice(student: AladinModel) -> RerankSetting:
-        """Re-rank depth and fusion weight for this student, chosen on validation."""
-        val_image, val_text = embed_split(student, val_feats)
-        depths = depths_to_try(recipe.rerank_k)
-        return choose_rerank(student, val_image, val_text, val_feats.caption_image.numpy(), depths)
-
-    infonce_dir = run_dir / INFONCE_STUDENT_DIR
-    if recipe.train_infonce_student and not (infonce_dir / "config.json").is_file():
-        student = copy.deepcopy(model)
-        cfg = replace(recipe.matching, loss="infonce")
-        result = train_matching(student, train_feats, val_feats, cfg, state_root / "infonce-student")
-        info = rerank_choice(student).into({"fit": result.__dict__, "student_loss": "infonce"})
-        distributed.on_main_process(lambda: student.save_pretrained(infonce_dir, info))
-
-    def record_rerank_choice(checkpoint: Path) -> None:
-        """For students saved before the re-rank setting was chosen at training time."""
-        if not has_setting(read_json(checkpoint / "config.json")["info"]):
-            student = AladinModel.from_pretrained(checkpoint, device)
-            info = rerank_choice(student).into(student.info)
-            distributed.on_main_process(lambda: student.save_pretrained(checkpoint, info))
-
-    if recipe.train_infonce_student:
-        record_rerank_choice(infonce_dir)
-        stages["matching head (InfoNCE student)"] = _fit_info(infonce_dir)
-
-    if not (run_dir / MODEL_DIR / "config.json").is_file():
-        result = train_matching(
-            model, train_feats, val_feats, recipe.matching, state_root / "distilled-student"
-        )
-        info = rerank_choice(model).into({"fit": result.__dict__, "student_loss": recipe.matching.loss})
-        distributed.on_main_process(lambda: model.save_pretrained(run_dir / MODEL_DIR, info))
-    record_rerank_choice(run_dir / MODEL_DIR)
-    stages[f"matching head ({recipe.matching.loss})"] = _fit_info(run_dir / MODEL_DIR)
-    distributed.on_main_process(lambda: write_json(run_dir / "train_report.json", stages))
-    return TrainReport(run_dir, stages)
+    distributed.on_main_process(lambda: write_json(run_dir / RECIPE_FILE, recipe_to_saved(recipe)))
+    return TrainingRun(run_dir, recipe, device, train_feats, val_feats, config)
 
 
 def _refuse_other_recipe(run_dir: Path, recipe: RecipeConfig, remedy: str) -> None:
     """A run folder holds one recipe's stages: another recipe is refused, naming the first setting that differs."""
     recipe_path = run_dir / RECIPE_FILE
-    # read back through the config class: settings added since that run count as that run's defaults
+    # read back through its schema's migrations: settings added since that run count as what that run did
     stored = recipe_path.is_file() and recipe_from_saved(read_json(recipe_path), str(recipe_path))
     if stored and stored != recipe:
         diff = first_difference(config_to_dict(stored), config_to_dict(recipe), "recipe")
         raise AladinError(
             f"{recipe_path}: this run folder was trained with another recipe ({diff}); {remedy}"
         )
-
-
-def _fit_info(checkpoint_dir: Path) -> dict[str, Any]:
-    fit = read_json(checkpoint_dir / "config.json")["info"].get("fit", {})
-    return {k: fit.get(k) for k in ("best_epoch", "best_val_rsum", "epochs_run", "seconds")}
 
 
 def evaluate(
@@ -257,13 +214,7 @@ def evaluate(
     `run_dir` is a run folder from `train` (every row), or a single model checkpoint folder (its own rows).
     """
     run_dir = Path(run_dir)
-    if (run_dir / "config.json").is_file() and not (run_dir / MODEL_DIR).exists():
-        model_dir = run_dir  # a bare checkpoint: no baseline or ablation beside it
-    elif (run_dir / MODEL_DIR / "config.json").is_file():
-        model_dir = run_dir / MODEL_DIR
-    else:
-        raise AladinError(f"{run_dir}: neither a run folder (with {MODEL_DIR}/) nor a model checkpoint")
-    model = AladinModel.from_pretrained(model_dir)
+    model = AladinModel.from_pretrained(_student_dir(run_dir))
     feats, _ = _load_tensors(Path(cache_dir), split, model.config)
     caption_image = feats.caption_image.numpy()
 
@@ -294,19 +245,29 @@ def evaluate(
         results.append(
             score_linear_baseline(LinearGlobalModel.from_pretrained(run_dir / BASELINE_DIR), feats)
         )
-    out_dir = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
     title = f"{split} split: {feats.num_images} images, {feats.num_captions} captions"
     if not quiet:
         # wide enough for the scorer names even when stdout is not a terminal (logs, CI)
         print_results(results, title, console=console or Console(width=max(Console().width, 130)))
-    write_results_json(
-        out_dir / "results.json",
-        results,
-        {"split": split, "rerank_k": k, "rerank_fusion": fusion, "run_dir": str(run_dir)},
-    )
+    meta = {"split": split, "rerank_k": k, "rerank_fusion": fusion, "run_dir": str(run_dir)}
+    _write_results(results, title, meta, Path(out_dir) if out_dir else run_dir / f"eval-{split}")
+    return results
+
+
+def _student_dir(run_dir: Path) -> Path:
+    """The student `evaluate` scores: a run folder's distilled student, or a bare checkpoint folder itself."""
+    if (run_dir / "config.json").is_file() and not (run_dir / MODEL_DIR).exists():
+        return run_dir  # a bare checkpoint: no baseline or ablation beside it
+    if (run_dir / MODEL_DIR / "config.json").is_file():
+        return run_dir / MODEL_DIR
+    raise AladinError(f"{run_dir}: neither a run folder (with {MODEL_DIR}/) nor a model checkpoint")
+
+
+def _write_results(results: list[ScorerResult], title: str, meta: dict[str, Any], out_dir: Path) -> None:
+    """results.json, results.md and recall.png in `out_dir`."""
+    write_results_json(out_dir / "results.json", results, meta)
     atomic_write(out_dir / "results.md", lambda tmp: tmp.write_text(results_markdown(results, title)))
     plot_recall_curves(results, out_dir / "recall.png")
-    return results
 
 
 def evaluate_on_data(

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from aladin import pipeline
-from aladin.config import ModelConfig, RecipeConfig, TrainConfig, config_to_dict
+from aladin.config import ModelConfig, RecipeConfig, RunConfig, TrainConfig, config_to_dict
 from aladin.data.synthetic import SyntheticConfig, generate_synthetic_dataset
 from aladin.errors import AladinError
 
@@ -47,7 +47,7 @@ def _recipe(matching_input="frozen", **overrides):
 
 def test_train_then_evaluate_writes_every_artefact(cache, tmp_path):
     run = tmp_path / "run"
-    report = pipeline.train(cache, run, _recipe())
+    report = pipeline.train(cache, run, _recipe(), RunConfig(device="cpu"))
     assert set(report.stages) == {
         "linear baseline",
         "alignment head",
@@ -63,7 +63,8 @@ def test_train_then_evaluate_writes_every_artefact(cache, tmp_path):
     assert [r["name"] for r in saved["results"]] == names
     assert (run / "eval-test" / "recall.png").stat().st_size > 1000
     assert "rsum" in (run / "eval-test" / "results.md").read_text()
-    # a rerun with the same recipe reuses the finished stages; another recipe is refused, not mixed in
+    # a rerun with the same recipe reuses the finished stages, wherever it runs (the device is no part of the
+    # recipe); another recipe is refused, not mixed in
     assert pipeline.train(cache, run, _recipe()).stages == report.stages
     # a student saved before the re-rank choice was recorded gets it on the next run
     config = json.loads((run / "model" / "config.json").read_text())
@@ -72,7 +73,8 @@ def test_train_then_evaluate_writes_every_artefact(cache, tmp_path):
     pipeline.train(cache, run, _recipe())
     assert json.loads((run / "model" / "config.json").read_text())["info"]["rerank"]["k"] == 4
     saved_recipe = json.loads((run / "recipe.json").read_text())
-    del saved_recipe["model"]["word_weights"]  # a run from before that setting existed: same recipe
+    # a run from before that setting (and the schema versions) existed: the same recipe, once migrated
+    del saved_recipe["model"]["word_weights"], saved_recipe["config_schema_version"]
     (run / "recipe.json").write_text(json.dumps(saved_recipe))
     assert pipeline.train(cache, run, _recipe()).stages == report.stages
     with pytest.raises(AladinError, match=r"another recipe \(recipe\.rerank_k was 4 when saved, 7 now\)"):

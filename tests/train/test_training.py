@@ -142,3 +142,21 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
         assert torch.allclose(v, resumed.state_dict()[k], atol=1e-5), k
     with pytest.raises(CheckpointError, match="different training config"):
         train_alignment(AladinModel(tiny_config()), train, val, TrainConfig(epochs=5), state_dir=tmp_path)
+
+
+@pytest.mark.parametrize(("warmup", "total"), [(1, 5), (3, 10), (20, 200)])
+def test_the_schedule_is_transformers_cosine_but_for_its_warm_up(warmup, total):
+    """Why train/loop.py keeps its own warm-up + cosine: transformers' starts the warm-up at 0 (one step later
+    than ours) and rises again past the last step; between the two they agree."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    from aladin.train.loop import warmup_cosine
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = get_cosine_schedule_with_warmup(optimizer, warmup, total).lr_lambdas[0]
+    assert theirs(0) == 0 < warmup_cosine(0, warmup, total) == 1 / warmup
+    for step in range(warmup):
+        assert warmup_cosine(step, warmup, total) == pytest.approx(theirs(step + 1))
+    for step in range(warmup, total + 1):
+        assert warmup_cosine(step, warmup, total) == pytest.approx(theirs(step), abs=1e-12)
+    assert warmup_cosine(total + warmup, warmup, total) == 0 < theirs(total + warmup)

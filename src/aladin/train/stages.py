@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from aladin import distributed
-from aladin.config import TrainConfig
+from aladin.config import CHOICES, TrainConfig
 from aladin.distributed import gather_padded, gather_with_grad
 from aladin.errors import AladinError
 from aladin.evaluate.scorers import alignment_matrix, matching_matrix, validation_rsum
@@ -23,9 +23,6 @@ from aladin.model.features import FeatureTensors, embed_split, mean_pooled
 from aladin.model.layers import masked_mean
 from aladin.model.losses import distillation_loss, hardest_negative_hinge_loss, infonce_loss
 from aladin.train.loop import BatchLoss, FitResult, fit
-
-ALIGNMENT_LOSSES = ("infonce", "hinge", "infonce+hinge")
-MATCHING_LOSSES = ("distill", "infonce", "distill+infonce")
 
 
 def sample_captions(feats: FeatureTensors, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -46,9 +43,11 @@ def _positives(image_ids: torch.Tensor, caption_owner: torch.Tensor) -> torch.Te
     return image_ids.view(-1, 1) == caption_owner.view(1, -1)
 
 
-def _check_loss(name: str, allowed: tuple[str, ...], stage: str) -> None:
-    if name not in allowed:
-        raise AladinError(f"{stage}.loss: must be one of {', '.join(allowed)}; got {name!r}")
+def _check_loss(cfg: TrainConfig, stage: str) -> None:
+    """A config made for another stage may name a loss this stage lacks."""
+    allowed = CHOICES[f"{stage}.loss"]
+    if cfg.loss not in allowed:
+        raise AladinError(f"{stage}.loss: must be one of {', '.join(allowed)}; got {cfg.loss!r}")
 
 
 def _global_positives(
@@ -68,7 +67,7 @@ def _prepare(model: torch.nn.Module) -> None:
 
 def alignment_batch_loss(model: AladinModel, train: FeatureTensors, cfg: TrainConfig) -> BatchLoss:
     """Stage 1's loss of one batch of images: InfoNCE and/or the hardest-negative hinge over alignment scores."""
-    _check_loss(cfg.loss, ALIGNMENT_LOSSES, "alignment")
+    _check_loss(cfg, "alignment")
     device = next(model.parameters()).device
 
     def batch_loss(images: torch.Tensor, generator: torch.Generator, epoch: int) -> torch.Tensor:
@@ -135,7 +134,7 @@ def matching_batch_loss(model: AladinModel, train: FeatureTensors, cfg: TrainCon
 
     The teacher's contextualised features of the whole split are computed once, here.
     """
-    _check_loss(cfg.loss, MATCHING_LOSSES, "matching")
+    _check_loss(cfg, "matching")
     device = next(model.parameters()).device
     views = train.view_regions is not None  # then the teacher sees each step's view, computed per batch
     image_hidden_all, text_hidden_all = _frozen_teacher_states(model, train, device, with_images=not views)
