@@ -109,3 +109,22 @@ def test_lr_sets_the_alignment_and_matching_stages_as_its_help_says() -> None:
     recipe = recipe_config(parser.parse_args(["--lr", "0.01"]))
     assert recipe.alignment.lr == recipe.matching.lr == 0.01
     assert recipe.baseline.lr == RecipeConfig().baseline.lr
+
+
+def test_flag_defaults_are_read_from_the_dataclasses_not_copied(monkeypatch) -> None:
+    changed = {
+        (ImageEncoderConfig, "finetune_layers"): ("image_finetune_layers", 2),
+        (ImageEncoderConfig, "train_views"): ("train_views", 3),
+        (ImageEncoderConfig, "max_regions"): ("max_regions", 9),
+        (ImageEncoderConfig, "features_path"): ("region_features", "regions.h5"),
+        (TextEncoderConfig, "finetune_layers"): ("text_finetune_layers", 1),
+        (DatasetSplitConfig, "seed"): ("split_seed", 7),
+        (RunConfig, "device"): ("device", "cpu"),
+    }
+    for (cls, name), (_, value) in changed.items():
+        monkeypatch.setattr(cls, name, value)
+    parser = argparse.ArgumentParser()
+    for adder in (add_encoder_flags, add_split_flags, add_recipe_flags):
+        adder(parser)
+    args = vars(parser.parse_args([]))
+    assert {dest: args[dest] for dest, _ in changed.values()} == dict(changed.values())
