@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,12 @@ def test_a_current_recipe_round_trips_and_a_future_or_incomplete_one_is_refused(
     with pytest.raises(AladinError, match=r"recipe.json.model: missing field\(s\) word_weights"):
         recipe_from_saved(saved, "recipe.json")
     assert recipe_from_saved(saved, "recipe.json", partial=True).model.word_weights is False  # --config
+
+
+def test_a_hand_written_recipe_without_heads_keeps_the_trains_default_student():
+    for version in ({}, {SCHEMA_KEY: SCHEMA_VERSION}):
+        recipe = recipe_from_saved({**version, "matching": {"epochs": 3}}, "mine.json", partial=True)
+        assert recipe == replace(RecipeConfig(), matching=replace(RecipeConfig().matching, epochs=3))
 
 
 def test_every_document_kind_has_one_migration_per_older_version():

@@ -281,8 +281,8 @@ class AladinConfig:
 def _default_heads() -> ModelConfig:
     """The heads `aladin train` builds: the student reads the frozen encoder features, which validation preferred
     on the real-photo COCO subset (334.2 against 317.6 rsum). The synthetic demo's validation chose another
-    student (`pipeline.demo_recipe`). ModelConfig's own default stays "contextual" so checkpoints saved before
-    the option existed load as before."""
+    student (`pipeline.demo_recipe`). ModelConfig's own default stays "contextual", what models trained before
+    the option existed did (aladin.migrations records that for their files)."""
     return ModelConfig(matching_input="frozen")
 
 

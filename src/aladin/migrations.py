@@ -106,8 +106,17 @@ def _model_v0_to_v1(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _recipe_v0_to_v1(recipe: dict[str, Any]) -> dict[str, Any]:
-    """v0 recipes held the device the run executed on (now a run setting, `RunConfig`) and may lack fields."""
-    return _filled({k: v for k, v in recipe.items() if k != "device"}, _V0_RECIPE)
+    """v0 recipes held the device the run executed on (now a run setting, `RunConfig`) and may lack fields.
+
+    Runs always saved a "model" section; a hand-written v0 recipe without one meant `aladin train`'s heads, whose
+    student reads the frozen features (a saved section without the field predates that option: contextual).
+    """
+    absent = (
+        _V0_RECIPE
+        if "model" in recipe
+        else {**_V0_RECIPE, "model": {**_V0_MODEL, "matching_input": "frozen"}}
+    )
+    return _filled({k: v for k, v in recipe.items() if k != "device"}, absent)
 
 
 def _encoders_v0_to_v1(meta: dict[str, Any]) -> dict[str, Any]:
