@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from aladin.errors import AladinError, CheckpointError
-from aladin.fileio import fsync_path, read_json, write_json
+from aladin.fileio import commit_file, read_json, temp_file, write_json
 from aladin.index.config import INDEX_FORMAT_VERSION
 
 MANIFEST_NAME = "manifest.json"
@@ -37,35 +35,22 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def temp_path(final: Path) -> Path:
-    """A fresh hidden temporary file beside `final`, so publishing it is a rename within one file system."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def publish(tmp: Path, final: Path, sha256: str | None = None) -> dict[str, Any]:
-    """Flush `tmp` to disk and rename it to `final`; returns the manifest record (size and checksum)."""
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
+    """Move the finished temporary file `tmp` (from `aladin.fileio.temp_file`) to `final` durably; returns
+    the manifest record (size and checksum)."""
     record = {"bytes": tmp.stat().st_size, "sha256": sha256 or sha256_file(tmp)}
-    os.replace(tmp, final)
+    commit_file(tmp, final)
     return record
 
 
 def publish_with(final: Path, write: Callable[[Path], None]) -> dict[str, Any]:
     """`write` a temporary file, then publish it as `final`; returns its manifest record."""
-    tmp = temp_path(final)
+    tmp = temp_file(final)
     try:
         write(tmp)
         return publish(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make the renames in `directory` durable before the manifest points at the renamed files."""
-    fsync_path(directory)
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -104,10 +89,9 @@ def verify_files(directory: Path, manifest: dict[str, Any], checksums: bool = Tr
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """The switch: every listed file is already durable, so one atomic rename makes the new version current."""
-    fsync_directory(directory)
+    """The switch: every listed file is already durable (`publish`), so one atomic rename makes the new
+    version current."""
     write_json(directory / MANIFEST_NAME, manifest)
-    fsync_directory(directory)
 
 
 def collect_garbage(directory: Path, manifest: dict[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from aladin.config import config_to_dict
 from aladin.errors import AladinError
+from aladin.fileio import temp_file
 from aladin.index.backends import new_backend, row_fields
 from aladin.index.config import IndexConfig
 from aladin.index.index import SearchIndex
@@ -23,7 +24,6 @@ from aladin.index.manifest import (
     MANIFEST_NAME,
     collect_garbage,
     publish,
-    temp_path,
     write_manifest,
     writer_lock,
 )
@@ -67,7 +67,7 @@ def _copy(old: SearchIndex, target: Path, cfg: IndexConfig, generation: int) -> 
     files = {}
     for name, record in old.manifest["files"].items():
         if name not in vector_files:
-            tmp = temp_path(target / name)
+            tmp = temp_file(target / name)
             tmp.unlink()
             _link_or_copy(old.directory / name, tmp)
             files[name] = publish(tmp, target / name, record["sha256"])
