@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from aladin.config import config_from_dict, config_to_dict
 from aladin.data.images import load_image
 from aladin.encoders.image import ImageEncoder, build_image_encoder
 from aladin.errors import AladinError, CheckpointError
-from aladin.index.backends import VectorBackend, new_backend, open_backend, release_replaced, row_fields
+from aladin.index.backend import VectorBackend, backend_class, release_replaced, row_fields
 from aladin.index.config import INDEX_FORMAT_VERSION, IndexConfig
 from aladin.index.encoding import embed_images, model_device
 from aladin.index.manifest import (
@@ -35,7 +35,7 @@ from aladin.index.manifest import (
     write_manifest,
     writer_lock,
 )
-from aladin.index.metadata import IMAGES, TEXTS, ImageRecord, Metadata, TextRecord
+from aladin.index.metadata import IMAGES, TEXTS, ImageRecord, Metadata, TextRecord, external_id_for
 from aladin.index.sources import find_images
 from aladin.index.store import EncodedChunk, PackedStore, SegmentWriter
 from aladin.model.aladin import AladinModel
@@ -118,7 +118,7 @@ class SearchIndex:
             manifest["collections"][kind] = entry
             manifest["counts"][kind] = {"live": 0, "removed": 0}
             store = PackedStore(directory, [], m.embed_dim)
-            vectors = new_backend(cfg, kind, m.global_dim, directory, model.fingerprint())
+            vectors = backend_class(cfg.backend).create(cfg, kind, m.global_dim, directory, model.fingerprint())
             collections[kind] = Collection(vectors, store, entry)
         return cls(directory, manifest, collections, Metadata.empty(), model)
 
@@ -141,7 +141,7 @@ class SearchIndex:
             collections = {}
             for kind, entry in manifest["collections"].items():
                 tombstones = meta.ids(kind, deleted=True) if entry.get("vectors_hold_deleted") else None
-                vectors = open_backend(cfg, kind, entry, directory, manifest, tombstones)
+                vectors = backend_class(cfg.backend).open(cfg, kind, entry, directory, manifest, tombstones)
                 if vectors.dim != entry["global_dim"]:
                     raise CheckpointError(
                         f"{directory / (entry['vectors'] or MANIFEST_NAME)}: vectors of dim {vectors.dim}, "
@@ -167,6 +167,18 @@ class SearchIndex:
     @property
     def has_texts(self) -> bool:
         return TEXTS in self.collections
+
+    @property
+    def image_root(self) -> Path | None:
+        """The folder image external ids are relative to: the recorded one, else (an index that records none)
+        the folder a folder-built index was made from, found from an image whose id is its relative path."""
+        if self.manifest.get("image_root"):
+            return Path(self.manifest["image_root"])
+        for record in self.meta.images(self.meta.ids(IMAGES)[:1].tolist()).values():
+            path, relative = Path(record.path).absolute().parts, PurePosixPath(record.external_id).parts
+            if relative and relative[0] != "/" and path[-len(relative) :] == relative:
+                return Path(*path[: -len(relative)])
+        return None
 
     def __len__(self) -> int:
         """Number of images that can be found (removed ones excluded)."""
@@ -219,7 +231,7 @@ class SearchIndex:
             "generation": self.generation,
             "format_version": self.manifest["format_version"],
             "model": {k: v for k, v in self.manifest["model"].items() if k != "config"},
-            "index_config": self.manifest["index_config"],
+            "index_config": config_to_dict(self.config),  # complete: defaults from the class filled in
             "collections": collections,
             "total_bytes": sum(record["bytes"] for record in files.values()),
         }
@@ -238,7 +250,7 @@ class SearchIndex:
         model = self._require_model("add images")
         files = find_images(paths)
         encoder = image_encoder or build_image_encoder(model.config.image_encoder, model_device(model))
-        batch_size = self.config.batch_size
+        batch_size, root = self.config.batch_size, self.image_root
         ids: list[int] = []
         with (
             self.update() as up,
@@ -247,7 +259,8 @@ class SearchIndex:
             for start in range(0, len(files), batch_size):
                 batch = files[start : start + batch_size]
                 chunk = embed_images(model, encoder.encode([load_image(p) for p in batch]))
-                ids.extend(up.add_images(chunk, [ImageRecord(str(p), str(p)) for p in batch]).tolist())
+                records = [ImageRecord(str(p), external_id_for(root, p)) for p in batch]
+                ids.extend(up.add_images(chunk, records).tolist())
                 bar.update(len(batch))
         return ids
 
@@ -272,6 +285,30 @@ class SearchIndex:
             collection.vectors.commit()
             store = PackedStore(self.directory, entry["segments"], entry["row_dim"])
             self.collections[kind] = Collection(collection.vectors, store, entry)
+
+
+def model_for_index(directory: str | Path, device: str | torch.device = "cpu") -> AladinModel:
+    """The model that built the index in `directory`: its recorded checkpoint folder, or the bundled default
+    model when that is what built it (matched by fingerprint); a clear error when neither is."""
+    from aladin.model.pretrained import load_default_model
+
+    directory = Path(directory)
+    recorded = read_manifest(directory).get("model")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("fingerprint"), str):
+        raise CheckpointError(f"{directory / MANIFEST_NAME}: malformed index manifest: no model fingerprint")
+    checkpoint = str(recorded.get("checkpoint") or "")
+    loaders = [lambda: load_default_model(device)]
+    if checkpoint:
+        loaders.insert(0, lambda: AladinModel.from_pretrained(checkpoint, device))
+    for load in loaders:
+        try:
+            model = load()
+        except (AladinError, OSError):
+            continue
+        if model.fingerprint() == recorded["fingerprint"]:
+            return model
+    built = f" ({checkpoint})" if checkpoint else ""
+    raise AladinError(f"--model is required: the checkpoint folder of the model that built the index{built}")
 
 
 def check_model(manifest: dict[str, Any], model: AladinModel, directory: Path) -> None:

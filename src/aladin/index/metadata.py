@@ -48,6 +48,19 @@ class TextRecord:
     caption: str
 
 
+def external_id_for(root: str | Path | None, path: str | Path) -> str:
+    """The id a user filters on for an image file: its path relative to the index's image `root`, with posix
+    separators, whichever command indexed it (`index build` or `index add`); its absolute path when it lies
+    outside `root` or the index has none."""
+    path = Path(path).absolute()
+    if root is not None:
+        try:
+            return path.relative_to(Path(root).absolute()).as_posix()
+        except ValueError:
+            pass
+    return path.as_posix()
+
+
 class Metadata:
     """A read-only view of one version's database (or an empty one for an index not yet written)."""
 

@@ -17,7 +17,7 @@ import numpy as np
 from aladin.config import config_to_dict
 from aladin.errors import AladinError
 from aladin.fileio import temp_file
-from aladin.index.backends import new_backend, row_fields
+from aladin.index.backend import backend_class, row_fields
 from aladin.index.config import IndexConfig
 from aladin.index.index import SearchIndex
 from aladin.index.manifest import (
@@ -73,7 +73,7 @@ def _copy(old: SearchIndex, target: Path, cfg: IndexConfig, generation: int) -> 
             files[name] = publish(tmp, target / name, record["sha256"])
     collections = {}
     for kind, current in old.collections.items():
-        backend = new_backend(
+        backend = backend_class(cfg.backend).create(
             cfg, kind, current.entry["global_dim"], target, old.manifest["model"]["fingerprint"]
         )
         ids = old.meta.ids(kind)
