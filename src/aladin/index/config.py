@@ -48,8 +48,8 @@ class IndexConfig:
     collection: str = ""
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise AladinError(f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend not in BACKEND_MODULES:
+            raise AladinError(f"backend: expected one of {', '.join(BACKEND_MODULES)}, got {self.backend!r}")
         if self.backend == "faiss" and (self.uri or self.collection):
             raise AladinError("uri/collection: only for the milvus backend (add --backend milvus)")
         url = urlsplit(self.uri)
