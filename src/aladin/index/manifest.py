@@ -117,7 +117,9 @@ def _counts_problem(manifest: dict[str, Any], kinds: set[str]) -> str | None:
         return f"next_ids must give a whole number >= 0 for {', '.join(sorted(kinds))}, got {next_ids!r}"
     for kind in kinds:
         count = counts.get(kind) if isinstance(counts, dict) else None
-        if not isinstance(count, dict) or not (_is_count(count.get("live")) and _is_count(count.get("removed"))):
+        if not isinstance(count, dict) or not (
+            _is_count(count.get("live")) and _is_count(count.get("removed"))
+        ):
             return f"counts.{kind} must give whole numbers live and removed >= 0, got {count!r}"
     return None
 

@@ -168,7 +168,9 @@ class MilvusBackend(VectorBackend):
         try:
             drop_collections(old["index_config"].get("uri", ""), directory, stale)
         except AladinError as exc:
-            warnings.warn(f"{directory}: the replaced index's collections were not dropped: {exc}", stacklevel=2)
+            warnings.warn(
+                f"{directory}: the replaced index's collections were not dropped: {exc}", stacklevel=2
+            )
 
     @classmethod
     def open(

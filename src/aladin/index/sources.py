@@ -88,8 +88,7 @@ class ImageFolderSource(_PictureSource):
         self.root = Path(root)
         self.name = str(self.root)
         self.items = [
-            ImageRecord(str(path), external_id_for(self.root, path))
-            for path in find_images([self.root])
+            ImageRecord(str(path), external_id_for(self.root, path)) for path in find_images([self.root])
         ]
 
 
