@@ -66,6 +66,16 @@ def test_index_info_fills_in_the_store_default(
     assert main(["index", "info", str(tmp_path / "index")]) == 0
 
 
+@pytest.mark.parametrize("bad_id", ["99999999999999999999999", "-5"])
+def test_an_id_no_index_can_hold_is_one_line(
+    tmp_path: Path, photos_index: SearchIndex, bad_id: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["index", "remove", str(tmp_path / "index"), "--", bad_id]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("aladin: error:")]
+    assert len(errors) == 1 and f"no item with id {bad_id}" in errors[0], errors
+    assert len(SearchIndex.load(tmp_path / "index")) == 3
+
+
 def test_a_truncated_manifest_says_so(tmp_path: Path, photos_index: SearchIndex, capsys) -> None:  # noqa: ANN001
     path = tmp_path / "index" / "manifest.json"
     path.write_text(path.read_text()[:200])

@@ -22,7 +22,7 @@ from aladin.index.manifest import (
     write_manifest,
     writer_lock,
 )
-from aladin.index.metadata import IMAGES, TEXTS, ImageRecord, TextRecord
+from aladin.index.metadata import IMAGES, TEXTS, ImageRecord, TextRecord, id_array
 from aladin.index.store import EncodedChunk, SegmentWriter
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class IndexUpdate:
 
     def remove_images(self, ids: Iterable[int]) -> None:
         """Stage removing images (and their captions); unknown or already removed ids are refused."""
-        ids = np.unique(np.asarray(list(ids), dtype=np.int64))
+        ids = np.unique(id_array(ids, self.index.directory))
         unknown = self.index.meta.missing(IMAGES, ids.tolist())
         if unknown:
             raise AladinError(

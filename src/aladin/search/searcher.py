@@ -20,7 +20,7 @@ from aladin.encoders.text import TextEncoder, build_text_encoder
 from aladin.errors import AladinError
 from aladin.index.encoding import model_device
 from aladin.index.index import SearchIndex, check_model, model_for_index
-from aladin.index.metadata import IMAGES, TEXTS
+from aladin.index.metadata import IMAGES, TEXTS, id_array
 from aladin.model.aladin import AladinModel
 from aladin.model.alignment import paired_region_word_scores, region_word_scores, word_region_similarity
 
@@ -249,7 +249,7 @@ class Searcher:
     @torch.inference_mode()
     def rerank_text(self, query: str, ids: Sequence[int]) -> list[Hit]:
         """Order given images by the alignment head alone (candidates from elsewhere, e.g. a filter)."""
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = id_array(ids, self.index.directory)
         missing = self.index.meta.missing(IMAGES, ids.tolist())
         if missing:
             raise AladinError(f"{self.index.directory}: no image with id {missing[0]}")
@@ -288,7 +288,7 @@ class Searcher:
     @torch.inference_mode()
     def explain(self, text: str, item_id: int) -> Explanation:
         """Word pieces of `text` and their cosine with each region of image `item_id`, for heatmaps."""
-        if self.index.meta.missing(IMAGES, [item_id]):
+        if self.index.meta.missing(IMAGES, id_array([item_id], self.index.directory).tolist()):
             raise AladinError(f"{self.index.directory}: no image with id {item_id}")
         encoded = self.encode_texts([text])
         regions, mask = self.index.lookup(IMAGES, [item_id])
