@@ -14,7 +14,7 @@ import pytest
 from index_fixtures import tiny_model, write_images
 
 from aladin.cli.main import main
-from aladin.errors import CheckpointError
+from aladin.errors import AladinError, CheckpointError
 from aladin.index import IndexConfig, SearchIndex, build_index
 from aladin.index.backend import BACKEND_MODULES
 from aladin.index.faiss_backend import FaissBackend
@@ -171,3 +171,18 @@ def test_a_query_longer_than_the_text_encoder_reads_warns(
         f"aladin: warning: query too long: the text encoder reads {limit} tokens, the last 2 are ignored"
     ]
     assert long not in captured.out  # the table's title shows the start of a long query only
+
+
+def test_the_milvus_preflight_runs_before_any_encoding_from_python(
+    tmp_path: Path, photos_index: SearchIndex, model: AladinModel
+) -> None:
+    import socket
+
+    pytest.importorskip("pymilvus")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = IndexConfig(backend="milvus", uri=f"http://127.0.0.1:{port}")
+    with pytest.raises(AladinError, match="cannot connect"):
+        build_index(tmp_path / "photos", model, tmp_path / "other", cfg, progress=False)
+    assert not (tmp_path / "other" / ".building").exists()  # nothing was encoded
