@@ -55,8 +55,8 @@ from aladin.config import AladinConfig  # noqa: E402
 from aladin.encoders.image import grid_boxes  # noqa: E402
 from aladin.evaluate.metrics import recall_from_ranks  # noqa: E402
 from aladin.index import IMAGES, TEXTS, EncodedChunk, ImageRecord, IndexConfig, SearchIndex  # noqa: E402
-from aladin.index.backends import FaissBackend  # noqa: E402
 from aladin.index.builder import build_index  # noqa: E402
+from aladin.index.faiss_backend import FaissBackend  # noqa: E402
 from aladin.index.migrate import migrate_index  # noqa: E402
 from aladin.index.sources import CachedSplitSource  # noqa: E402
 from aladin.index.vectors import VectorIndex  # noqa: E402

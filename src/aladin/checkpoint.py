@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from aladin import __version__
 from aladin.config import CHECKPOINT_FORMAT_VERSION
@@ -47,7 +47,9 @@ def save_checkpoint(
         header[SCHEMA_KEY] = schema_version
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     with atomic_directory(directory) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"config_digest": _config_digest(config)})
+        # bytes, not `save_file`: that creates the file 0600 whatever the user's umask
+        weights = save(tensors, metadata={"config_digest": _config_digest(config)})
+        (tmp / WEIGHTS_FILE).write_bytes(weights)
         (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n")
     return directory
 

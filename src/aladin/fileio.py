@@ -1,4 +1,9 @@
-"""Atomic file writes: a crash mid-save must never corrupt what was saved before."""
+"""Atomic file writes: a crash mid-save must never corrupt what was saved before.
+
+Every write goes through one primitive: a hidden temporary file beside the target (with the permissions the
+user's umask gives a new file, not `mkstemp`'s 0600), flushed to disk, renamed over the target, and the folder
+flushed so the rename itself survives a crash. Folders are swapped the same way by `atomic_directory`.
+"""
 
 from __future__ import annotations
 
@@ -12,22 +17,42 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_file(final: str | Path) -> Path:
+    """A fresh hidden file beside `final` (same file system, so publishing it is one rename), readable as any
+    new file of the user's would be."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def commit_file(tmp: Path, final: str | Path) -> None:
+    """Flush `tmp`, rename it to `final`, then flush the folder: after this returns, `final` is on disk."""
+    fsync_path(tmp)
+    os.replace(tmp, final)
+    fsync_path(Path(final).parent)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` with one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    """Yield a temporary path beside `path`; on success it replaces `path` (`commit_file`); on error it goes."""
+    tmp = temp_file(path)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
+        yield tmp
+        commit_file(tmp, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
@@ -56,33 +81,39 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
 
 @contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder; on success it takes the place of `path` (old content kept until then).
+    """Yield a fresh temporary folder; on success it takes the place of `path` (`swap_directory`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        swap_directory(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def swap_directory(ready: Path, path: Path) -> None:
+    """Put the complete folder `ready` in the place of `path` (old content kept until then).
 
     The swap is two renames; if a crash falls between them, `path` is missing and `recover_directory`
     finds the previous version under its backup name.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     backup = path.parent / f".{path.name}.previous"
-    try:
-        yield tmp
-        for item in tmp.iterdir():
-            fsync_path(item)
-        fsync_path(tmp)
-        if not path.exists() and backup.is_dir():
-            os.replace(backup, path)  # an earlier swap was interrupted: its backup is the good copy
-        if backup.exists():
-            shutil.rmtree(backup)
-        if path.exists():
-            os.replace(path, backup)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-        if backup.exists():
-            shutil.rmtree(backup)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    for item in ready.iterdir():
+        fsync_path(item)
+    fsync_path(ready)
+    if not path.exists() and backup.is_dir():
+        os.replace(backup, path)  # an earlier swap was interrupted: its backup is the good copy
+    if backup.exists():
+        shutil.rmtree(backup)
+    if path.exists():
+        os.replace(path, backup)
+    os.replace(ready, path)
+    fsync_path(path.parent)
+    if backup.exists():
+        shutil.rmtree(backup)
 
 
 def fsync_path(path: Path) -> None:

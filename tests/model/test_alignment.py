@@ -3,7 +3,6 @@ import math
 import torch
 
 from aladin.model.alignment import (
-    chunked_region_word_scores,
     paired_region_word_scores,
     region_word_scores,
 )
@@ -53,7 +52,7 @@ def test_chunked_and_paired_agree_with_full():
     word_mask = torch.rand(11, 6, generator=g) > 0.3
     word_mask[:, 0] = True
     full = region_word_scores(regions, region_mask, words, word_mask)
-    chunked = chunked_region_word_scores(regions, region_mask, words, word_mask, max_elements=50)
+    chunked = region_word_scores(regions, region_mask, words, word_mask, max_elements=50)
     assert torch.allclose(full, chunked, atol=1e-6)
     i = torch.tensor([0, 3, 6, 6])
     t = torch.tensor([10, 2, 0, 5])

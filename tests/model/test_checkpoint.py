@@ -71,7 +71,7 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     def exploding_save(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "save_file", exploding_save)
+    monkeypatch.setattr(checkpoint, "save", exploding_save)
     with pytest.raises(OSError):
         AladinModel(tiny_config()).save_pretrained(tmp_path / "ckpt")
     assert AladinModel.from_pretrained(tmp_path / "ckpt").fingerprint() == first.fingerprint()

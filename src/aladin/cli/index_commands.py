@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+import warnings
 from typing import Any
 
 from rich.console import Console
@@ -99,27 +101,28 @@ def register(subparsers: Any) -> None:
 
 
 def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, default="faiss", help="where the global vectors live")
+    defaults = IndexConfig()
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=defaults.backend, help="where the global vectors live"
+    )
     parser.add_argument(
         "--uri",
-        default="",
+        default=defaults.uri,
         help="milvus: a Milvus Lite folder ending in .db (default INDEX/milvus.db) or http(s)://host:port of a "
         "server; the token is read from $ALADIN_MILVUS_TOKEN",
     )
     parser.add_argument(
-        "--collection", default="", help="milvus: collection name prefix (default from the folder)"
+        "--collection",
+        default=defaults.collection,
+        help="milvus: collection name prefix (default from the folder)",
     )
 
 
 def _uri(args: argparse.Namespace) -> str:
-    """A local Lite path relative to the working directory made absolute (the library reads relative ones
-    against the index folder); a server URL as given."""
-    from pathlib import Path
-    from urllib.parse import urlsplit
+    """--uri as the backend reads a path typed on the command line (relative to the working directory)."""
+    from aladin.index.backend import backend_class
 
-    if not args.uri or urlsplit(args.uri).scheme in ("http", "https"):
-        return args.uri
-    return str(Path(args.uri).resolve())
+    return backend_class(args.backend).user_uri(args.uri)
 
 
 def _build(args: argparse.Namespace) -> None:
@@ -141,18 +144,6 @@ def _build(args: argparse.Namespace) -> None:
         uri=_uri(args),
         collection=args.collection,
     )
-    if cfg.backend == "milvus":  # an unreachable server should fail before the encoding, not after it
-        from pathlib import Path
-
-        from aladin.index.milvus import connect
-
-        if distributed.world_size() > 1 and "://" not in cfg.uri:
-            raise AladinError(
-                f"--uri {cfg.uri}: Milvus Lite (a local path) is opened by one process at a time; build with "
-                "one process, or point --uri at a Milvus server"
-            )
-
-        connect(cfg.uri, Path(args.out))
     started = time.perf_counter()
     index = build_index(
         args.source,
@@ -173,8 +164,7 @@ def _build(args: argparse.Namespace) -> None:
 def _add(args: argparse.Namespace) -> None:
     from aladin.index.index import SearchIndex
 
-    model = load_model(args, args.index)
-    index = SearchIndex.load(args.index, model)
+    index = SearchIndex.load(args.index, load_model(args, args.index))
     ids = index.add(args.paths, progress=True)
     Console().print(f"added {len(ids)} images (ids {ids[0]}..{ids[-1]}); the index now holds {len(index)}")
 
@@ -199,19 +189,23 @@ def _info(args: argparse.Namespace) -> None:
         "model", f"{info['model']['fingerprint']} ({info['model']['checkpoint'] or 'checkpoint unknown'})"
     )
     table.add_row("settings", ", ".join(f"{k}={v}" for k, v in info["index_config"].items()))
-    dtype = info["index_config"].get("region_dtype", "int8")
     for kind, c in info["collections"].items():
-        vectors = c["vectors"]
-        where = vectors.get("collection") or vectors.get("file")
-        line = f"{c['live']} live, {c['removed']} removed, vectors in {vectors['backend']} ({where}), "
-        line += f"{c['segments']} segments, {c['store_bytes'] / 2**20:.1f} MiB store"
-        if c.get("quantizer_bytes"):
-            line += f" (quantiser {c['quantizer_bytes'] / 2**10:.1f} KiB)"
-        for rec in c["reconstruction"]:
-            line += f"; {dtype} mean cosine {rec['mean_cosine']:.5f}, min {rec['min_cosine']:.4f}"
-        table.add_row(kind, line)
+        table.add_row(kind, _collection_line(c, info["index_config"]["region_dtype"]))
     table.add_row("on disk", f"{info['total_bytes'] / 2**20:.1f} MiB")
     Console().print(table)
+
+
+def _collection_line(c: dict[str, Any], dtype: str) -> str:
+    """One side of `index info`: counts, where the vectors are, the store and its reconstruction error."""
+    vectors = c["vectors"]
+    where = vectors.get("collection") or vectors.get("file")
+    line = f"{c['live']} live, {c['removed']} removed, vectors in {vectors['backend']} ({where}), "
+    line += f"{c['segments']} segments, {c['store_bytes'] / 2**20:.1f} MiB store"
+    if c.get("quantizer_bytes"):
+        line += f" (quantiser {c['quantizer_bytes'] / 2**10:.1f} KiB)"
+    for rec in c["reconstruction"]:
+        line += f"; {dtype} mean cosine {rec['mean_cosine']:.5f}, min {rec['min_cosine']:.4f}"
+    return line
 
 
 def _migrate(args: argparse.Namespace) -> None:
@@ -226,38 +220,44 @@ def _migrate(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from aladin.index.index import SearchIndex
-    from aladin.search.searcher import Searcher
+    from aladin.model.aladin import AladinModel
+    from aladin.pipeline import resolve_device
+    from aladin.search.searcher import QueryTruncatedWarning, Searcher
 
     if (args.query is None) == (args.image is None):
         raise AladinError("search: give either a text query or --image PATH")
-    model = load_model(args, args.index)
-    index = SearchIndex.load(args.index, model, verify_checksums=not args.skip_checksums)
-    index.set_search_params(args.nprobe, args.ef_search)
-    searcher = Searcher(index, model)
-    if args.image is not None:
-        hits = searcher.search_image(args.image, args.k, args.rerank, target=args.target, where=args.filter)
-    else:
-        hits = searcher.search_text(args.query, args.k, args.rerank, where=args.filter)
+    device = resolve_device(args.device)
+    model = None if args.model is None else AladinModel.from_pretrained(args.model, device)
+    searcher = Searcher.open(args.index, model, device, verify_checksums=not args.skip_checksums)
+    searcher.index.set_search_params(args.nprobe, args.ef_search)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", QueryTruncatedWarning)
+        if args.image is not None:
+            hits = searcher.search_image(
+                args.image, args.k, args.rerank, target=args.target, where=args.filter
+            )
+        else:
+            hits = searcher.search_text(args.query, args.k, args.rerank, where=args.filter)
+    for warning in caught:
+        print(f"aladin: warning: {warning.message}", file=sys.stderr)
     query = args.query if args.image is None else args.image
     if args.json:
         print(json.dumps({"query": query, "hits": [hit.to_json() for hit in hits]}, indent=2))
         return
-    table = Table(title=f"{query!r}: top {len(hits)}")
-    for column in (
-        "rank",
-        "id",
-        "score",
-        "kNN score",
-        "external id",
-        "caption" if hits and hits[0].caption else "path",
-    ):
-        table.add_column(
-            column, justify="right" if column in ("rank", "id", "score", "kNN score") else "left"
-        )
+    Console().print(_hits_table(query, hits))
+
+
+def _hits_table(query: str, hits: list[Any]) -> Table:
+    """The results as a table titled by the query (its start, for a long one)."""
+    shown = query if len(query) <= 80 else query[:77] + "..."
+    table = Table(title=f"{shown!r}: top {len(hits)}")
+    for column in ("rank", "id", "score", "kNN score"):
+        table.add_column(column, justify="right")
+    table.add_column("external id")
+    table.add_column("caption" if hits and hits[0].caption else "path")
     for rank, hit in enumerate(hits, start=1):
         knn = "" if hit.first_stage_score is None else f"{hit.first_stage_score:.4f}"
         table.add_row(
             str(rank), str(hit.id), f"{hit.score:.4f}", knn, hit.external_id, hit.caption or hit.path
         )
-    Console().print(table)
+    return table

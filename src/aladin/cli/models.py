@@ -7,8 +7,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from aladin.errors import AladinError
-
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -18,8 +16,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace, index_dir: str | Path | None = None) -> Any:
-    """--model; else, for an existing index, the model that built it (its recorded checkpoint folder, or the
-    bundled default when that is what built it); else, with no index, the bundled default model."""
+    """--model; else, for an existing index, the model that built it (`aladin.index.index.model_for_index`);
+    else, with no index, the bundled default model."""
+    from aladin.index.index import model_for_index
     from aladin.model.aladin import AladinModel
     from aladin.model.pretrained import load_default_model
     from aladin.pipeline import resolve_device
@@ -29,32 +28,4 @@ def load_model(args: argparse.Namespace, index_dir: str | Path | None = None) ->
         return AladinModel.from_pretrained(args.model, device)
     if index_dir is None:
         return load_default_model(device)
-    from aladin.index.manifest import MANIFEST_NAME
-
-    if not (Path(index_dir) / MANIFEST_NAME).is_file():
-        raise AladinError(f"{index_dir}: not an index folder (no {MANIFEST_NAME})")
-    checkpoint, fingerprint = _recorded(Path(index_dir))
-    loaders = [lambda: load_default_model(device)]
-    if checkpoint:
-        loaders.insert(0, lambda: AladinModel.from_pretrained(checkpoint, device))
-    for load in loaders:
-        try:
-            model = load()
-        except (AladinError, OSError):
-            continue
-        if model.fingerprint() == fingerprint:
-            return model
-    built = f" ({checkpoint})" if checkpoint else ""
-    raise AladinError(f"--model is required: the checkpoint folder of the model that built the index{built}")
-
-
-def _recorded(index_dir: Path) -> tuple[str, str | None]:
-    """(checkpoint folder, fingerprint) of the model an index's manifest names; ("", None) when unreadable."""
-    from aladin.fileio import read_json
-    from aladin.index.manifest import MANIFEST_NAME
-
-    try:
-        recorded = read_json(index_dir / MANIFEST_NAME)["model"]
-        return str(recorded["checkpoint"] or ""), str(recorded["fingerprint"])
-    except (AladinError, KeyError, TypeError):
-        return "", None
+    return model_for_index(index_dir, device)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from aladin.data.dataset import Dataset
 from aladin.encoders.image import ImageEncoder, RegionBatch
 from aladin.encoders.text import TextEncoder, TokenBatch
 from aladin.errors import AladinError, CheckpointError
-from aladin.fileio import read_json, write_json
+from aladin.fileio import read_json, recover_directory, swap_directory, write_json
 from aladin.migrations import SCHEMA_KEY, SCHEMA_VERSION, migrate, stored_version
 
 _COPY_ROWS = 1024
@@ -344,15 +343,8 @@ def _publish_split(
     shutil.rmtree(partial / distributed.RANKS_DIR, ignore_errors=True)
     np.save(partial / "caption_image.npy", np.asarray(owner, dtype=np.int64))
     write_json(partial / "meta.json", meta)
-    stale = final.parent / f"{final.name}.old"
-    if stale.exists():
-        shutil.rmtree(stale)
-    if final.exists():
-        os.replace(final, stale)
-    os.replace(partial, final)
+    swap_directory(partial, final)
     (final / "progress.json").unlink(missing_ok=True)  # a merged split has none
-    if stale.exists():
-        shutil.rmtree(stale)
 
 
 def extract_features(
@@ -386,7 +378,7 @@ def load_split(
 ) -> CachedSplit:
     """Memory-map one cached split, refusing it when its format, encoder configs or data differ from those given."""
     cache_dir = Path(cache_dir)
-    directory = cache_dir / split
+    directory = recover_directory(cache_dir / split)  # a crash mid-swap leaves the previous split
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
         available = ", ".join(available_splits(cache_dir)) or "none"
@@ -432,7 +424,10 @@ def available_splits(cache_dir: Path) -> list[str]:
     return sorted(
         p.name
         for p in cache_dir.iterdir()
-        if p.is_dir() and not p.name.endswith((".partial", ".old")) and (p / "meta.json").is_file()
+        if p.is_dir()
+        and not p.name.startswith(".")  # a swap's backup
+        and not p.name.endswith((".partial", ".old"))
+        and (p / "meta.json").is_file()
     )
 
 

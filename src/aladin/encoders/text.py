@@ -62,6 +62,11 @@ class TextEncoder(ABC):
     def word_pieces(self, text: str) -> list[str]:
         """The token strings at the True positions of `token_mask`, for explanations."""
 
+    def untruncated_length(self, text: str) -> int:
+        """Tokens `text` has before any truncation, special tokens included (more than `config.max_length`:
+        the encoder reads only the start). An encoder that never truncates has nothing more to say."""
+        return self.lengths([text])[0]
+
     def make_tail(self) -> nn.Module | None:
         """A fresh trainable copy of the model's last layers, or None when nothing is fine-tuned."""
         return None
@@ -158,6 +163,9 @@ class HFTextEncoder(TextEncoder):
 
     def lengths(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self._tokenize(texts, padding=False)["input_ids"]]
+
+    def untruncated_length(self, text: str) -> int:
+        return len(self.tokenizer(text, truncation=False, verbose=False)["input_ids"])
 
     def word_pieces(self, text: str) -> list[str]:
         enc = self._tokenize([text], padding=False)

@@ -19,7 +19,7 @@ from aladin.evaluate.metrics import (
     t2i_ranks,
 )
 from aladin.model import AladinModel, ImageEmbedding, LinearGlobalModel, TextEmbedding
-from aladin.model.alignment import chunked_region_word_scores, paired_region_word_scores
+from aladin.model.alignment import matching_scores, paired_region_word_scores, region_word_scores
 from aladin.model.features import FeatureTensors, mean_pooled
 from aladin.model.rerank import CANDIDATE_DEPTHS, CANDIDATE_FUSIONS, LEGACY_DEPTH, RerankSetting
 
@@ -31,15 +31,17 @@ def validation_rsum(scores: torch.Tensor | np.ndarray, caption_image: torch.Tens
 
 @torch.inference_mode()
 def alignment_matrix(model: AladinModel, image: ImageEmbedding, text: TextEmbedding) -> torch.Tensor:
-    """Teacher scores of all pairs, chunked to bound memory."""
-    return chunked_region_word_scores(
-        image.regions, image.region_mask, text.words, text.word_mask, model.config.model.word_aggregation
+    """Teacher scores of all pairs of encoded images and texts, chunked to bound memory."""
+    aggregation = model.config.model.word_aggregation
+    return region_word_scores(
+        image.regions, image.region_mask, text.words, text.word_mask, aggregation, max_elements=2**26
     )
 
 
 @torch.inference_mode()
 def matching_matrix(image: ImageEmbedding, text: TextEmbedding) -> torch.Tensor:
-    return image.global_vector @ text.global_vector.T
+    """Student scores of all pairs of encoded images and texts."""
+    return matching_scores(image.global_vector, text.global_vector)
 
 
 @dataclass
@@ -242,5 +244,5 @@ def score_linear_baseline(
     pooled_images, pooled_texts = mean_pooled(feats)  # chunked: no float32 copy of the whole split
     img, txt = baseline.project_image(pooled_images), baseline.project_text(pooled_texts)
     start = time.perf_counter()
-    scores = img @ txt.T
+    scores = matching_scores(img, txt)
     return _result(name, scores, scores, _numpy(feats.caption_image), time.perf_counter() - start)

@@ -24,6 +24,7 @@ from aladin.encoders.image import ImageEncoder, build_image_encoder
 from aladin.encoders.text import TextEncoder, build_text_encoder
 from aladin.errors import AladinError
 from aladin.fileio import atomic_write, write_json
+from aladin.index.backend import backend_class
 from aladin.index.config import INDEX_FORMAT_VERSION, IndexConfig
 from aladin.index.encoding import embed_images, embed_texts, model_device
 from aladin.index.index import SearchIndex
@@ -87,6 +88,8 @@ class IndexBuilder:
             raise AladinError(
                 f"{out_dir}: already holds an index (add to it with `index add`, or overwrite it)"
             )
+        # an unreachable vector store must fail before the encoding, not after it
+        backend_class(self.cfg.backend).preflight(self.cfg, out_dir, distributed.world_size())
         captions = source.captions
         if with_texts and not captions:
             raise AladinError(

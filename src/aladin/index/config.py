@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aladin.errors import AladinError
+from aladin.index.backend import BACKEND_MODULES
 
 #: Bumped whenever the on-disk layout of an index folder changes incompatibly.
 INDEX_FORMAT_VERSION = 1
@@ -14,8 +15,9 @@ INDEX_FORMAT_VERSION = 1
 #: Encodings of the region/word store; see `aladin.index.store`.
 REGION_DTYPES = ("float16", "int8", "pq")
 
-#: Where the global vectors live: FAISS in this process, or a Milvus collection (embedded Lite or a server).
-BACKENDS = ("faiss", "milvus")
+#: Where the global vectors live (the registry of `aladin.index.backend`): FAISS in this process, or a Milvus
+#: collection (embedded Lite or a server).
+BACKENDS = tuple(BACKEND_MODULES)
 
 _FACTORIES = re.compile(r"^(Flat|IVF(?P<nlist>[1-9]\d*),Flat|HNSW(?P<m>[1-9]\d*))$")
 
@@ -46,8 +48,8 @@ class IndexConfig:
     collection: str = ""
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise AladinError(f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend not in BACKEND_MODULES:
+            raise AladinError(f"backend: expected one of {', '.join(BACKEND_MODULES)}, got {self.backend!r}")
         if self.backend == "faiss" and (self.uri or self.collection):
             raise AladinError("uri/collection: only for the milvus backend (add --backend milvus)")
         url = urlsplit(self.uri)

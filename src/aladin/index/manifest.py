@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from aladin.errors import AladinError, CheckpointError
-from aladin.fileio import fsync_path, read_json, write_json
+from aladin.fileio import commit_file, read_json, temp_file, write_json
 from aladin.index.config import INDEX_FORMAT_VERSION
 
 MANIFEST_NAME = "manifest.json"
@@ -37,25 +35,17 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def temp_path(final: Path) -> Path:
-    """A fresh hidden temporary file beside `final`, so publishing it is a rename within one file system."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def publish(tmp: Path, final: Path, sha256: str | None = None) -> dict[str, Any]:
-    """Flush `tmp` to disk and rename it to `final`; returns the manifest record (size and checksum)."""
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
+    """Move the finished temporary file `tmp` (from `aladin.fileio.temp_file`) to `final` durably; returns
+    the manifest record (size and checksum)."""
     record = {"bytes": tmp.stat().st_size, "sha256": sha256 or sha256_file(tmp)}
-    os.replace(tmp, final)
+    commit_file(tmp, final)
     return record
 
 
 def publish_with(final: Path, write: Callable[[Path], None]) -> dict[str, Any]:
     """`write` a temporary file, then publish it as `final`; returns its manifest record."""
-    tmp = temp_path(final)
+    tmp = temp_file(final)
     try:
         write(tmp)
         return publish(tmp, final)
@@ -63,20 +53,16 @@ def publish_with(final: Path, write: Callable[[Path], None]) -> dict[str, Any]:
         tmp.unlink(missing_ok=True)
 
 
-def fsync_directory(directory: Path) -> None:
-    """Make the renames in `directory` durable before the manifest points at the renamed files."""
-    fsync_path(directory)
-
-
 def read_manifest(directory: Path) -> dict[str, Any]:
-    """The manifest of the index in `directory`, refusing other format versions with a message naming the file."""
+    """The manifest of the index in `directory`, refusing (in one line naming the file) other format versions,
+    a corrupt or truncated file, names outside the folder and malformed counts or ids."""
     path = directory / MANIFEST_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: not found ({directory} is not an aladin index)")
     try:
         manifest = read_json(path, "index manifest")
     except AladinError as exc:
-        raise CheckpointError(str(exc)) from exc
+        raise CheckpointError(f"{path}: corrupt or truncated index manifest ({exc})") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"{path}: not an aladin index manifest")
     version = manifest.get("format_version")
@@ -85,7 +71,57 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             f"{path}: index format version {version!r}, this aladin reads version {INDEX_FORMAT_VERSION}; "
             "rebuild the index with `aladin index build`"
         )
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise CheckpointError(f"{path}: malformed index manifest: {problem}")
     return manifest
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_own_file(name: Any) -> bool:
+    """A plain file name in the index folder: no folder part, no `..`, not absolute."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's file names, counts or ids (None when nothing is)."""
+    outside = [name for name in manifest["files"] if not _is_own_file(name)]
+    if outside:
+        return f"file {outside[0]!r} is outside the index folder"
+    named = [manifest.get("meta")]
+    collections = manifest.get("collections")
+    if not isinstance(collections, dict) or not collections:
+        return "'collections' must name the images (and captions)"
+    for kind, entry in collections.items():
+        segments = entry.get("segments") if isinstance(entry, dict) else None
+        if not isinstance(segments, list) or not all(isinstance(s, dict) for s in segments):
+            return f"collections.{kind}.segments must be a list of segments"
+        named += [entry.get("vectors")] + [s.get(k) for s in segments for k in ("data", "offsets", "boxes")]
+        named += [s.get("quantizer") for s in segments]
+        if not all(_is_count(s.get(k)) for s in segments for k in ("first_id", "count", "rows")):
+            return f"collections.{kind}.segments: first_id, count and rows must be whole numbers >= 0"
+    unlisted = [name for name in named if name is not None and name not in manifest["files"]]
+    if unlisted:
+        return f"{unlisted[0]!r} is not one of the index's listed files"
+    return _counts_problem(manifest, set(collections))
+
+
+def _counts_problem(manifest: dict[str, Any], kinds: set[str]) -> str | None:
+    if not _is_count(manifest.get("generation")):
+        return f"generation must be a whole number >= 0, got {manifest.get('generation')!r}"
+    next_ids, counts = manifest.get("next_ids"), manifest.get("counts")
+    if not isinstance(next_ids, dict) or not all(_is_count(next_ids.get(kind)) for kind in kinds):
+        return f"next_ids must give a whole number >= 0 for {', '.join(sorted(kinds))}, got {next_ids!r}"
+    for kind in kinds:
+        count = counts.get(kind) if isinstance(counts, dict) else None
+        if not isinstance(count, dict) or not (
+            _is_count(count.get("live")) and _is_count(count.get("removed"))
+        ):
+            return f"counts.{kind} must give whole numbers live and removed >= 0, got {count!r}"
+    return None
 
 
 def verify_files(directory: Path, manifest: dict[str, Any], checksums: bool = True) -> None:
@@ -104,10 +140,9 @@ def verify_files(directory: Path, manifest: dict[str, Any], checksums: bool = Tr
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """The switch: every listed file is already durable, so one atomic rename makes the new version current."""
-    fsync_directory(directory)
+    """The switch: every listed file is already durable (`publish`), so one atomic rename makes the new
+    version current."""
     write_json(directory / MANIFEST_NAME, manifest)
-    fsync_directory(directory)
 
 
 def collect_garbage(directory: Path, manifest: dict[str, Any]) -> list[str]:

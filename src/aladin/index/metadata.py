@@ -48,6 +48,28 @@ class TextRecord:
     caption: str
 
 
+def id_array(ids: Iterable[int], where: str | Path) -> np.ndarray:
+    """Item ids as int64, refusing in one line one that no index can hold (negative or beyond int64)."""
+    ids = list(ids)
+    bad = [i for i in ids if not 0 <= int(i) < 2**63]
+    if bad:
+        raise AladinError(f"{where}: no item with id {bad[0]} (ids are whole numbers from 0)")
+    return np.asarray(ids, dtype=np.int64)
+
+
+def external_id_for(root: str | Path | None, path: str | Path) -> str:
+    """The id a user filters on for an image file: its path relative to the index's image `root`, with posix
+    separators, whichever command indexed it (`index build` or `index add`); its absolute path when it lies
+    outside `root` or the index has none."""
+    path = Path(path).absolute()
+    if root is not None:
+        try:
+            return path.relative_to(Path(root).absolute()).as_posix()
+        except ValueError:
+            pass
+    return path.as_posix()
+
+
 class Metadata:
     """A read-only view of one version's database (or an empty one for an index not yet written)."""
 

@@ -16,14 +16,14 @@ import numpy as np
 
 from aladin.config import config_to_dict
 from aladin.errors import AladinError
-from aladin.index.backends import new_backend, row_fields
+from aladin.fileio import temp_file
+from aladin.index.backend import backend_class, row_fields
 from aladin.index.config import IndexConfig
 from aladin.index.index import SearchIndex
 from aladin.index.manifest import (
     MANIFEST_NAME,
     collect_garbage,
     publish,
-    temp_path,
     write_manifest,
     writer_lock,
 )
@@ -67,13 +67,13 @@ def _copy(old: SearchIndex, target: Path, cfg: IndexConfig, generation: int) -> 
     files = {}
     for name, record in old.manifest["files"].items():
         if name not in vector_files:
-            tmp = temp_path(target / name)
+            tmp = temp_file(target / name)
             tmp.unlink()
             _link_or_copy(old.directory / name, tmp)
             files[name] = publish(tmp, target / name, record["sha256"])
     collections = {}
     for kind, current in old.collections.items():
-        backend = new_backend(
+        backend = backend_class(cfg.backend).create(
             cfg, kind, current.entry["global_dim"], target, old.manifest["model"]["fingerprint"]
         )
         ids = old.meta.ids(kind)

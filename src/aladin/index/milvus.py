@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +27,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from aladin.errors import AladinError, CheckpointError
-from aladin.index.backends import VectorBackend
+from aladin.index.backend import VectorBackend
 from aladin.index.config import IndexConfig
 
 #: Environment variable holding the token (or "user:password") of a Milvus server.
@@ -137,8 +138,49 @@ class MilvusBackend(VectorBackend):
         return backend
 
     @classmethod
+    def preflight(cls, cfg: IndexConfig, directory: Path, processes: int = 1) -> None:
+        """A Lite folder is opened by one process at a time; a server must answer before anything is encoded."""
+        if processes > 1 and urlsplit(cfg.uri).scheme not in ("http", "https"):
+            raise AladinError(
+                f"--uri {cfg.uri}: Milvus Lite (a local path) is opened by one process at a time; build with "
+                "one process, or point --uri at a Milvus server"
+            )
+        connect(cfg.uri, directory)
+
+    @classmethod
+    def user_uri(cls, uri: str) -> str:
+        """A Lite path typed by a user is relative to the working directory (`IndexConfig` reads a relative one
+        against the index folder): made absolute; a server URL as given."""
+        if not uri or urlsplit(uri).scheme in ("http", "https"):
+            return uri
+        return str(Path(uri).resolve())
+
+    @classmethod
+    def release_replaced(cls, directory: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """Drop the collections only the replaced version used. A failure leaves the new index intact, so it is
+        a warning, not an error."""
+        kept = {(new["index_config"].get("uri"), e.get("collection")) for e in new["collections"].values()}
+        stale = [
+            e["collection"]
+            for e in old["collections"].values()
+            if (old["index_config"].get("uri"), e.get("collection")) not in kept
+        ]
+        try:
+            drop_collections(old["index_config"].get("uri", ""), directory, stale)
+        except AladinError as exc:
+            warnings.warn(
+                f"{directory}: the replaced index's collections were not dropped: {exc}", stacklevel=2
+            )
+
+    @classmethod
     def open(
-        cls, cfg: IndexConfig, kind: str, entry: dict[str, Any], directory: Path, manifest: dict[str, Any]
+        cls,
+        cfg: IndexConfig,
+        kind: str,
+        entry: dict[str, Any],
+        directory: Path,
+        manifest: dict[str, Any],
+        tombstones: np.ndarray | None = None,
     ) -> MilvusBackend:
         """The collection the manifest names, refused if it is missing or was built by another model."""
         client, label = connect(cfg.uri, directory)

@@ -16,7 +16,7 @@ from aladin.encoders.cache import CachedSplit, load_split
 from aladin.encoders.image import ImageEncoder, RegionBatch
 from aladin.encoders.text import TextEncoder, TokenBatch
 from aladin.errors import AladinError, DataError
-from aladin.index.metadata import ImageRecord
+from aladin.index.metadata import ImageRecord, external_id_for
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -88,8 +88,7 @@ class ImageFolderSource(_PictureSource):
         self.root = Path(root)
         self.name = str(self.root)
         self.items = [
-            ImageRecord(str(path), path.relative_to(self.root).as_posix())
-            for path in find_images([self.root])
+            ImageRecord(str(path), external_id_for(self.root, path)) for path in find_images([self.root])
         ]
 
 

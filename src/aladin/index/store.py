@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from aladin.errors import AladinError, CheckpointError
-from aladin.index.manifest import generation_name, publish, temp_path
+from aladin.fileio import temp_file
+from aladin.index.manifest import generation_name, publish
 
 
 class Float16Codec:
@@ -195,12 +196,12 @@ class SegmentWriter:
             "offsets": generation_name(stem, generation, "offsets.npy"),
             "boxes": generation_name(stem, generation, "boxes.f16"),
         }
-        self.temps: dict[str, Path] = {"data": temp_path(directory / self.names["data"])}
+        self.temps: dict[str, Path] = {"data": temp_file(directory / self.names["data"])}
         self._data = open(self.temps["data"], "wb")  # closed in finish or discard
         self._spill: Any = None  # float16 rows awaiting the quantiser this segment trains
         self._pq = (pq_m, pq_nbits, generation_name(stem, generation, "pqcodes.faiss"))
         if self.codec is None:
-            self.temps["spill"] = temp_path(directory / generation_name(stem, generation, "spill.f16"))
+            self.temps["spill"] = temp_file(directory / generation_name(stem, generation, "spill.f16"))
             self._spill = open(self.temps["spill"], "wb")  # closed in finish or discard
         self._hash = hashlib.sha256()
         self.counts: list[np.ndarray] = []
@@ -264,7 +265,7 @@ class SegmentWriter:
         finally:
             spill.unlink(missing_ok=True)
         self.names["quantizer"] = file
-        self.temps["quantizer"] = temp_path(self.directory / file)
+        self.temps["quantizer"] = temp_file(self.directory / file)
         self.codec.write(self.temps["quantizer"])
 
     def _append_boxes(self, boxes: np.ndarray, counts: np.ndarray) -> None:
@@ -278,7 +279,7 @@ class SegmentWriter:
         if (
             self._boxes_file is None
         ):  # items differ from now on: write out the boxes shared so far, then stream
-            self.temps["boxes"] = temp_path(self.directory / self.names["boxes"])
+            self.temps["boxes"] = temp_file(self.directory / self.names["boxes"])
             self._boxes_file = open(self.temps["boxes"], "wb")  # closed in finish or discard
             if template is not None:
                 self._boxes_file.write(np.tile(template, (self.num_items, 1)).tobytes())
@@ -296,11 +297,11 @@ class SegmentWriter:
         self._data.close()
         counts = np.concatenate(self.counts) if self.counts else np.zeros(0, np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.temps["offsets"] = temp_path(self.directory / self.names["offsets"])
+        self.temps["offsets"] = temp_file(self.directory / self.names["offsets"])
         with open(self.temps["offsets"], "wb") as handle:  # a path would get ".npy" appended
             np.save(handle, offsets)
         if self.box_template is not None:
-            self.temps["boxes"] = temp_path(self.directory / self.names["boxes"])
+            self.temps["boxes"] = temp_file(self.directory / self.names["boxes"])
             self.box_template.tofile(self.temps["boxes"])
         elif self._boxes_file is not None:
             self._boxes_file.close()

@@ -14,7 +14,6 @@ from torch import nn
 from aladin.checkpoint import config_schema_version, load_state_strict, read_checkpoint, save_checkpoint
 from aladin.config import AladinConfig, config_to_dict, model_config_from_saved
 from aladin.migrations import SCHEMA_VERSION
-from aladin.model.alignment import chunked_region_word_scores, region_word_scores
 from aladin.model.layers import LogitScale, SequenceEncoder, masked_mean
 from aladin.model.rerank import RerankSetting
 
@@ -216,21 +215,6 @@ class AladinModel(nn.Module):
             student_in = self.text_features(tokens, attention_mask) if self.student_reads_frozen else hidden
             global_vector = self.text_matching(student_in, attention_mask, token_mask)
         return TextEmbedding(self.scored_words(hidden, token_mask), token_mask, global_vector)
-
-    # ---- scoring --------------------------------------------------------------------------------
-    def alignment_scores(
-        self, image: ImageEmbedding, text: TextEmbedding, chunked: bool = False
-    ) -> torch.Tensor:
-        """Teacher score of every image against every text: [I, T]."""
-        fn = chunked_region_word_scores if chunked else region_word_scores
-        return fn(
-            image.regions, image.region_mask, text.words, text.word_mask, self.config.model.word_aggregation
-        )
-
-    @staticmethod
-    def matching_scores(image: ImageEmbedding, text: TextEmbedding) -> torch.Tensor:
-        """Student score: dot product of the global vectors, [I, T]."""
-        return image.global_vector @ text.global_vector.T
 
     def alignment_parameters(self) -> list[nn.Parameter]:
         tails = [t for t in (self.image_tail, self.text_tail) if t is not None]

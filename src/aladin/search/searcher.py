@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,10 +19,14 @@ from aladin.encoders.image import ImageEncoder, build_image_encoder
 from aladin.encoders.text import TextEncoder, build_text_encoder
 from aladin.errors import AladinError
 from aladin.index.encoding import model_device
-from aladin.index.index import SearchIndex, check_model
-from aladin.index.metadata import IMAGES, TEXTS
+from aladin.index.index import SearchIndex, check_model, model_for_index
+from aladin.index.metadata import IMAGES, TEXTS, id_array
 from aladin.model.aladin import AladinModel
 from aladin.model.alignment import paired_region_word_scores, region_word_scores, word_region_similarity
+
+
+class QueryTruncatedWarning(UserWarning):
+    """A text query longer than the text encoder reads: only its start is searched for."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,20 @@ class Searcher:
         self._text_encoder = text_encoder
         self._image_encoder = image_encoder
 
+    @classmethod
+    def open(
+        cls,
+        index_dir: str | Path,
+        model: AladinModel | None = None,
+        device: str | torch.device = "cpu",
+        verify_checksums: bool = True,
+        **kwargs: Any,
+    ) -> Searcher:
+        """A searcher over the index in `index_dir` with `model`, or else the model its manifest names (its
+        recorded checkpoint, or the bundled default model); `kwargs` go to `Searcher`."""
+        model = model if model is not None else model_for_index(index_dir, device)
+        return cls(SearchIndex.load(index_dir, model, verify_checksums=verify_checksums), model, **kwargs)
+
     @property
     def text_encoder(self) -> TextEncoder:
         if self._text_encoder is None:
@@ -131,12 +150,27 @@ class Searcher:
         return self._image_encoder
 
     # ---- encoding queries -----------------------------------------------------------------------
+    def truncation(self, query: str) -> int | None:
+        """How many tokens at the end of `query` the text encoder cannot read (None when it reads it all)."""
+        length = self.text_encoder.untruncated_length(query)
+        limit = self.text_encoder.config.max_length
+        return length - limit if length > limit else None
+
     @torch.inference_mode()
     def encode_texts(self, queries: Sequence[str]) -> EncodedQueries:
-        """Text queries → global vectors and words; an empty or blank query is refused."""
+        """Text queries → global vectors and words; an empty or blank query is refused, a query longer than the
+        text encoder reads warns (`QueryTruncatedWarning`)."""
         for query in queries:
             if not isinstance(query, str) or not query.strip():
                 raise AladinError(f"empty query {query!r}: give some words to search for")
+            dropped = self.truncation(query)
+            if dropped:
+                limit = self.text_encoder.config.max_length
+                warnings.warn(
+                    f"query too long: the text encoder reads {limit} tokens, the last {dropped} are ignored",
+                    QueryTruncatedWarning,
+                    stacklevel=3,
+                )
         batch = self.text_encoder.encode(list(queries)).to(model_device(self.model))
         emb = self.model.encode_text(batch.tokens, batch.attention_mask, batch.token_mask)
         wordless = [q for q, n in zip(queries, emb.word_mask.sum(dim=1).tolist(), strict=True) if n == 0]
@@ -215,7 +249,7 @@ class Searcher:
     @torch.inference_mode()
     def rerank_text(self, query: str, ids: Sequence[int]) -> list[Hit]:
         """Order given images by the alignment head alone (candidates from elsewhere, e.g. a filter)."""
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = id_array(ids, self.index.directory)
         missing = self.index.meta.missing(IMAGES, ids.tolist())
         if missing:
             raise AladinError(f"{self.index.directory}: no image with id {missing[0]}")
@@ -254,7 +288,7 @@ class Searcher:
     @torch.inference_mode()
     def explain(self, text: str, item_id: int) -> Explanation:
         """Word pieces of `text` and their cosine with each region of image `item_id`, for heatmaps."""
-        if self.index.meta.missing(IMAGES, [item_id]):
+        if self.index.meta.missing(IMAGES, id_array([item_id], self.index.directory).tolist()):
             raise AladinError(f"{self.index.directory}: no image with id {item_id}")
         encoded = self.encode_texts([text])
         regions, mask = self.index.lookup(IMAGES, [item_id])

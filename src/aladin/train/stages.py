@@ -18,7 +18,7 @@ from aladin.distributed import gather_padded, gather_with_grad
 from aladin.errors import AladinError
 from aladin.evaluate.scorers import alignment_matrix, matching_matrix, validation_rsum
 from aladin.model import AladinModel, LinearGlobalModel
-from aladin.model.alignment import region_word_scores
+from aladin.model.alignment import matching_scores, region_word_scores
 from aladin.model.features import FeatureTensors, embed_split, mean_pooled
 from aladin.model.layers import masked_mean
 from aladin.model.losses import distillation_loss, hardest_negative_hinge_loss, infonce_loss
@@ -160,7 +160,7 @@ def matching_batch_loss(model: AladinModel, train: FeatureTensors, cfg: TrainCon
                 )
         image_vec = gather_with_grad(model.image_matching(image_in, region_mask, region_mask))
         text_vec = gather_with_grad(model.text_matching(text_in, attention, scored))
-        student = image_vec @ text_vec.T
+        student = matching_scores(image_vec, text_vec)
         positives = _global_positives(train, images, captions, device)
         loss = student.new_zeros(())
         if "distill" in cfg.loss:
@@ -273,13 +273,15 @@ def train_linear_baseline(
             pooled = masked_mean(train.image_batch(images, cpu, generator)[0], train.region_mask[images])
         img = gather_with_grad(model.project_image(pooled))
         txt = gather_with_grad(model.project_text(text_train[captions]))
-        return infonce_loss(img @ txt.T, _global_positives(train, images, captions, cpu), model.logit_scale())
+        return infonce_loss(
+            matching_scores(img, txt), _global_positives(train, images, captions, cpu), model.logit_scale()
+        )
 
     def validate() -> float:
         with torch.inference_mode():
             model.eval()
             img_val, txt_val = pooled["val"]
-            scores = model.project_image(img_val) @ model.project_text(txt_val).T
+            scores = matching_scores(model.project_image(img_val), model.project_text(txt_val))
         return validation_rsum(scores, val.caption_image)
 
     result = fit(
