@@ -166,7 +166,9 @@ def test_files_outside_the_image_root_are_refused(
         folder, model, tmp_path / "linked-index", IndexConfig(), text_encoder=text_encoder, progress=False
     )
     linked = next(i for i, r in index.meta.images(range(3)).items() if r.path.endswith("img999.png"))
-    with TestClient(create_app(Searcher(index, model, text_encoder), ServiceConfig()), base_url=LOCAL) as client:
+    with TestClient(
+        create_app(Searcher(index, model, text_encoder), ServiceConfig()), base_url=LOCAL
+    ) as client:
         assert client.get(f"/api/items/{linked}/thumbnail").status_code == 403
         assert client.get(f"/api/items/{(linked + 1) % 3}/thumbnail").status_code == 200
 
