@@ -87,7 +87,8 @@ class LiveIndex:
         self.directory = Path(searcher.index.directory)
         self._interval = config.reload_check_ms / 1000
         self._lock = threading.Lock()
-        self._problem: str | None = None
+        self._problem: str | None = None  # what makes the service answer 503 now
+        self._failed: str | None = None  # why the newest version on disk could not be opened
         self._served = self._open(searcher)
         self._next_check = time.monotonic() + self._interval
 
@@ -125,18 +126,22 @@ class LiveIndex:
         try:
             index = SearchIndex.load(self.directory, old.model, verify_checksums=False)
         except AladinError as exc:
-            if not replaced and not problem:
+            if replaced or problem:
+                return str(exc)
+            if str(exc) != self._failed:  # once per failure, not at every check
                 log.error(
                     "aladin: cannot open the new version of %s (%s); still serving generation %d",
                     self.directory,
                     exc,
                     self._served.generation,
                 )
-            return str(exc) if replaced or problem else None
+            self._failed = str(exc)
+            return None
+        self._failed = None
         searcher = copy.copy(old)  # the same model and the encoders it has built, over the new version
         searcher.index = index
         self._served = self._open(searcher)
-        log.warning(
+        log.info(
             "aladin: now serving generation %d of %s (%d images)",
             index.generation,
             self.directory,
@@ -149,7 +154,7 @@ class LiveIndex:
         if problem and problem != self._problem:
             log.error("aladin: index %s unavailable: %s", self.directory, problem)
         elif not problem and self._problem:
-            log.warning(
+            log.info(
                 "aladin: index %s readable again (generation %d)", self.directory, self._served.generation
             )
         self._problem = problem
