@@ -86,8 +86,8 @@ def test_thumbnails_follow_the_file_not_the_id_after_a_rebuild(
 
 
 def store_file(index: SearchIndex) -> Path:
-    name = next(n for n in index.manifest["files"] if n.startswith("regions") and n.endswith(".f16"))
-    return index.directory / name
+    """The memory-mapped region rows of the index's first segment."""
+    return index.directory / index.manifest["collections"]["images"]["segments"][0]["data"]
 
 
 def test_a_truncated_store_answers_503_and_recovers_when_repaired(
