@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "index"))
 
 from fastapi.testclient import TestClient  # noqa: E402
 from index_fixtures import ToyImageEncoder, ToyTextEncoder, built, dataset, model, text_encoder  # noqa: E402, F401
-from service_limits import LIMITS  # noqa: E402
+from service_limits import LIMITS, LOCAL  # noqa: E402
 
 from aladin.index import SearchIndex  # noqa: E402
 from aladin.model.aladin import AladinModel  # noqa: E402
@@ -25,5 +25,5 @@ def searcher(built: SearchIndex, model: AladinModel, text_encoder: ToyTextEncode
 
 @pytest.fixture
 def client(searcher: Searcher) -> Iterator[TestClient]:
-    with TestClient(create_app(searcher, LIMITS)) as client:
+    with TestClient(create_app(searcher, LIMITS), base_url=LOCAL) as client:
         yield client

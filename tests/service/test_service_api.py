@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from index_fixtures import ToyTextEncoder, picture, write_images
 from PIL import Image
-from service_limits import LIMITS
+from service_limits import LIMITS, LOCAL
 
 from aladin.index import IndexConfig, build_index
 from aladin.model.aladin import AladinModel
@@ -166,12 +166,14 @@ def test_files_outside_the_image_root_are_refused(
         folder, model, tmp_path / "linked-index", IndexConfig(), text_encoder=text_encoder, progress=False
     )
     linked = next(i for i, r in index.meta.images(range(3)).items() if r.path.endswith("img999.png"))
-    with TestClient(create_app(Searcher(index, model, text_encoder), ServiceConfig())) as client:
+    with TestClient(
+        create_app(Searcher(index, model, text_encoder), ServiceConfig()), base_url=LOCAL
+    ) as client:
         assert client.get(f"/api/items/{linked}/thumbnail").status_code == 403
         assert client.get(f"/api/items/{(linked + 1) % 3}/thumbnail").status_code == 200
 
     elsewhere = ServiceConfig(image_root=tmp_path / "outside")
-    with TestClient(create_app(searcher, elsewhere)) as client:
+    with TestClient(create_app(searcher, elsewhere), base_url=LOCAL) as client:
         response = client.get("/api/items/0/thumbnail")
         assert response.status_code == 403 and "outside the served image folder" in response.json()["detail"]
 
@@ -186,7 +188,7 @@ def test_image_to_text_needs_captions(
         text_encoder=text_encoder,
         progress=False,
     )
-    with TestClient(create_app(Searcher(index, model, text_encoder))) as client:
+    with TestClient(create_app(Searcher(index, model, text_encoder)), base_url=LOCAL) as client:
         response = upload(client, png(picture(0)), target="texts")
         assert response.status_code == 400 and "no captions" in response.json()["detail"]
 

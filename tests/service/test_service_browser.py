@@ -115,6 +115,46 @@ def test_search_and_explain_with_the_keyboard(server: str, tmp_path: Path) -> No
     assert not errors, errors
 
 
+def test_a_search_link_runs_its_search_and_hits_link_to_the_full_photo(server: str, dataset: Path) -> None:
+    executable = chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    errors: list[str] = []
+    long_query = "red circle " * 80  # within the character limit, far over the token limit
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{server}/?q=red%20circle%20on%20the%20left")
+            expect(page.locator("#query")).to_have_value("red circle on the left")
+            expect(page.locator("#results .result")).to_have_count(12)
+            expect(page.locator("#status")).to_contain_text("12 results for “red circle on the left”")
+            assert page.locator("#query").get_attribute("placeholder") == "a man riding a wave on a surfboard"
+
+            link = page.locator("#results .full-size").first
+            href = link.get_attribute("href")
+            first_id = page.locator("#results .result").first.get_attribute("data-id")
+            assert href == f"/api/items/{first_id}/image"
+            with page.expect_popup() as popup:
+                link.click()
+            photo = page.request.get(server + href)
+            assert photo.ok and photo.headers["content-type"] == "image/png"
+            name = page.request.get(f"{server}/api/items/{first_id}").json()["name"]
+            assert photo.body() == (dataset / "images" / name).read_bytes()
+            popup.value.close()
+
+            page.locator("#query").fill(long_query)
+            page.keyboard.press("Enter")
+            status = page.locator("#status")
+            expect(status).to_contain_text("tokens long")  # the API's warning is shown
+            assert long_query not in status.inner_text() and "…”" in status.inner_text()
+            assert len(status.inner_text()) < 400
+        finally:
+            browser.close()
+    assert not errors, errors
+
+
 @pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
 def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ci: str, outcome: type[BaseException]

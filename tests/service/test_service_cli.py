@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -100,6 +101,8 @@ def test_serve_answers_on_loopback(workspace: dict[str, Path]) -> None:
         str(workspace["index"]),
         "--port",
         str(port),
+        "--allowed-hosts",
+        "photos.lan",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -117,7 +120,52 @@ def test_serve_answers_on_loopback(workspace: dict[str, Path]) -> None:
                 time.sleep(0.2)
         with urllib.request.urlopen(f"{base}/api/search?q=red+circle&k=3", timeout=30) as response:
             assert len(json.load(response)["hits"]) == 3
+        for host, status in [("photos.lan", 200), ("rebound.example", 400)]:
+            request = urllib.request.Request(f"{base}/health", headers={"Host": host})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    assert response.status == status
+            except urllib.error.HTTPError as exc:
+                assert exc.code == status, host
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=10)
     assert f"on http://127.0.0.1:{port}" in output and "warning" not in output
+
+
+def test_serve_bad_or_taken_port_is_one_line_before_anything_loads(
+    workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve = ["serve", "--index", str(workspace["index"])]
+    assert main([*serve, "--port", "70000"]) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["aladin: error: --port 70000: a port is a number from 0 to 65535"] and not out
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main([*serve, "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"aladin: error: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert "serving" not in out  # no banner for a server that never listened
+
+
+@pytest.mark.parametrize(
+    ("address", "local"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.1.1", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.5", False),
+        ("8.8.8.8", False),
+    ],
+)
+def test_only_non_local_addresses_are_warned_about(address: str, local: bool) -> None:
+    from aladin.cli.serve_commands import is_local
+
+    assert is_local(address) is local

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aladin.cli.models import add_model_flags, load_model
@@ -22,8 +25,15 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("serve", help="serve an index over HTTP: JSON API, search page, /docs")
     p.add_argument("--index", required=True, help="index folder")
     add_model_flags(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default=defaults.host, help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
+    p.add_argument(
+        "--allowed-hosts",
+        type=lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
+        default=defaults.allowed_hosts,
+        help="comma-separated host names clients may use besides localhost, 127.0.0.1, [::1] and --host "
+        "(requests naming others get 400, against DNS rebinding); '*' allows any",
+    )
     p.add_argument(
         "--queue-size",
         type=int,
@@ -75,25 +85,72 @@ def _serve(args: argparse.Namespace) -> None:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=args.max_pixels,
         image_root=Path(args.image_root) if args.image_root else None,
+        host=args.host,
+        allowed_hosts=args.allowed_hosts,
     )
-    model = load_model(args, args.index)
-    index = SearchIndex.load(args.index, model, verify_checksums=not args.skip_checksums)
-    app = create_app(Searcher(index, model), config)
-    if not _is_loopback(args.host):
-        print(f"aladin: warning: listening on {args.host}: reachable from other machines", file=sys.stderr)
-    print(
-        f"serving {len(index)} images from {args.index} on http://{args.host}:{args.port} (API docs: /docs)"
-    )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    with _listen(args.host, args.port) as sock:  # before loading anything: a taken port fails at once
+        model = load_model(args, args.index)
+        index = SearchIndex.load(args.index, model, verify_checksums=not args.skip_checksums)
+        app = create_app(Searcher(index, model), config)
+        address, port = sock.getsockname()[:2]
+        if not is_local(address):
+            names = "" if config.allowed_hosts else "; clients must use a name given with --allowed-hosts"
+            print(
+                f"aladin: warning: listening on {address}: reachable from other machines{names}",
+                file=sys.stderr,
+            )
+        shown = f"[{address}]" if ":" in address else address
+        print(
+            f"serving {len(index)} images from {args.index} on http://{shown}:{port} (API docs: /docs)",
+            flush=True,
+        )
+        _log_service_events()
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+@contextmanager
+def _listen(host: str, port: int) -> Iterator[socket.socket]:
+    """A socket bound to (host, port) and listening, or one line saying why it cannot be."""
+    if not 0 <= port <= 65535:
+        raise AladinError(f"--port {port}: a port is a number from 0 to 65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise AladinError(f"--host {host}: cannot listen there ({exc.strerror or exc})") from None
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a listener still holds the port: refused
+        try:
+            sock.bind(address)
+            sock.listen(2048)
+        except OSError as exc:
+            raise AladinError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        yield sock
+
+
+def is_local(address: str) -> bool:
+    """Whether a bound address is reachable only from this machine (127.x, ::1); 0.0.0.0, :: and others are not."""
+    if address.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(address.strip("[]").split("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+def _log_service_events() -> None:
+    """The service's own log lines (a new index version served, a damaged file) on stderr, as they happen."""
+    import logging
+
+    logger = logging.getLogger("aladin.service")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _explain(args: argparse.Namespace) -> None:

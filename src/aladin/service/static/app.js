@@ -5,11 +5,16 @@
 const $ = (selector) => document.querySelector(selector);
 const RESULTS = 24;
 const HEAT_CELLS = 48;
+const TITLE_CHARS = 80; // a longer query is cut short in the results title
 const state = { query: "", opener: null, imageId: null, image: null, explanation: null, word: 0, request: 0, search: 0 };
 
 function setStatus(element, text, isError = false) {
   element.textContent = text;
   element.classList.toggle("error", isError);
+}
+
+function shorten(text) {
+  return text.length > TITLE_CHARS ? `${text.slice(0, TITLE_CHARS - 1)}…` : text;
 }
 
 async function getJSON(url, options = {}) {
@@ -38,18 +43,21 @@ async function runSearch(url, options, label) {
     if (search !== state.search) return;
     const ms = Math.round(performance.now() - started);
     const how = result.rerank ? "re-ranked" : "kNN only";
-    setStatus(status, `${result.hits.length} results for ${label} (${how}, ${ms} ms)`);
+    const warning = result.warning ? `. Note: ${result.warning}` : "";
+    setStatus(status, `${result.hits.length} results for ${label} (${how}, ${ms} ms)${warning}`);
     $("#results").replaceChildren(...result.hits.map(renderHit));
   } catch (error) {
     if (search === state.search) setStatus(status, error.message, true);
   }
 }
 
+// Also run for a page opened as /?q=...; the address then names the search shown, so it can be shared.
 function searchText(event) {
-  event.preventDefault();
+  event?.preventDefault();
   state.query = $("#query").value;
-  const url = `/api/search?q=${encodeURIComponent(state.query)}&k=${RESULTS}${rerankParam()}`;
-  return runSearch(url, {}, `“${state.query}”`);
+  const q = encodeURIComponent(state.query);
+  history.replaceState(null, "", `?q=${q}`);
+  return runSearch(`/api/search?q=${q}&k=${RESULTS}${rerankParam()}`, {}, `“${shorten(state.query)}”`);
 }
 
 function searchUpload() {
@@ -59,7 +67,7 @@ function searchUpload() {
   form.append("file", file);
   state.query = "";
   const url = `/api/search/image?target=${$("#target").value}&k=${RESULTS}${rerankParam()}`;
-  return runSearch(url, { method: "POST", body: form }, file.name);
+  return runSearch(url, { method: "POST", body: form }, shorten(file.name));
 }
 
 function element(tag, className, text) {
@@ -81,8 +89,12 @@ function renderHit(hit) {
   img.loading = "lazy";
   button.append(img, element("span", "score", hit.score.toFixed(3)), element("span", "label", name));
   button.addEventListener("click", () => openDetail(hit, button));
+  const full = element("a", "full-size", "full size");
+  full.href = hit.image;
+  full.target = "_blank";
+  full.rel = "noopener";
   const item = element("li");
-  item.append(button);
+  item.append(button, full);
   return item;
 }
 
@@ -90,6 +102,7 @@ async function openDetail(hit, opener) {
   state.opener = opener;
   state.imageId = hit.image_id;
   state.explanation = null;
+  $("#full-size").href = hit.image;
   $("#words").replaceChildren();
   $("#captions").replaceChildren();
   setStatus($("#explain-status"), "");
@@ -223,4 +236,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#close").addEventListener("click", () => dialog.close());
   dialog.addEventListener("close", () => state.opener?.focus());
   showStats();
+  const query = new URLSearchParams(location.search).get("q");
+  if (query) {
+    $("#query").value = query;
+    searchText();
+  }
 });

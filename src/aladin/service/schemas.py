@@ -1,0 +1,60 @@
+"""The JSON shapes of the API's answers."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from aladin.search.searcher import Hit
+
+
+class HitOut(BaseModel):
+    id: int
+    score: float
+    first_stage_score: float | None
+    external_id: str
+    image_id: int
+    caption: str | None
+    thumbnail: str
+    image: str  # the full-size original
+
+
+class SearchOut(BaseModel):
+    query: str
+    target: str
+    rerank: int
+    hits: list[HitOut]
+    warning: str | None = None  # e.g. the query was longer than the text encoder reads
+
+
+class ItemOut(BaseModel):
+    id: int
+    external_id: str
+    name: str
+    captions: list[str]
+    thumbnail: str
+    image: str
+
+
+class ExplainOut(BaseModel):
+    item_id: int
+    text: str
+    words: list[str]
+    similarity: list[list[float]]  # [words, regions]
+    boxes: list[list[float]] | None  # [regions, 4]: x1, y1, x2, y2 in 0..1
+    score: float
+    thumbnail: str
+
+
+def thumbnail_url(image_id: int) -> str:
+    return f"/api/items/{image_id}/thumbnail"
+
+
+def image_url(image_id: int) -> str:
+    return f"/api/items/{image_id}/image"
+
+
+def hit_out(hit: Hit) -> HitOut:
+    """A hit without the server's file path (the client gets the image through its URLs)."""
+    fields = hit.to_json()
+    fields.pop("path")
+    return HitOut(**fields, thumbnail=thumbnail_url(hit.image_id), image=image_url(hit.image_id))
