@@ -18,12 +18,10 @@ import numpy as np
 import torch
 
 from aladin.config import config_from_dict, config_to_dict
-from aladin.data.images import load_image
-from aladin.encoders.image import ImageEncoder, build_image_encoder
+from aladin.encoders.image import ImageEncoder
 from aladin.errors import AladinError, CheckpointError
 from aladin.index.backends import VectorBackend, new_backend, open_backend, release_replaced, row_fields
 from aladin.index.config import INDEX_FORMAT_VERSION, IndexConfig
-from aladin.index.encoding import embed_images, model_device
 from aladin.index.manifest import (
     MANIFEST_NAME,
     collect_garbage,
@@ -36,7 +34,6 @@ from aladin.index.manifest import (
     writer_lock,
 )
 from aladin.index.metadata import IMAGES, TEXTS, ImageRecord, Metadata, TextRecord
-from aladin.index.sources import find_images
 from aladin.index.store import EncodedChunk, PackedStore, SegmentWriter
 from aladin.model.aladin import AladinModel
 
@@ -232,34 +229,16 @@ class SearchIndex:
     def add(
         self, paths: Iterable[str | Path], image_encoder: ImageEncoder | None = None, progress: bool = False
     ) -> list[int]:
-        """Encode and add images (files, or folders searched recursively); returns their new ids."""
-        from tqdm import tqdm
+        """Encode and add images (files, or folders searched recursively); returns their new ids. Files already
+        indexed are not added again (see `aladin.index.builder.add_images`, which also reports what it left out)."""
+        from aladin.index.builder import add_images
 
-        model = self._require_model("add images")
-        files = find_images(paths)
-        encoder = image_encoder or build_image_encoder(model.config.image_encoder, model_device(model))
-        batch_size = self.config.batch_size
-        ids: list[int] = []
-        with (
-            self.update() as up,
-            tqdm(total=len(files), desc="add", unit="image", disable=not progress) as bar,
-        ):
-            for start in range(0, len(files), batch_size):
-                batch = files[start : start + batch_size]
-                chunk = embed_images(model, encoder.encode([load_image(p) for p in batch]))
-                ids.extend(up.add_images(chunk, [ImageRecord(str(p), str(p)) for p in batch]).tolist())
-                bar.update(len(batch))
-        return ids
+        return add_images(self, paths, image_encoder, progress).ids
 
     def remove(self, ids: Iterable[int]) -> None:
         """Remove images (and their captions) from search; their ids are never given out again."""
         with self.update() as up:
             up.remove_images(ids)
-
-    def _require_model(self, what: str) -> AladinModel:
-        if self.model is None:
-            raise AladinError(f"{self.directory}: to {what}, load the index with the model that built it")
-        return self.model
 
     def _switch(self, manifest: dict[str, Any]) -> None:
         """Point this object at the version just committed (its backends already hold the new vectors)."""
