@@ -121,7 +121,7 @@ def test_index_add_never_indexes_a_file_twice(
     assert (again.ids, len(again.already_indexed), again.summary()) == (
         [],
         3,
-        "added 0, skipped 3 already indexed",
+        "added 0 images, skipped 3 already indexed",
     )
     assert index.generation == generation  # nothing changed: no new version
 
@@ -129,7 +129,7 @@ def test_index_add_never_indexes_a_file_twice(
     outside = write_images(tmp_path / "outside", 1, first_seed=20)[0]
     monkeypatch.chdir(photos)  # the same file named relative to another working directory
     report = add_images(index, [".", "img000.png", outside])
-    assert report.summary() == "added 2 (ids 3..4), skipped 4 already indexed"
+    assert report.summary() == "added 2 images (ids 3..4), skipped 4 already indexed"
     assert len(index) == 5 and len(set(_paths(index).values())) == 5
     assert _paths(index)["new/img010.png"] == str(photos / "new" / "img010.png")
     assert outside.as_posix() in _paths(index)  # outside the root: named by its absolute path
@@ -174,7 +174,7 @@ def test_the_commands_say_what_they_left_out_and_what_is_missing(
     assert "broken.jpg" in capsys.readouterr().err
 
     assert main(["index", "add", index, str(photos), "--model", str(model)]) == 0
-    assert "added 0, skipped 3 already indexed, skipped 1 that cannot be indexed" in " ".join(
+    assert "added 0 images, skipped 3 already indexed, skipped 1 that cannot be indexed" in " ".join(
         capsys.readouterr().out.split()
     )
 

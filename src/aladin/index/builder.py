@@ -279,7 +279,9 @@ class AddReport:
     skipped: list[Skipped]
 
     def summary(self) -> str:
-        parts = [f"added {len(self.ids)}" + (f" (ids {self.ids[0]}..{self.ids[-1]})" if self.ids else "")]
+        parts = [
+            f"added {len(self.ids)} images" + (f" (ids {self.ids[0]}..{self.ids[-1]})" if self.ids else "")
+        ]
         if self.already_indexed:
             parts.append(f"skipped {len(self.already_indexed)} already indexed")
         if self.skipped:
