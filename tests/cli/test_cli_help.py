@@ -31,7 +31,8 @@ def _probe(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["--version"], ["index", "build", "--help"], ["search", "--help"], ["serve", "--help"]]
+    "argv",
+    [["--help"], ["--version"], ["index", "build", "--help"], ["search", "--help"], ["serve", "--help"]],
 )
 def test_help_and_version_load_no_heavy_library(argv: list[str]) -> None:
     assert _probe(*argv).stdout.strip()
