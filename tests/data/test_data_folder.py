@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from aladin.data import Dataset, ImageItem, load_dataset_folder, write_dataset_folder
+from aladin.data.folder import MAX_IMAGE_PIXELS, check_image_file, scan_image_folder
 from aladin.errors import DataError
 
 
@@ -138,3 +140,46 @@ def test_any_number_of_captions(tmp_path: Path) -> None:
     (tmp_path / "captions.jsonl").write_text("\n".join(lines))
     loaded = load_dataset_folder(tmp_path)
     assert [len(it.captions) for it in loaded.items] == list(range(1, 8))
+
+
+def test_scanning_a_photo_folder_reports_every_file_it_leaves_out(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    good = make_images(root, "a.jpg", "sub/b.PNG")
+    (root / "noext").write_bytes((root / "a.jpg").read_bytes())  # an image without an extension: indexed
+    (root / "README").write_text("not an image")
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    (root / "x.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00")
+    (root / "empty.jpg").write_bytes(b"")
+    Image.new("1", (8000, MAX_IMAGE_PIXELS // 8000 + 1)).save(root / "huge.png")  # 1-bit: small on disk
+    os.symlink(tmp_path / "gone.jpg", root / "dangling.jpg")
+    outside = make_images(tmp_path / "elsewhere", "c.jpg")[0]
+    os.symlink(outside, root / "link-out.jpg")
+    os.symlink(root / "a.jpg", root / "link-in.jpg")  # stays inside: indexed (the server can show it)
+    os.symlink(tmp_path / "elsewhere", root / "folder-out")
+    os.symlink(root / "sub", root / "folder-in")
+    os.symlink(root, root / "sub" / "loop")
+    make_images(root / ".thumbnails", "t.jpg")  # hidden: not searched
+
+    found, skipped = scan_image_folder(root)
+    assert found == sorted([*good, root / "noext", root / "link-in.jpg"])
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert set(reasons) == {
+        "README", "x.heic", "empty.jpg", "huge.png", "dangling.jpg", "link-out.jpg", "folder-out", "folder-in",
+        "loop",
+    }  # fmt: skip
+    assert reasons["README"] == "not an image (no extension)"
+    assert "pillow-heif" in reasons["x.heic"] and reasons["empty.jpg"] == "empty file"
+    assert "over the limit" in reasons["huge.png"] and reasons["dangling.jpg"] == "dangling symlink"
+    assert reasons["link-out.jpg"].endswith(f"outside {root}")
+    assert "not followed" in reasons["folder-in"] and reasons["folder-out"].endswith(f"outside {root})")
+
+
+def test_the_serving_rule_is_the_indexing_rule(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    inside = make_images(root, "a.png")[0]
+    outside = make_images(tmp_path, "secret.png")[0]
+    os.symlink(outside, root / "secret.png")
+    assert check_image_file(root, inside) is None
+    assert check_image_file(root, root / "secret.png") == f"a symlink to {outside}, outside {root}"
+    assert check_image_file(root, root / "nothing.png") == "file not found"
+    assert check_image_file(root, inside, max_pixels=15) == "4×4 pixels, over the limit of 15"

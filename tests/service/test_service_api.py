@@ -160,12 +160,14 @@ def test_files_outside_the_image_root_are_refused(
 ) -> None:
     outside = write_images(tmp_path / "outside", 1, first_seed=50)[0]
     folder = tmp_path / "linked"
-    write_images(folder, 2)
-    (folder / "img999.png").symlink_to(outside)  # leads out of the indexed folder
+    write_images(folder, 3)
     index = build_index(
         folder, model, tmp_path / "linked-index", IndexConfig(), text_encoder=text_encoder, progress=False
     )
-    linked = next(i for i, r in index.meta.images(range(3)).items() if r.path.endswith("img999.png"))
+    # the build leaves out links leading out of the folder; one made after it must still not be served
+    (folder / "img002.png").unlink()
+    (folder / "img002.png").symlink_to(outside)
+    linked = next(i for i, r in index.meta.images(range(3)).items() if r.path.endswith("img002.png"))
     with TestClient(
         create_app(Searcher(index, model, text_encoder), ServiceConfig()), base_url=LOCAL
     ) as client:

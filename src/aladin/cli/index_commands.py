@@ -10,14 +10,15 @@ import json
 import sys
 import time
 import warnings
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from aladin.cli.models import add_model_flags, load_model
 from aladin.errors import AladinError
 from aladin.index.config import BACKENDS, REGION_DTYPES, IndexConfig
+
+if TYPE_CHECKING:  # rich is imported by the handlers: `aladin --help` stays light
+    from rich.console import Console
+    from rich.table import Table
 
 
 def register(subparsers: Any) -> None:
@@ -33,20 +34,31 @@ def register(subparsers: Any) -> None:
     p.add_argument("--factory", default=defaults.factory, help="Flat (exact), IVF<nlist>,Flat or HNSW<M>")
     p.add_argument("--nprobe", type=int, default=defaults.nprobe, help="IVF lists searched per query")
     p.add_argument("--ef-search", type=int, default=defaults.ef_search, help="HNSW candidate list size")
-    p.add_argument("--region-dtype", choices=REGION_DTYPES, default=defaults.region_dtype)
+    p.add_argument(
+        "--region-dtype",
+        choices=REGION_DTYPES,
+        default=defaults.region_dtype,
+        help="how the region store keeps each region vector",
+    )
     p.add_argument("--pq-m", type=int, default=defaults.pq_m, help="pq: sub-quantisers (0: embed_dim / 8)")
     p.add_argument("--pq-nbits", type=int, default=defaults.pq_nbits, help="pq: bits per sub-quantiser")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images encoded at once")
     p.add_argument("--with-texts", action="store_true", help="also index the captions (image→text search)")
     p.add_argument("--split", help="only this split of a dataset folder (feature cache: default test)")
     p.add_argument("--overwrite", action="store_true", help="replace an index already in --out")
+    _add_strict_flag(p)
     _add_backend_flags(p)
     p.set_defaults(func=_build)
 
     p = commands.add_parser("add", help="encode more images into an index")
     p.add_argument("index", help="index folder")
-    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        help="image files or folders (searched recursively); files already indexed are skipped",
+    )
     add_model_flags(p)
+    _add_strict_flag(p)
     p.set_defaults(func=_add)
 
     p = commands.add_parser("remove", help="remove images (and their captions) from an index")
@@ -100,6 +112,30 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_search)
 
 
+def _add_strict_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first file that cannot be indexed (default: leave it out with a warning and list it "
+        "in the summary and the manifest)",
+    )
+
+
+def _print_skipped(console: Console, skipped: list[dict[str, str]]) -> None:
+    """The files a build or add left out, one line each, after its summary."""
+    if skipped:
+        console.print(f"left out {len(skipped)} file(s) that cannot be indexed:", markup=False)
+        for entry in skipped:
+            console.print(f"  {entry['path']}: {entry['reason']}", markup=False, soft_wrap=True)
+
+
+def _warn_missing(index: Any) -> None:
+    """Say at start-up how many indexed files are gone (their hits would show no picture)."""
+    missing = index.meta.missing_files()
+    if missing.missing:
+        print(f"aladin: warning: {missing}", file=sys.stderr)
+
+
 def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
     defaults = IndexConfig()
     parser.add_argument(
@@ -126,6 +162,8 @@ def _uri(args: argparse.Namespace) -> str:
 
 
 def _build(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
     from aladin import distributed
     from aladin.index.builder import build_index
     from aladin.model.pretrained import default_model_dir
@@ -154,22 +192,34 @@ def _build(args: argparse.Namespace) -> None:
         split=args.split,
         overwrite=args.overwrite,
         checkpoint=str(args.model or default_model_dir()),
+        strict=args.strict,
     )
     texts = f" and {index.meta.count('texts')} captions" if index.has_texts else ""
-    Console().print(
-        f"indexed {len(index)} images{texts} into {args.out} in {time.perf_counter() - started:.1f} s"
+    console = Console()
+    console.print(
+        f"indexed {len(index)} images{texts} into {args.out} in {time.perf_counter() - started:.1f} s",
+        markup=False,
     )
+    _print_skipped(console, index.manifest["skipped"])
 
 
 def _add(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from aladin.index.builder import add_images
     from aladin.index.index import SearchIndex
 
-    index = SearchIndex.load(args.index, load_model(args, args.index))
-    ids = index.add(args.paths, progress=True)
-    Console().print(f"added {len(ids)} images (ids {ids[0]}..{ids[-1]}); the index now holds {len(index)}")
+    model = load_model(args, args.index)
+    index = SearchIndex.load(args.index, model)
+    report = add_images(index, args.paths, progress=True, strict=args.strict)
+    console = Console()
+    console.print(f"{report.summary()}; the index now holds {len(index)} images", markup=False)
+    _print_skipped(console, [s.to_json() for s in report.skipped])
 
 
 def _remove(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
     from aladin.index.index import SearchIndex
 
     index = SearchIndex.load(args.index)
@@ -178,6 +228,9 @@ def _remove(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     from aladin.index.index import SearchIndex
 
     info = SearchIndex.load(args.index, verify_checksums=False).info()
@@ -209,6 +262,8 @@ def _collection_line(c: dict[str, Any], dtype: str) -> str:
 
 
 def _migrate(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
     from aladin.index.migrate import migrate_index
 
     started = time.perf_counter()
@@ -220,6 +275,8 @@ def _migrate(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
     from aladin.model.aladin import AladinModel
     from aladin.pipeline import resolve_device
     from aladin.search.searcher import QueryTruncatedWarning, Searcher
@@ -229,6 +286,7 @@ def _search(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     model = None if args.model is None else AladinModel.from_pretrained(args.model, device)
     searcher = Searcher.open(args.index, model, device, verify_checksums=not args.skip_checksums)
+    _warn_missing(searcher.index)
     searcher.index.set_search_params(args.nprobe, args.ef_search)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", QueryTruncatedWarning)
@@ -249,6 +307,8 @@ def _search(args: argparse.Namespace) -> None:
 
 def _hits_table(query: str, hits: list[Any]) -> Table:
     """The results as a table titled by the query (its start, for a long one)."""
+    from rich.table import Table
+
     shown = query if len(query) <= 80 else query[:77] + "..."
     table = Table(title=f"{shown!r}: top {len(hits)}")
     for column in ("rank", "id", "score", "kNN score"):

@@ -1,4 +1,8 @@
-"""Entry point of the `aladin` command."""
+"""Entry point of the `aladin` command.
+
+The parser is built from light modules only (no torch, transformers or FAISS): `aladin --help` and
+`--version` answer at once; each handler imports what it needs.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from aladin import __version__
 from aladin.errors import AladinError
@@ -90,11 +95,32 @@ def _demo(args: argparse.Namespace) -> None:
     pipeline.demo(args.work_dir, seed=args.seed)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it has none worth showing or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
+            or "default" in text
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The `aladin` parser; its subcommands' parsers (of the same class) show defaults too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from aladin.cli.options import add_encoder_flags, add_recipe_flags, add_split_flags
-    from aladin.data.synthetic import SyntheticConfig
+    from aladin.data.synthetic_config import SyntheticConfig
 
-    parser = argparse.ArgumentParser(prog="aladin", description=__doc__ and "ALADIN cross-modal search")
+    parser = _Parser(prog="aladin", description="ALADIN cross-modal search")
     parser.add_argument("--version", action="version", version=f"aladin {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

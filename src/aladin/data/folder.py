@@ -9,7 +9,9 @@ field named, not hours later inside training.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -148,3 +150,100 @@ def write_dataset_folder(data: Dataset | Iterable[ImageItem], root: str | Path) 
     target = root / CAPTIONS_FILE
     atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return target
+
+
+# ---- folders of photos: what can be indexed, and served -------------------------------------------------------
+
+#: Extensions looked at when a folder is searched for images (any case).
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl"}
+)
+#: The largest image indexed or served (width × height): the service's default limit too.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file left out of an index, and why (shown in the build summary, kept in the manifest)."""
+
+    path: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def check_image_file(root: str | Path, path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """Why `path` cannot be indexed or served from `root` (None when it can): one rule for the index builder
+    and the service. Symlinks are followed only where they stay inside `root`; the size is read from the header.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not os.path.lexists(path):
+        return "file not found"
+    target = path.resolve()
+    if not target.exists():
+        return "dangling symlink"
+    if not target.is_relative_to(Path(root).resolve()):
+        return f"a symlink to {target}, outside {root}"
+    if not target.is_file():
+        return "not a regular file"
+    if target.stat().st_size == 0:
+        return "empty file"
+    try:
+        with Image.open(target) as img:
+            width, height = img.size
+    except UnidentifiedImageError:
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_EXTENSIONS and suffix not in Image.registered_extensions():
+            return f"no {suffix} decoder installed (HEIC/HEIF: pip install pillow-heif)"
+        return "not an image" + ("" if suffix else " (no extension)")
+    except (OSError, SyntaxError, ValueError) as exc:
+        return f"cannot read image ({' '.join(str(exc).split()) or type(exc).__name__})"
+    if width * height > max_pixels:
+        return f"{width}×{height} pixels, over the limit of {max_pixels:,}"
+    return None
+
+
+def scan_image_folder(root: str | Path) -> tuple[list[Path], list[Skipped]]:
+    """Image files under `root` (sorted) and the candidates left out (extensions of images, or none); hidden
+    files and folders are not searched.
+
+    Symlinked folders are not followed, and reported: one inside `root` is searched anyway under its real
+    path (following it would index its photos twice, or loop), one outside could not be shown by the server.
+    """
+    root = Path(os.path.abspath(root))
+    real_root = root.resolve()
+    found: list[Path] = []
+    skipped: list[Skipped] = []
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append(Skipped(str(folder), f"cannot list the folder ({exc.strerror})"))
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith("."):
+                continue  # hidden: system files (.DS_Store, ._IMG.jpg), caches, an index's own files
+            if entry.is_dir(follow_symlinks=False):
+                folders.append(path)
+            elif entry.is_symlink() and entry.is_dir():
+                real = path.resolve()
+                where = "searched there" if real.is_relative_to(real_root) else f"outside {root}"
+                skipped.append(
+                    Skipped(str(path), f"a symlinked folder, not followed (it leads to {real}, {where})")
+                )
+            elif path.suffix.lower() in IMAGE_EXTENSIONS or not path.suffix:
+                reason = check_image_file(root, path)
+                if reason is None:
+                    found.append(path)
+                else:
+                    skipped.append(Skipped(str(path), reason))
+    return sorted(found), sorted(skipped, key=lambda s: Path(s.path))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +112,20 @@ def resolve_text_model(name: str) -> Path:
     )
 
 
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """Without transformers' "Loading weights" bar: a local model loads in a blink, and every command loads one."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 class HFTextEncoder(TextEncoder):
     """A BERT-family Hugging Face model loaded offline; features are its last hidden states per word piece."""
 
@@ -126,7 +142,8 @@ class HFTextEncoder(TextEncoder):
         self.device = torch.device(device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            self.model = AutoModel.from_pretrained(folder, local_files_only=True)
+            with _no_progress_bar():
+                self.model = AutoModel.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise AladinError(f"{folder}: cannot load text model ({exc})") from exc
         self.tokenizer.padding_side = "right"  # encode trims each batch's padding off the end

@@ -1,38 +1,40 @@
 """The persistent search index: FAISS over global vectors, a packed region/word store, SQLite metadata, and a
-manifest that switches versions atomically."""
+manifest that switches versions atomically.
 
-from aladin.index.builder import IndexBuilder, build_index
-from aladin.index.config import INDEX_FORMAT_VERSION, REGION_DTYPES, IndexConfig
-from aladin.index.index import IndexUpdate, SearchIndex
-from aladin.index.metadata import IMAGES, TEXTS, ImageRecord, TextRecord
-from aladin.index.sources import (
-    CachedSplitSource,
-    DatasetSource,
-    ImageFolderSource,
-    IndexSource,
-    find_images,
-    open_source,
-)
-from aladin.index.store import EncodedChunk, PackedStore
+Names are imported on first use, so that `aladin.index.config` (the CLI's defaults) loads without torch/FAISS.
+"""
 
-__all__ = [
-    "IMAGES",
-    "INDEX_FORMAT_VERSION",
-    "REGION_DTYPES",
-    "TEXTS",
-    "CachedSplitSource",
-    "DatasetSource",
-    "EncodedChunk",
-    "ImageFolderSource",
-    "ImageRecord",
-    "IndexBuilder",
-    "IndexConfig",
-    "IndexSource",
-    "IndexUpdate",
-    "PackedStore",
-    "SearchIndex",
-    "TextRecord",
-    "build_index",
-    "find_images",
-    "open_source",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "IndexBuilder": "builder",
+    "build_index": "builder",
+    "INDEX_FORMAT_VERSION": "config",
+    "REGION_DTYPES": "config",
+    "IndexConfig": "config",
+    "IndexUpdate": "index",
+    "SearchIndex": "index",
+    "IMAGES": "metadata",
+    "TEXTS": "metadata",
+    "ImageRecord": "metadata",
+    "TextRecord": "metadata",
+    "CachedSplitSource": "sources",
+    "DatasetSource": "sources",
+    "ImageFolderSource": "sources",
+    "IndexSource": "sources",
+    "find_images": "sources",
+    "open_source": "sources",
+    "EncodedChunk": "store",
+    "PackedStore": "store",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

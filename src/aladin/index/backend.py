@@ -20,11 +20,11 @@ from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-
 from aladin.errors import AladinError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from aladin.index.config import IndexConfig
     from aladin.index.metadata import ImageRecord
 

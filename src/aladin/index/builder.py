@@ -4,6 +4,10 @@ Encoded batches go to `<out>/.building/` as they are made, with progress.json sa
 rerun with the same model, source and batch size continues from there. Only when every batch is encoded is
 the index written (one atomic switch) and the staging folder deleted.
 
+A file that cannot be indexed (unreadable, not an image, too large, a symlink leading out of the folder) is
+left out with a one-line warning and listed in the manifest's `skipped` (path and reason); `strict=True` stops
+at the first one instead. Each encoded image batch has a JSON beside it naming the items it holds.
+
 Under torchrun each rank encodes a contiguous run of the batches into `.building/ranks/<r>-of-<N>/` (resumable
 the same way); after a barrier rank 0 writes the index from all of them, in order, so it is the index one
 process builds.
@@ -12,30 +16,43 @@ process builds.
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from aladin import distributed
+from aladin.data.folder import Skipped
 from aladin.encoders.image import ImageEncoder, build_image_encoder
 from aladin.encoders.text import TextEncoder, build_text_encoder
 from aladin.errors import AladinError
-from aladin.fileio import atomic_write, write_json
+from aladin.fileio import atomic_write, read_json, write_json
 from aladin.index.backend import backend_class
 from aladin.index.config import INDEX_FORMAT_VERSION, IndexConfig
 from aladin.index.encoding import embed_images, embed_texts, model_device
 from aladin.index.index import SearchIndex
 from aladin.index.manifest import MANIFEST_NAME
-from aladin.index.metadata import IMAGES, TEXTS, TextRecord
-from aladin.index.sources import IndexSource, open_source
+from aladin.index.metadata import IMAGES, TEXTS, ImageRecord, TextRecord
+from aladin.index.sources import (
+    IndexSource,
+    external_id_for,
+    find_images,
+    open_source,
+    read_images,
+    warn_skipped,
+)
 from aladin.index.store import EncodedChunk
 from aladin.model.aladin import AladinModel
 
 BUILDING_DIR = ".building"
 _PROGRESS = "progress.json"
+#: Manifest key of the files left out: a list of {"path", "reason"}.
+SKIPPED = "skipped"
 
 
 class IndexBuilder:
@@ -77,8 +94,10 @@ class IndexBuilder:
         with_texts: bool = False,
         split: str | None = None,
         overwrite: bool = False,
+        strict: bool = False,
     ) -> SearchIndex:
-        """Index every image of `source` (and, `with_texts`, its captions) into `out_dir`."""
+        """Index every image of `source` (and, `with_texts`, its captions) into `out_dir`; files that cannot be
+        indexed are left out and listed in the manifest (`strict`: the first one stops the build)."""
         distributed.init_from_env()
         distributed.to_local_device(self.model)
         out_dir = Path(out_dir)
@@ -90,6 +109,7 @@ class IndexBuilder:
             )
         # an unreachable vector store must fail before the encoding, not after it
         backend_class(self.cfg.backend).preflight(self.cfg, out_dir, distributed.world_size())
+        warn_skipped(source.skipped, strict)
         captions = source.captions
         if with_texts and not captions:
             raise AladinError(
@@ -100,13 +120,13 @@ class IndexBuilder:
         shard = shard_dirs[distributed.rank()]
         state = self._resume(shard, source, with_texts)
         images = None if not source.needs_encoders else self.image_encoder()
-        n_image_chunks = self._encode(
-            shard,
-            state,
-            IMAGES,
-            len(source.items),
-            lambda a, b: embed_images(self.model, source.region_batch(a, b, images)),
-        )
+
+        def encode_images(start: int, stop: int) -> tuple[EncodedChunk | None, dict[str, Any]]:
+            read = source.region_batch(start, stop, images, strict)
+            chunk = None if read.regions is None else embed_images(self.model, read.regions)
+            return chunk, {"kept": read.kept, SKIPPED: [s.to_json() for s in read.skipped]}
+
+        n_image_chunks = self._encode(shard, state, IMAGES, len(source.items), encode_images)
         n_text_chunks = 0
         if with_texts:
             texts = None if not source.needs_encoders else self.text_encoder()
@@ -115,22 +135,35 @@ class IndexBuilder:
                 state,
                 TEXTS,
                 len(captions),
-                lambda a, b: embed_texts(self.model, source.token_batch(a, b, texts)),
+                lambda a, b: (embed_texts(self.model, source.token_batch(a, b, texts)), None),
             )
         distributed.barrier()  # every rank's batches are on disk
 
         def write_index() -> SearchIndex:
             index = SearchIndex.create(out_dir, self.model, self.cfg, with_texts, self.checkpoint)
+            index.meta.image_root = source.root
+            image_chunks = _chunk_files(shard_dirs, IMAGES, n_image_chunks)
+            batches = [read_json(_contents_path(path), "encoded batch contents") for path in image_chunks]
+            skipped = [*source.skipped, *(Skipped(**s) for batch in batches for s in batch[SKIPPED])]
+            index.manifest[SKIPPED] = [s.to_json() for s in skipped]
             with index.update() as up:
-                image_ids = []
-                for i, path in enumerate(_chunk_files(shard_dirs, IMAGES, n_image_chunks)):
-                    chunk = EncodedChunk.load(path)
-                    start = i * self.cfg.batch_size
-                    image_ids.extend(up.add_images(chunk, source.items[start : start + len(chunk)]).tolist())
+                image_ids: dict[int, int] = {}  # position in source.items → id
+                for path, batch in zip(image_chunks, batches, strict=True):
+                    if batch["kept"]:
+                        records = [source.items[i] for i in batch["kept"]]
+                        ids = up.add_images(EncodedChunk.load(path), records)
+                        image_ids.update(zip(batch["kept"], ids.tolist(), strict=True))
                 for i, path in enumerate(_chunk_files(shard_dirs, TEXTS, n_text_chunks)):
                     chunk = EncodedChunk.load(path)
                     part = captions[i * self.cfg.batch_size :][: len(chunk)]
-                    up.add_texts(chunk, [TextRecord(image_ids[owner], caption) for owner, caption in part])
+                    keep = np.array([owner in image_ids for owner, _ in part])
+                    if keep.any():  # captions of an image left out are left out with it
+                        records = [
+                            TextRecord(image_ids[owner], caption)
+                            for owner, caption in part
+                            if owner in image_ids
+                        ]
+                        up.add_texts(_take(chunk, keep), records)
             shutil.rmtree(staging)
             return index
 
@@ -145,6 +178,7 @@ class IndexBuilder:
             "source": source.fingerprint(),
             "batch_size": self.cfg.batch_size,
             "with_texts": with_texts,
+            "batch_contents": 1,  # image batches list the items they hold (files can be left out)
         }
         try:
             saved = json.loads((staging / _PROGRESS).read_text())
@@ -163,9 +197,10 @@ class IndexBuilder:
         state: dict[str, Any],
         kind: str,
         total: int,
-        encode: Callable[[int, int], EncodedChunk],
+        encode: Callable[[int, int], tuple[EncodedChunk | None, dict[str, Any] | None]],
     ) -> int:
-        """Encode this rank's batches of items [0, total) of `kind` not yet on disk; returns the number of chunks
+        """Encode this rank's batches of items [0, total) of `kind` not yet on disk (each with the JSON of its
+        contents `encode` may give; no chunk when nothing could be encoded); returns the number of chunks
         (batches) of all ranks."""
         size = self.cfg.batch_size
         chunks = -(-total // size)
@@ -180,7 +215,12 @@ class IndexBuilder:
         ) as bar:
             for number in range(first + done, stop):
                 start, end = number * size, min((number + 1) * size, total)
-                atomic_write(_chunk_path(staging, kind, number), encode(start, end).save)
+                chunk, contents = encode(start, end)
+                path = _chunk_path(staging, kind, number)
+                if contents is not None:
+                    write_json(_contents_path(path), contents)
+                if chunk is not None:
+                    atomic_write(path, chunk.save)
                 state[kind] = number - first + 1
                 write_json(staging / _PROGRESS, state)
                 bar.update(end - start)
@@ -189,6 +229,17 @@ class IndexBuilder:
 
 def _chunk_path(staging: Path, kind: str, number: int) -> Path:
     return staging / f"{kind}-{number:06d}.npz"
+
+
+def _contents_path(chunk: Path) -> Path:
+    return chunk.with_suffix(".json")
+
+
+def _take(chunk: EncodedChunk, keep: np.ndarray) -> EncodedChunk:
+    """The items of `chunk` where `keep` is True (with their rows)."""
+    rows = np.repeat(keep, chunk.counts)
+    boxes = None if chunk.boxes is None else chunk.boxes[rows]
+    return EncodedChunk(chunk.global_vectors[keep], chunk.rows[rows], chunk.counts[keep], boxes)
 
 
 def _chunk_files(shard_dirs: list[Path], kind: str, chunks: int) -> list[Path]:
@@ -213,7 +264,84 @@ def build_index(
     overwrite: bool = False,
     progress: bool = True,
     checkpoint: str | None = None,
+    strict: bool = False,
 ) -> SearchIndex:
     """Encode `source` (a folder of images, a dataset folder or a feature cache split) into a new index."""
     builder = IndexBuilder(model, cfg, image_encoder, text_encoder, progress, checkpoint)
-    return builder.build(source, out_dir, with_texts=with_texts, split=split, overwrite=overwrite)
+    return builder.build(
+        source, out_dir, with_texts=with_texts, split=split, overwrite=overwrite, strict=strict
+    )
+
+
+@dataclass
+class AddReport:
+    """What `index add` did: the new ids, the files already indexed (left as they are) and those left out."""
+
+    ids: list[int]
+    already_indexed: list[str]
+    skipped: list[Skipped]
+
+    def summary(self) -> str:
+        parts = [
+            f"added {len(self.ids)} images" + (f" (ids {self.ids[0]}..{self.ids[-1]})" if self.ids else "")
+        ]
+        if self.already_indexed:
+            parts.append(f"skipped {len(self.already_indexed)} already indexed")
+        if self.skipped:
+            parts.append(f"skipped {len(self.skipped)} that cannot be indexed")
+        return ", ".join(parts)
+
+
+def add_images(
+    index: SearchIndex,
+    paths: Iterable[str | Path],
+    image_encoder: ImageEncoder | None = None,
+    progress: bool = False,
+    strict: bool = False,
+) -> AddReport:
+    """Encode image files (or folders, searched recursively) into `index`, named like `build` names them.
+
+    A file already indexed (same path, live) is left as it is, never added twice; files that cannot be indexed
+    are left out with a warning and listed in the manifest (`strict`: the first one stops before any change).
+    """
+    model = index.model
+    if model is None:
+        raise AladinError(f"{index.directory}: to add images, load the index with the model that built it")
+    files, skipped = find_images(paths)
+    warn_skipped(skipped, strict)
+    seen = index.meta.live_paths()
+    new: list[str] = []
+    already: list[str] = []
+    for file in map(os.path.abspath, files):
+        (already if file in seen else new).append(file)
+        seen.add(file)
+    old_skipped = index.manifest.get(SKIPPED, [])
+    if not new and _merge_skipped(old_skipped, files, skipped) == old_skipped:
+        return AddReport([], already, skipped)  # nothing changes: no new version
+    encoder = image_encoder
+    if new and encoder is None:
+        encoder = build_image_encoder(model.config.image_encoder, model_device(model))
+    ids: list[int] = []
+    with index.update() as up, tqdm(total=len(new), desc="add", unit="image", disable=not progress) as bar:
+        for start in range(0, len(new), index.config.batch_size):
+            batch = new[start : start + index.config.batch_size]
+            images, kept, bad = read_images(batch, strict)
+            skipped.extend(bad)
+            if images:
+                assert encoder is not None
+                records = [
+                    ImageRecord(batch[i], external_id_for(index.image_root, batch[i])) for i in kept
+                ]
+                ids.extend(up.add_images(embed_images(model, encoder.encode(images)), records).tolist())
+            bar.update(len(batch))
+        index.manifest = {**index.manifest, SKIPPED: _merge_skipped(old_skipped, files, skipped)}
+    return AddReport(ids, already, skipped)
+
+
+def _merge_skipped(
+    old: list[dict[str, str]], files: list[Path], skipped: list[Skipped]
+) -> list[dict[str, str]]:
+    """The manifest's list of files left out after an add: earlier entries for files this add did not look at,
+    then what it left out."""
+    looked_at = {str(f) for f in files} | {s.path for s in skipped}
+    return [entry for entry in old if entry["path"] not in looked_at] + [s.to_json() for s in skipped]

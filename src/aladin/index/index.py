@@ -17,19 +17,16 @@ import numpy as np
 import torch
 
 from aladin.config import config_from_dict, config_to_dict
-from aladin.data.images import load_image
-from aladin.encoders.image import ImageEncoder, build_image_encoder
+from aladin.encoders.image import ImageEncoder
 from aladin.errors import AladinError, CheckpointError
 from aladin.index.backend import VectorBackend, backend_class
 from aladin.index.config import INDEX_FORMAT_VERSION, IndexConfig
-from aladin.index.encoding import embed_images, model_device
 from aladin.index.manifest import (
     MANIFEST_NAME,
     read_manifest,
     verify_files,
 )
-from aladin.index.metadata import IMAGES, TEXTS, ImageRecord, Metadata, external_id_for
-from aladin.index.sources import find_images
+from aladin.index.metadata import IMAGES, TEXTS, Metadata
 from aladin.index.store import PackedStore
 from aladin.index.update import IndexUpdate, disk_generation
 from aladin.model.aladin import AladinModel
@@ -165,8 +162,8 @@ class SearchIndex:
     def image_root(self) -> Path | None:
         """The folder image external ids are relative to: the recorded one, else (an index that records none)
         the folder a folder-built index was made from, found from an image whose id is its relative path."""
-        if self.manifest.get("image_root"):
-            return Path(self.manifest["image_root"])
+        if self.meta.image_root is not None:
+            return self.meta.image_root
         for record in self.meta.images(self.meta.ids(IMAGES)[:1].tolist()).values():
             path, relative = Path(record.path).absolute().parts, PurePosixPath(record.external_id).parts
             if relative and relative[0] != "/" and path[-len(relative) :] == relative:
@@ -237,35 +234,16 @@ class SearchIndex:
     def add(
         self, paths: Iterable[str | Path], image_encoder: ImageEncoder | None = None, progress: bool = False
     ) -> list[int]:
-        """Encode and add images (files, or folders searched recursively); returns their new ids."""
-        from tqdm import tqdm
+        """Encode and add images (files, or folders searched recursively); returns their new ids. Files already
+        indexed are not added again (see `aladin.index.builder.add_images`, which also reports what it left out)."""
+        from aladin.index.builder import add_images
 
-        model = self._require_model("add images")
-        files = find_images(paths)
-        encoder = image_encoder or build_image_encoder(model.config.image_encoder, model_device(model))
-        batch_size, root = self.config.batch_size, self.image_root
-        ids: list[int] = []
-        with (
-            self.update() as up,
-            tqdm(total=len(files), desc="add", unit="image", disable=not progress) as bar,
-        ):
-            for start in range(0, len(files), batch_size):
-                batch = files[start : start + batch_size]
-                chunk = embed_images(model, encoder.encode([load_image(p) for p in batch]))
-                records = [ImageRecord(str(p), external_id_for(root, p)) for p in batch]
-                ids.extend(up.add_images(chunk, records).tolist())
-                bar.update(len(batch))
-        return ids
+        return add_images(self, paths, image_encoder, progress).ids
 
     def remove(self, ids: Iterable[int]) -> None:
         """Remove images (and their captions) from search; their ids are never given out again."""
         with self.update() as up:
             up.remove_images(ids)
-
-    def _require_model(self, what: str) -> AladinModel:
-        if self.model is None:
-            raise AladinError(f"{self.directory}: to {what}, load the index with the model that built it")
-        return self.model
 
     def _switch(self, manifest: dict[str, Any]) -> None:
         """Point this object at the version just committed (its backends already hold the new vectors)."""

@@ -2,11 +2,17 @@
 
 Each index version has its own database file, written once (a copy of the previous one plus the changes)
 and then opened read-only, so a reader never sees a half-applied update.
+
+Image paths are stored relative to the index's image root (the folder `index build` was given), recorded
+absolute and relative to the index folder: paths resolve the same from any working directory, and an index
+moved together with its photos finds them again. Indexes written before roots were recorded keep their paths
+as they were stored (absolute, or relative to the working directory).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -29,6 +35,8 @@ CREATE TABLE texts (
 );
 CREATE INDEX texts_by_image ON texts(image_id);
 """
+_SETTINGS = "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+_ROOT, _ROOT_FROM_INDEX = "image_root", "image_root_from_index"
 
 
 @dataclass(frozen=True)
@@ -70,16 +78,34 @@ def external_id_for(root: str | Path | None, path: str | Path) -> str:
     return path.as_posix()
 
 
-class Metadata:
-    """A read-only view of one version's database (or an empty one for an index not yet written)."""
 
-    def __init__(self, connection: sqlite3.Connection):
+@dataclass(frozen=True)
+class MissingFiles:
+    """Indexed images whose file is not on disk (any more): said at `search`/`serve` start-up."""
+
+    missing: list[str]
+    total: int
+    root: str
+
+    def __str__(self) -> str:
+        return f"{len(self.missing)} of {self.total} indexed files are missing under {self.root}"
+
+
+class Metadata:
+    """A read-only view of one version's database (or an empty one for an index not yet written).
+
+    `image_root`: the absolute folder relative image paths are stored under (None for an index that records
+    none); set it on an empty one before the first write to store paths relative to it.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, image_root: Path | None = None):
         self.connection = connection
+        self.image_root = image_root
 
     @classmethod
     def empty(cls) -> Metadata:
         connection = sqlite3.connect(":memory:", check_same_thread=False)
-        connection.executescript(_SCHEMA)
+        connection.executescript(_SCHEMA + _SETTINGS)
         return cls(connection)
 
     @classmethod
@@ -88,9 +114,34 @@ class Metadata:
         try:
             connection = sqlite3.connect(uri, uri=True, check_same_thread=False)
             connection.execute("SELECT count(*) FROM images").fetchone()
+            root = _find_root(connection, Path(os.path.abspath(path.parent)))
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(f"{path}: cannot read index metadata ({exc})") from exc
-        return cls(connection)
+        return cls(connection, root)
+
+    def resolve(self, stored: str) -> str:
+        """Where the file of a stored image path is: under the image root when the path is relative to it."""
+        if self.image_root is None or os.path.isabs(stored):
+            return stored
+        return str(self.image_root / stored)
+
+    def _stored(self, path: str) -> str:
+        """The form of `path` kept in the database: relative (posix) when it is inside the image root."""
+        if self.image_root is not None and os.path.isabs(path) and Path(path).is_relative_to(self.image_root):
+            return Path(path).relative_to(self.image_root).as_posix()
+        return path
+
+    def live_paths(self) -> set[str]:
+        """The absolute file path of every live image (to tell whether a file is already indexed)."""
+        rows = self.connection.execute("SELECT path FROM images WHERE deleted = 0").fetchall()
+        return {os.path.abspath(self.resolve(row[0])) for row in rows}
+
+    def missing_files(self) -> MissingFiles:
+        """Live images whose file is missing; the `search` and `serve` commands say how many at start-up."""
+        paths = sorted(self.live_paths())
+        missing = [path for path in paths if not os.path.isfile(path)]
+        root = self.image_root or (os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else "")
+        return MissingFiles(missing, len(paths), str(root))
 
     def close(self) -> None:
         self.connection.close()
@@ -106,7 +157,7 @@ class Metadata:
 
     def images(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
         rows = self._rows("SELECT id, path, external_id, captions FROM images WHERE id IN ({marks})", ids)
-        return {row[0]: ImageRecord(row[1], row[2], tuple(json.loads(row[3]))) for row in rows}
+        return {row[0]: ImageRecord(self.resolve(row[1]), row[2], tuple(json.loads(row[3]))) for row in rows}
 
     def texts(self, ids: Iterable[int]) -> dict[int, TextRecord]:
         rows = self._rows("SELECT id, image_id, caption FROM texts WHERE id IN ({marks})", ids)
@@ -147,9 +198,19 @@ class Metadata:
         try:
             self.connection.backup(target)
             with target:
+                target.execute(_SETTINGS)
+                if self.image_root is not None:  # the root as found now: re-recorded after a move
+                    from_index = os.path.relpath(self.image_root, os.path.abspath(path.parent))
+                    target.executemany(
+                        "INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
+                        [(_ROOT, str(self.image_root)), (_ROOT_FROM_INDEX, from_index)],
+                    )
                 target.executemany(
                     "INSERT INTO images (id, path, external_id, captions) VALUES (?, ?, ?, ?)",
-                    [(i, r.path, r.external_id, json.dumps(list(r.captions))) for i, r in images],
+                    [
+                        (i, self._stored(r.path), r.external_id, json.dumps(list(r.captions)))
+                        for i, r in images
+                    ],
                 )
                 target.executemany(
                     "INSERT INTO texts (id, image_id, caption) VALUES (?, ?, ?)",
@@ -161,6 +222,23 @@ class Metadata:
                     )
         finally:
             target.close()
+
+
+def _find_root(connection: sqlite3.Connection, index_dir: Path) -> Path | None:
+    """The recorded image root; when that folder is gone, the one at its recorded place relative to the index
+    folder (the index was moved with its photos); None for an index that records none."""
+    try:
+        settings = dict(connection.execute("SELECT key, value FROM settings").fetchall())
+    except sqlite3.OperationalError:  # written before image roots were recorded
+        return None
+    if _ROOT not in settings:
+        return None
+    recorded = Path(settings[_ROOT])
+    if not recorded.is_dir() and _ROOT_FROM_INDEX in settings:
+        moved = Path(os.path.normpath(index_dir / settings[_ROOT_FROM_INDEX]))
+        if moved.is_dir():
+            return moved
+    return recorded
 
 
 def _table(name: str) -> str:

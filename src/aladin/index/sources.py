@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from aladin.config import AladinConfig
-from aladin.data.folder import CAPTIONS_FILE, load_dataset_folder
+from aladin.data.folder import (
+    CAPTIONS_FILE,
+    IMAGE_EXTENSIONS,
+    Skipped,
+    check_image_file,
+    image_base,
+    load_dataset_folder,
+    scan_image_folder,
+)
 from aladin.data.images import load_image
 from aladin.encoders.cache import CachedSplit, load_split
 from aladin.encoders.image import ImageEncoder, RegionBatch
@@ -18,26 +30,72 @@ from aladin.encoders.text import TextEncoder, TokenBatch
 from aladin.errors import AladinError, DataError
 from aladin.index.metadata import ImageRecord, external_id_for
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+logger = logging.getLogger("aladin.index")
 
 
-def find_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Image files named directly, plus those found recursively (sorted) under folders; DataError if none."""
+def find_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[Skipped]]:
+    """Image files named directly, plus those found recursively (sorted) under folders, and the files left
+    out (see `scan_image_folder`); DataError if nothing can be indexed."""
+    paths = list(paths)
     found: list[Path] = []
+    skipped: list[Skipped] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            )
-        elif path.is_file():
-            found.append(path)
+            images, left_out = scan_image_folder(path)
+            found.extend(images)
+            skipped.extend(left_out)
+        elif os.path.lexists(path):
+            reason = check_image_file(path.resolve().parent, path)
+            if reason is None:
+                found.append(Path(os.path.abspath(path)))
+            else:
+                skipped.append(Skipped(os.path.abspath(path), reason))
         else:
             raise DataError(f"{path}: no such image file or folder")
     if not found:
+        why = f"; {len(skipped)} left out, first {skipped[0]}" if skipped else ""
         raise DataError(
-            f"{', '.join(map(str, paths))}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            f"{', '.join(map(str, paths))}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}"
+            f"{why})"
         )
-    return found
+    return found, skipped
+
+
+def warn_skipped(skipped: Sequence[Skipped], strict: bool) -> None:
+    """One warning line per file left out; with `strict`, the first one stops the command instead."""
+    if strict and skipped:
+        raise DataError(f"{skipped[0]} (--strict stops at the first bad file)")
+    for item in skipped:
+        logger.warning("skipped %s", item)
+
+
+def read_images(
+    paths: Sequence[str], strict: bool = False
+) -> tuple[list[Image.Image], list[int], list[Skipped]]:
+    """Decode `paths`: the images that could be read, their positions in `paths`, and the files that could not
+    (each warned about; with `strict` the first one raises)."""
+    images: list[Image.Image] = []
+    kept: list[int] = []
+    skipped: list[Skipped] = []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load_image(path))
+        except DataError as exc:
+            bad = Skipped(path, str(exc).removeprefix(f"{path}: "))
+            warn_skipped([bad], strict)
+            skipped.append(bad)
+            continue
+        kept.append(i)
+    return images, kept, skipped
+
+
+@dataclass
+class ReadBatch:
+    """Regions of the items of a batch that could be read (None when none could), and the others."""
+
+    regions: RegionBatch | None
+    kept: list[int]  # positions in the source's `items` of the rows of `regions`
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 class IndexSource(ABC):
@@ -45,6 +103,10 @@ class IndexSource(ABC):
 
     name: str
     items: list[ImageRecord]
+    #: The folder image paths are stored relative to (None: stored as they are).
+    root: Path | None = None
+    #: Files left out before encoding (unreadable, unsafe or not images).
+    skipped: list[Skipped]
     #: Uses the frozen image/text encoders (False when the features are cached).
     needs_encoders = True
 
@@ -61,8 +123,10 @@ class IndexSource(ABC):
         return digest.hexdigest()[:16]
 
     @abstractmethod
-    def region_batch(self, start: int, stop: int, encoder: ImageEncoder | None) -> RegionBatch:
-        """Regions of items[start:stop]."""
+    def region_batch(
+        self, start: int, stop: int, encoder: ImageEncoder | None, strict: bool = False
+    ) -> ReadBatch:
+        """Regions of items[start:stop] (those that can be read; with `strict` a bad file raises)."""
 
     @abstractmethod
     def token_batch(self, start: int, stop: int, encoder: TextEncoder | None) -> TokenBatch:
@@ -72,9 +136,12 @@ class IndexSource(ABC):
 class _PictureSource(IndexSource):
     """Images read from disk and run through the frozen encoders."""
 
-    def region_batch(self, start: int, stop: int, encoder: ImageEncoder | None) -> RegionBatch:
+    def region_batch(
+        self, start: int, stop: int, encoder: ImageEncoder | None, strict: bool = False
+    ) -> ReadBatch:
         assert encoder is not None
-        return encoder.encode([load_image(item.path) for item in self.items[start:stop]])
+        images, kept, skipped = read_images([item.path for item in self.items[start:stop]], strict)
+        return ReadBatch(encoder.encode(images) if images else None, [start + i for i in kept], skipped)
 
     def token_batch(self, start: int, stop: int, encoder: TextEncoder | None) -> TokenBatch:
         assert encoder is not None
@@ -85,24 +152,32 @@ class ImageFolderSource(_PictureSource):
     """Every image under a folder (recursively); the external id is the path relative to the folder."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.name = str(self.root)
-        self.items = [
-            ImageRecord(str(path), external_id_for(self.root, path)) for path in find_images([self.root])
-        ]
+        self.root = Path(os.path.abspath(root))
+        self.name = str(root)
+        files, self.skipped = find_images([self.root])
+        self.items = [ImageRecord(str(path), external_id_for(self.root, path)) for path in files]
 
 
 class DatasetSource(_PictureSource):
     """A dataset folder (captions.jsonl), all splits or one; its captions can be indexed for image→text search."""
 
     def __init__(self, root: str | Path, split: str | None = None):
-        data = load_dataset_folder(root)
+        data = load_dataset_folder(root, require_images=False)
         if split is not None:
             data = data.split(split)
             if not data.items:
                 raise DataError(f"{root}: no images in split {split!r}")
         self.name = f"{root}" + (f":{split}" if split else "")
-        self.items = [ImageRecord(str(it.path), it.image_id, it.captions) for it in data.items]
+        self.root = Path(os.path.abspath(image_base(root)))
+        self.items, self.skipped = [], []
+        for it in data.items:
+            reason = check_image_file(self.root, it.path)
+            if reason is None:
+                self.items.append(ImageRecord(os.path.abspath(it.path), it.image_id, it.captions))
+            else:
+                self.skipped.append(Skipped(os.path.abspath(it.path), reason))
+        if not self.items:
+            raise DataError(f"{self.name}: no image can be indexed (first left out: {self.skipped[0]})")
 
 
 class CachedSplitSource(IndexSource):
@@ -118,6 +193,7 @@ class CachedSplitSource(IndexSource):
             config.text_encoder if config else None,
         )
         self.name = f"{cache_dir}:{split}"
+        self.skipped = []
         owners = np.asarray(self.cached.caption_image)
         # Text batches follow the cache's caption order, which must be `captions` (image by image).
         if not np.all(np.diff(owners) >= 0):
@@ -133,8 +209,10 @@ class CachedSplitSource(IndexSource):
             )
         ]
 
-    def region_batch(self, start: int, stop: int, encoder: ImageEncoder | None) -> RegionBatch:
-        return self.cached.image_batch(np.arange(start, stop))
+    def region_batch(
+        self, start: int, stop: int, encoder: ImageEncoder | None, strict: bool = False
+    ) -> ReadBatch:
+        return ReadBatch(self.cached.image_batch(np.arange(start, stop)), list(range(start, stop)))
 
     def token_batch(self, start: int, stop: int, encoder: TextEncoder | None) -> TokenBatch:
         return self.cached.text_batch(np.arange(start, stop))
