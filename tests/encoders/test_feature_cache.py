@@ -262,6 +262,7 @@ def test_caches_from_before_a_new_encoder_option_still_load(extracted, tmp_path:
     meta = json.loads((old / "train" / "meta.json").read_text())
     for field in ("tags_text_encoder", "max_tag_tokens"):  # options added after such a cache was written
         del meta["image_encoder"][field]
+    del meta["config_schema_version"]  # which also predates the config schema versions
     (old / "train" / "meta.json").write_text(json.dumps(meta))
     assert load_split(old, "train", ImageEncoderConfig(multiscale=False)).num_images == 4
     with pytest.raises(CheckpointError, match=r"image_encoder\.max_tag_tokens was 16 when saved, 8 now"):

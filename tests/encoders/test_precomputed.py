@@ -238,7 +238,7 @@ def test_registered_under_precomputed(tmp_path: Path) -> None:
         ("features_path", str, dataclasses.field(default="")),
         ("max_regions", int, dataclasses.field(default=0)),
     ]
-    extended = dataclasses.make_dataclass("Cfg", fields, bases=(ImageEncoderConfig,))
+    extended = dataclasses.make_dataclass("Cfg", fields, bases=(ImageEncoderConfig,), frozen=True)
     cfg = extended(name="precomputed", features_path=str(npz_folder(tmp_path)), max_regions=7)
     enc = build_image_encoder(cfg)
     assert isinstance(enc, PrecomputedRegionEncoder) and enc.num_regions == 7 and enc.config is cfg
