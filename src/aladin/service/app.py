@@ -145,8 +145,9 @@ class ItemOut(BaseModel):
 class ExplainOut(BaseModel):
     item_id: int
     text: str
-    words: list[str]
-    similarity: list[list[float]]  # [words, regions]
+    words: list[str]  # the text's content words (stop words folded out, word pieces into whole words)
+    similarity: list[list[float]]  # [words, regions]: each word alone against each region
+    query_similarity: list[float]  # [regions]: the whole text as the alignment head reads it
     boxes: list[list[float]] | None  # [regions, 4]: x1, y1, x2, y2 in 0..1
     score: float
     thumbnail: str
@@ -359,7 +360,7 @@ def create_app(searcher: Searcher, config: ServiceConfig | None = None) -> FastA
 
     @app.get("/api/explain")
     async def explain(q: str, item_id: Annotated[int, Query(alias="id")]) -> ExplainOut:
-        """Why image `id` matches text `q`: its words and each word's cosine with each region (for a heatmap)."""
+        """Why image `id` matches text `q`: each content word's and the whole text's cosine with each region."""
         text = _query(q)
         _live(item_id)
         found = await worker.run(searcher.explain, text, item_id)
@@ -368,6 +369,7 @@ def create_app(searcher: Searcher, config: ServiceConfig | None = None) -> FastA
             text=text,
             words=found.words,
             similarity=found.similarity.round(4).tolist(),
+            query_similarity=found.query_similarity.round(4).tolist(),
             boxes=None if found.boxes is None else found.boxes[:, :4].round(4).tolist(),
             score=found.score,
             thumbnail=thumbnail_url(item_id),
