@@ -31,6 +31,7 @@ from PIL import Image  # noqa: E402
 from aladin.data.images import load_image  # noqa: E402
 from aladin.encoders.image import build_image_encoder  # noqa: E402
 from aladin.encoders.text import build_text_encoder  # noqa: E402
+from aladin.evaluate.pointing import mean_pair_correlation  # noqa: E402
 from aladin.fileio import atomic_path, atomic_write, write_json  # noqa: E402
 from aladin.model.pretrained import load_default_model  # noqa: E402
 from aladin.search.explain import contextual_word_maps, explain_pair  # noqa: E402
@@ -43,15 +44,6 @@ EXAMPLES = (
     ("000000133819.jpg", "A blue bus driving down a city street."),
     ("000000009448.jpg", "A little girl holds up a big blue umbrella."),
 )
-
-
-def mean_pair_correlation(maps: np.ndarray) -> float | None:
-    """Mean Pearson correlation over the regions between the maps of two different words ([W, R]); None for
-    fewer than two words."""
-    if len(maps) < 2:
-        return None
-    corr = np.corrcoef(maps)
-    return float(corr[np.triu_indices(len(maps), 1)].mean())
 
 
 def main() -> None:

@@ -66,3 +66,12 @@ def test_object_words_point_at_the_named_objects_boxes() -> None:
     ]
     with pytest.raises(AladinError, match="0 objects are a green star"):
         object_words("a green star", objects, 200)
+
+
+def test_how_alike_two_words_maps_are_is_averaged_over_captions() -> None:
+    result = PointingResult("toy")
+    result.add({"a": np.array([0.0, 1, 0, 1]), "b": np.array([0.0, 2, 0, 2])}, GRID, {})  # the same map: 1
+    result.add({"a": np.array([1.0, 0, 0, 0]), "b": np.array([0.0, 1, 0, 0])}, GRID, {})  # two spots: -1/3
+    result.add({"a": np.array([1.0, 0, 0, 0])}, GRID, {})  # one word: nothing to compare
+    assert result.captions == 2 and result.correlation == pytest.approx((1 - 1 / 3) / 2)
+    assert result.words == 0 and result.to_json()["word_map_correlation"] == pytest.approx(1 / 3)

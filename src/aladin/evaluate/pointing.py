@@ -32,6 +32,8 @@ class PointingResult:
     words: int = 0
     hits: int = 0
     chance_sum: float = 0.0  # the targets' area share, summed over the words
+    correlation_sum: float = 0.0  # per caption of ≥ 2 words, the mean correlation of two words' maps, summed
+    captions: int = 0  # captions of ≥ 2 words
 
     @property
     def hit_rate(self) -> float:
@@ -42,6 +44,11 @@ class PointingResult:
         return self.chance_sum / self.words if self.words else 0.0
 
     @property
+    def correlation(self) -> float:
+        """How alike the maps of two different words of one caption are (1: the same map for every word)."""
+        return self.correlation_sum / self.captions if self.captions else 0.0
+
+    @property
     def over_chance(self) -> float:
         return self.hit_rate / self.chance if self.chance else 0.0
 
@@ -50,6 +57,10 @@ class PointingResult:
     ) -> None:
         """Score one caption: `maps` word → [R] map over `region_boxes` [R, ≥4]; words without a target or
         without a map are not counted."""
+        pairs = mean_pair_correlation(np.stack(list(maps.values()))) if maps else None
+        if pairs is not None:
+            self.captions += 1
+            self.correlation_sum += pairs
         for word, boxes in targets.items():
             if word not in maps:
                 continue
@@ -65,7 +76,18 @@ class PointingResult:
             "hit_rate": self.hit_rate,
             "chance": self.chance,
             "over_chance": self.over_chance,
+            "word_map_correlation": self.correlation,
         }
+
+
+def mean_pair_correlation(maps: np.ndarray) -> float | None:
+    """The mean Pearson correlation, over the regions, of the maps of two different words ([W, R]); None for
+    fewer than two words. A flat map (one value everywhere) correlates 0 with any other."""
+    if len(maps) < 2:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.nan_to_num(np.corrcoef(maps))
+    return float(corr[np.triu_indices(len(maps), 1)].mean())
 
 
 def peak(similarity: np.ndarray, region_boxes: np.ndarray) -> tuple[float, float]:
@@ -122,12 +144,12 @@ def pointing_markdown(results: Iterable[PointingResult], title: str) -> str:
     lines = [
         f"**{title}**",
         "",
-        "| explanation map | words | hits | hit rate | chance | × chance |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| explanation map | words | hits | hit rate | chance | × chance | two words' maps: correlation |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.scorer} | {r.words} | {r.hits} | {100 * r.hit_rate:.1f}% | {100 * r.chance:.1f}% "
-            f"| {r.over_chance:.2f} |"
+            f"| {r.over_chance:.2f} | {r.correlation:.2f} |"
         )
     return "\n".join(lines) + "\n"
