@@ -34,7 +34,7 @@ from aladin.encoders.text import build_text_encoder  # noqa: E402
 from aladin.evaluate.pointing import mean_pair_correlation  # noqa: E402
 from aladin.fileio import atomic_path, atomic_write, write_json  # noqa: E402
 from aladin.model.pretrained import load_default_model  # noqa: E402
-from aladin.search.explain import contextual_word_maps, explain_pair  # noqa: E402
+from aladin.search.explain import explain_pair, fold_piece_maps  # noqa: E402
 from aladin.service.heatmap import explain_image, render_heatmap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def main() -> None:
                     batch.tokens, batch.attention_mask, batch.token_mask, with_global=False
                 )
                 piece_maps = (F.normalize(text.words[0][text.word_mask[0]], dim=-1) @ real.T).numpy()
-                words, contextual = contextual_word_maps(text_encoder.word_pieces(caption), piece_maps)
+                words, contextual = fold_piece_maps(text_encoder.word_pieces(caption), piece_maps)
                 assert words == explanation.words, (words, explanation.words)
                 pair_before = mean_pair_correlation(contextual)
                 if pair_before is None:

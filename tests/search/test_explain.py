@@ -9,7 +9,7 @@ from index_fixtures import ToyTextEncoder, tiny_model
 
 from aladin.errors import AladinError
 from aladin.model.aladin import AladinModel
-from aladin.search.explain import content_words, contextual_word_maps, explain_pair, whole_words, word_vectors
+from aladin.search.explain import content_words, explain_pair, fold_piece_maps, whole_words, word_vectors
 
 
 class QuietFrameEncoder(ToyTextEncoder):
@@ -44,7 +44,7 @@ def test_word_pieces_fold_into_whole_words_and_stop_words_fold_out() -> None:
     assert content_words([w for w, _ in words]) == ["grizzly", "bear", "grass"]
     assert content_words(["the", "of", "."]) == ["the", "of"]  # a query of stop words still gets maps
     maps = np.arange(len(pieces) * 2, dtype=float).reshape(len(pieces), 2)
-    shown, folded = contextual_word_maps(pieces, maps)
+    shown, folded = fold_piece_maps(pieces, maps)
     assert shown == ["grizzly", "bear", "grass"]
     np.testing.assert_allclose(folded[0], maps[1:3].mean(axis=0))  # the pieces' mean
     np.testing.assert_allclose(folded[1], (maps[3] + maps[8]) / 2)  # a repeated word: one map

@@ -49,7 +49,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("text", help="the text to explain")
     p.add_argument("image", help="an image file (need not be indexed)")
     p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--word", action="append", help="draw only this word (repeatable; default every content word)")
+    p.add_argument("--word", action="append", help="draw only this content word (repeatable; default all)")
     p.add_argument("--index", help="take the model recorded by this index (instead of --model)")
     add_model_flags(p)
     p.set_defaults(func=_explain)

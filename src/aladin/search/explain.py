@@ -63,6 +63,11 @@ def whole_words(pieces: list[str]) -> list[tuple[str, list[int]]]:
     return words
 
 
+def folded_words(pieces: list[str]) -> list[str]:
+    """The whole words of a text's word pieces, in order."""
+    return [word for word, _ in whole_words(pieces)]
+
+
 def is_content_word(word: str) -> bool:
     """A word that can name something in a picture: not a stop word, and not only punctuation."""
     return word.lower() not in STOP_WORDS and any(c.isalnum() for c in word)
@@ -113,7 +118,7 @@ def explain_pair(
     score = paired_region_word_scores(
         regions, region_mask, emb.words, emb.word_mask, model.config.model.word_aggregation
     )
-    words = [w for w, _ in whole_words(text_encoder.word_pieces(text))]
+    words = folded_words(text_encoder.word_pieces(text))
     shown = content_words(words)
     vectors = word_vectors(model, text_encoder, shown).to(device)
     return Explanation(
@@ -129,9 +134,10 @@ def explain_pair(
     )
 
 
-def contextual_word_maps(pieces: list[str], piece_similarity: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """The explanation before: each piece's contextualised cosine map ([L, R], the teacher's own word states),
-    folded into whole content words by the mean over their pieces; for comparisons (pointing game, benchmark)."""
+def fold_piece_maps(pieces: list[str], piece_similarity: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Maps of a text's word pieces ([L, R], e.g. the teacher's own contextual word states: the explanation
+    before) → the whole content words and their maps, a word's map the mean over its pieces and repeats; for
+    comparisons (pointing game, benchmark)."""
     if len(pieces) != len(piece_similarity):
         raise AladinError(f"explain: {len(pieces)} word pieces but {len(piece_similarity)} maps")
     maps: dict[str, list[np.ndarray]] = {}
@@ -175,19 +181,10 @@ def split_word_maps(
         ]
     )
     pieces = [text_encoder.word_pieces(c) for c in captions]
-    vocabulary = sorted({w for p in pieces for w in content_words([w for w, _ in whole_words(p)])})
-    alone = dict(
-        zip(
-            vocabulary,
-            torch.cat(
-                [
-                    word_vectors(model, text_encoder, vocabulary[s : s + batch])
-                    for s in range(0, len(vocabulary), batch)
-                ]
-            ),
-            strict=True,
-        )
-    )
+    vocabulary = sorted({w for p in pieces for w in content_words(folded_words(p))})
+    chunks = [vocabulary[s : s + batch] for s in range(0, len(vocabulary), batch)]
+    vectors = torch.cat([word_vectors(model, text_encoder, chunk) for chunk in chunks])
+    alone = dict(zip(vocabulary, vectors, strict=True))
     maps: dict[str, list[dict[str, np.ndarray]]] = {ALONE: [], CONTEXTUAL: [], FROZEN: []}
     for idx in torch.arange(feats.num_captions).split(batch):
         tokens, attention, scored = feats.text_batch(idx, device)
@@ -201,8 +198,8 @@ def split_word_maps(
                 (CONTEXTUAL, words @ regions.T),
                 (FROZEN, frozen_words[row][scored[row]] @ flat.T),
             ):
-                shown, folded = contextual_word_maps(pieces[t], sim.cpu().numpy())
+                shown, folded = fold_piece_maps(pieces[t], sim.cpu().numpy())
                 maps[name].append(dict(zip(shown, folded, strict=True)))
-            shown = content_words([w for w, _ in whole_words(pieces[t])])
+            shown = content_words(folded_words(pieces[t]))
             maps[ALONE].append({w: (alone[w].to(device) @ regions.T).cpu().numpy() for w in shown})
     return maps
