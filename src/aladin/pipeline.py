@@ -31,6 +31,7 @@ from aladin.data import Dataset
 from aladin.encoders.cache import FeatureCache, extract_features, load_split
 from aladin.errors import AladinError
 from aladin.evaluate.metrics import ScorerResult
+from aladin.evaluate.pointing import PointingResult, pointing_markdown, synthetic_targets
 from aladin.evaluate.report import plot_recall_curves, print_results, results_markdown, write_results_json
 from aladin.evaluate.scorers import (
     score_alignment,
@@ -318,5 +319,43 @@ def demo(
     extract(work_dir / "data", work_dir / "cache", DEMO_IMAGE_ENCODER)
     train(work_dir / "cache", work_dir / "run", recipe)
     results = evaluate(work_dir / "cache", work_dir / "run")
+    report_pointing(work_dir / "data", work_dir / "cache", work_dir / "run")
     Console().print(f"demo finished in {time.perf_counter() - started:.0f} s; results in {work_dir / 'run'}")
     return results
+
+
+def pointing_game(
+    data_dir: str | Path, cache_dir: str | Path, run_dir: str | Path, split: str = "test"
+) -> list[PointingResult]:
+    """How well the run's explanation maps point at the objects the words name, on a generated synthetic split:
+    each way of making the maps (`aladin.search.explain.split_word_maps`) plays the pointing game."""
+    from aladin.encoders.text import build_text_encoder
+    from aladin.search.explain import split_word_maps
+
+    model = AladinModel.from_pretrained(Path(run_dir) / MODEL_DIR)
+    cached = load_split(Path(cache_dir), split, model.config.image_encoder, model.config.text_encoder)
+    feats = FeatureTensors.from_arrays(cached.arrays)
+    owners = [cached.image_ids[i] for i in cached.caption_image.tolist()]
+    targets = synthetic_targets(data_dir, owners, cached.captions)
+    text_encoder = build_text_encoder(model.config.text_encoder, next(model.parameters()).device)
+    results = []
+    for name, maps in split_word_maps(model, text_encoder, feats, cached.captions).items():
+        result = PointingResult(name)
+        for t, (words, found) in enumerate(zip(maps, targets, strict=True)):
+            owner = int(feats.caption_image[t])
+            result.add(words, feats.boxes[owner][feats.region_mask[owner]].numpy(), found)
+        results.append(result)
+    return results
+
+
+def report_pointing(data_dir: Path, cache_dir: Path, run_dir: Path, split: str = "test") -> None:
+    """The pointing game beside the retrieval results of `evaluate` (run_dir/eval-<split>/results.{md,json})."""
+    results = pointing_game(data_dir, cache_dir, run_dir, split)
+    title = f"{split} split: does a word's explanation peak inside the object it names? (pointing game)"
+    table = pointing_markdown(results, title)
+    Console(width=max(Console().width, 130)).print(table, markup=False)
+    out_dir = run_dir / f"eval-{split}"
+    saved = read_json(out_dir / "results.json")
+    write_json(out_dir / "results.json", {**saved, "pointing": [r.to_json() for r in results]})
+    markdown = (out_dir / "results.md").read_text()
+    atomic_write(out_dir / "results.md", lambda tmp: tmp.write_text(markdown + "\n" + table))

@@ -204,3 +204,17 @@ def test_demo_refuses_a_run_folder_of_another_recipe_before_generating_anything(
     with pytest.raises(AladinError, match=message):
         pipeline.demo(tmp_path)
     assert not (tmp_path / "data").exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_pointing_game_joins_the_evaluation_results(cache, tmp_path):
+    run = tmp_path / "run"
+    pipeline.train(cache, run, _recipe(train_infonce_student=False))
+    pipeline.evaluate(cache, run, quiet=True)
+    pipeline.report_pointing(cache.parent / "data", cache, run)
+    saved = json.loads((run / "eval-test" / "results.json").read_text())
+    games = saved["pointing"]
+    assert len(games) == 3 and saved["results"]  # beside the retrieval rows, not instead of them
+    # every way of drawing the maps plays the same words: each named colour and shape of the 8 test scenes
+    assert len({g["words"] for g in games}) == 1 and games[0]["words"] >= 8 * 5
+    assert all(0 <= g["hits"] <= g["words"] and 0 < g["chance"] < 0.5 for g in games)
+    assert "pointing game" in (run / "eval-test" / "results.md").read_text()

@@ -137,10 +137,9 @@ def test_image_to_text_needs_indexed_captions(
 
 def test_explain_gives_word_by_region_similarities(searcher: Searcher) -> None:
     explanation = searcher.explain("Red circle on the left", 5)
-    assert explanation.words == ["red", "circle", "on", "the", "left"]
-    assert explanation.similarity.shape == (5, 4) and explanation.boxes.shape == (4, 5)
-    assert np.abs(explanation.similarity).max() <= 1.0 + 1e-5
-    mean_best = explanation.similarity.max(axis=1).mean()
-    assert explanation.score == pytest.approx(mean_best, abs=1e-5)
+    assert explanation.words == ["red", "circle", "left"] and explanation.skipped == ["on", "the"]
+    assert explanation.similarity.shape == (3, 4) and explanation.boxes.shape == (4, 5)
+    assert explanation.query_similarity.shape == (4,)
+    assert max(np.abs(explanation.similarity).max(), np.abs(explanation.query_similarity).max()) <= 1.0 + 1e-5
     hit = searcher.rerank_text("Red circle on the left", [5])[0]
     assert hit.score == pytest.approx(explanation.score, abs=1e-5) and hit.first_stage_score is None

@@ -23,6 +23,7 @@ def test_explaining_an_indexed_picture_agrees_with_the_searcher(
     stored = searcher.explain("small red circle", 5)  # regions read back from the float16 store
     assert fresh.words == stored.words == ["small", "red", "circle"]
     np.testing.assert_allclose(fresh.similarity, stored.similarity, atol=2e-3)
+    np.testing.assert_allclose(fresh.query_similarity, stored.query_similarity, atol=2e-3)
     np.testing.assert_allclose(fresh.boxes, stored.boxes, atol=1e-6)
     assert fresh.score == pytest.approx(stored.score, abs=2e-3)
     with pytest.raises(AladinError, match="empty text"):
@@ -44,7 +45,8 @@ def test_render_heatmap_draws_chosen_words(
     everything = render_heatmap(picture(1), explanation, tmp_path / "all.png")
     one = render_heatmap(picture(1), explanation, tmp_path / "one.png", ["circle"])
     wide, single = Image.open(everything), Image.open(one)
-    assert wide.format == single.format == "PNG" and wide.width > single.width  # four panels against one
-    with pytest.raises(AladinError, match="'dog' is not among the text's words: red circle on the left"):
+    # the whole text and three words against the whole text and one
+    assert wide.format == single.format == "PNG" and wide.width > single.width
+    with pytest.raises(AladinError, match="'dog' is not among the text's words: red circle left"):
         render_heatmap(picture(1), explanation, tmp_path / "bad.png", ["dog"])
     assert not (tmp_path / "bad.png").exists()

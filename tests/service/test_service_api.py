@@ -71,6 +71,7 @@ def test_explain_gives_words_regions_and_the_alignment_score(client: TestClient,
     expected = searcher.explain("red circle", 2)
     assert body["words"] == ["red", "circle"] == expected.words
     np.testing.assert_allclose(body["similarity"], expected.similarity, atol=1e-4)
+    np.testing.assert_allclose(body["query_similarity"], expected.query_similarity, atol=1e-4)
     assert np.asarray(body["boxes"]).shape == (4, 4)
     assert body["score"] == pytest.approx(expected.score)
 

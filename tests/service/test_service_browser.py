@@ -81,7 +81,7 @@ def test_search_and_explain_with_the_keyboard(server: str, tmp_path: Path) -> No
             dialog = page.locator("#detail")
             expect(dialog).to_be_visible()
             words = page.locator("#words .word")
-            expect(words).to_have_text(["red", "circle", "on", "the", "left"])
+            expect(words).to_have_text(["whole text", "red", "circle", "left"])  # stop words folded out
             expect(page.locator("#explain-status")).to_contain_text("alignment score")
             expect(page.locator('#words .word[aria-pressed="true"]')).to_have_count(1)
 

@@ -55,11 +55,11 @@ def register(subparsers: Any) -> None:
     )
     p.set_defaults(func=_serve)
 
-    p = subparsers.add_parser("explain", help="draw which image regions each word of a text matched")
+    p = subparsers.add_parser("explain", help="draw where in an image each content word of a text matches")
     p.add_argument("text", help="the text to explain")
     p.add_argument("image", help="an image file (need not be indexed)")
     p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--word", action="append", help="draw only this word piece (repeatable; default all)")
+    p.add_argument("--word", action="append", help="draw only this content word (repeatable; default all)")
     p.add_argument("--index", help="take the model recorded by this index (instead of --model)")
     add_model_flags(p)
     p.set_defaults(func=_explain)
@@ -174,4 +174,6 @@ def _explain(args: argparse.Namespace) -> None:
     out = render_heatmap(image, explanation, args.out, args.word)
     best = explanation.similarity.max(axis=1)
     print("  ".join(f"{word} {value:.2f}" for word, value in zip(explanation.words, best, strict=True)))
+    if explanation.skipped:
+        print(f"not drawn (stop words): {' '.join(explanation.skipped)}")
     print(f"alignment score {explanation.score:.3f}; heatmap written to {out}")

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from aladin.data.images import load_image
@@ -22,7 +21,8 @@ from aladin.index.encoding import model_device
 from aladin.index.index import SearchIndex, check_model, model_for_index
 from aladin.index.metadata import IMAGES, TEXTS, id_array
 from aladin.model.aladin import AladinModel
-from aladin.model.alignment import paired_region_word_scores, region_word_scores, word_region_similarity
+from aladin.model.alignment import paired_region_word_scores, region_word_scores
+from aladin.search.explain import Explanation, explain_pair
 
 
 class QueryTruncatedWarning(UserWarning):
@@ -43,50 +43,6 @@ class Hit:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class Explanation:
-    """Why an image matches a text: each scored word piece's cosine with each region (a heatmap per word)."""
-
-    item_id: int
-    path: str
-    words: list[str]  # word pieces, [L]
-    similarity: np.ndarray  # [L, R] cosine of word l with region r
-    boxes: np.ndarray | None  # [R, 5] x1, y1, x2, y2, area in 0..1 (None when the index holds no boxes)
-    score: float  # the alignment score of the pair (what re-ranking used)
-
-
-def explain_pair(
-    model: AladinModel,
-    pieces: list[str],
-    words: torch.Tensor,
-    word_mask: torch.Tensor,
-    regions: torch.Tensor,
-    region_mask: torch.Tensor,
-    boxes: np.ndarray | None,
-    item_id: int = -1,
-    path: str = "",
-) -> Explanation:
-    """One text ([1, L, E] words) against one image ([1, R, E] regions): the pair's alignment score and each
-    scored word piece's similarity with each real region. `pieces` must name the scored words, in order."""
-    scored = words[0][word_mask[0]]
-    if len(pieces) != len(scored):
-        raise AladinError(f"explain: {len(pieces)} word pieces but {len(scored)} scored words")
-    score = paired_region_word_scores(
-        regions, region_mask, words, word_mask, model.config.model.word_aggregation
-    )
-    return Explanation(
-        item_id=item_id,
-        path=path,
-        words=pieces,
-        # cosines, even when the model scales words by learned weights for its score
-        similarity=word_region_similarity(regions[0][region_mask[0]], F.normalize(scored, dim=-1))
-        .cpu()
-        .numpy(),
-        boxes=boxes,
-        score=float(score[0]),
-    )
 
 
 @dataclass
@@ -287,18 +243,17 @@ class Searcher:
 
     @torch.inference_mode()
     def explain(self, text: str, item_id: int) -> Explanation:
-        """Word pieces of `text` and their cosine with each region of image `item_id`, for heatmaps."""
+        """Where each content word of `text` matches in image `item_id`, and the whole text's map (heatmaps)."""
         if self.index.meta.missing(IMAGES, id_array([item_id], self.index.directory).tolist()):
             raise AladinError(f"{self.index.directory}: no image with id {item_id}")
-        encoded = self.encode_texts([text])
         regions, mask = self.index.lookup(IMAGES, [item_id])
+        device = model_device(self.model)
         return explain_pair(
             self.model,
-            self.text_encoder.word_pieces(text),
-            encoded.rows,
-            encoded.mask,
-            regions.to(encoded.rows.device),
-            mask.to(encoded.rows.device),
+            self.text_encoder,
+            text,
+            regions.to(device),
+            mask.to(device),
             boxes=self.index.collection(IMAGES).store.boxes(item_id),
             item_id=int(item_id),
             path=self.index.meta.images([item_id])[item_id].path,

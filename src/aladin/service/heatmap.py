@@ -1,8 +1,8 @@
-"""Explanations as pictures: which regions of an image each word of a text matched, from the alignment head.
+"""Explanations as pictures: where in an image each content word of a text matches (`aladin.search.explain`).
 
 `explain_image` explains any image (not only indexed ones) with the model's own encoders; `render_heatmap` draws
-an explanation (from it or from `Searcher.explain`) as one panel per word. The search page draws the same map
-client-side: each cell is the mean similarity of the regions covering it.
+an explanation (from it or from `Searcher.explain`) as a panel for the whole text and one per word. The search
+page draws the same maps client-side: each cell is the mean similarity of the regions covering it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from aladin.errors import AladinError
 from aladin.fileio import atomic_path
 from aladin.index.encoding import model_device
 from aladin.model.aladin import AladinModel
-from aladin.search.searcher import Explanation, explain_pair
+from aladin.search.explain import Explanation, explain_pair
 
 
 @torch.inference_mode()
@@ -32,19 +32,16 @@ def explain_image(
     image: Image.Image,
     path: str = "",
 ) -> Explanation:
-    """Word pieces of `text` against the regions of `image` encoded now, so the image need not be indexed."""
+    """`text` against the regions of `image` encoded now, so the image need not be indexed."""
     if not text.strip():
         raise AladinError("empty text: give some words to explain")
     device = model_device(model)
-    tokens = text_encoder.encode([text]).to(device)
-    words = model.encode_text(tokens.tokens, tokens.attention_mask, tokens.token_mask, with_global=False)
     pixels = image_encoder.encode([image]).to(device)
     regions = model.encode_image(pixels.regions, pixels.boxes, pixels.region_mask, with_global=False)
     return explain_pair(
         model,
-        text_encoder.word_pieces(text),
-        words.words,
-        words.word_mask,
+        text_encoder,
+        text,
         regions.regions,
         regions.region_mask,
         boxes=pixels.boxes[0][regions.region_mask[0]].cpu().numpy(),
@@ -68,8 +65,8 @@ def region_heat(similarity: np.ndarray, boxes: np.ndarray, cells: int = 64) -> n
 def render_heatmap(
     image: Image.Image, explanation: Explanation, out: str | Path, words: Sequence[str] | None = None
 ) -> Path:
-    """Save a PNG with one panel per word (or only `words`): the image under its word×region similarity, on one
-    colour scale so that words compare."""
+    """Save a PNG: the whole text's map, then one panel per content word (or only `words`), all on one colour
+    scale, so that a word that matches nothing looks cold beside one that does."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,29 +78,34 @@ def render_heatmap(
     if unknown:
         raise AladinError(f"word {unknown[0]!r} is not among the text's words: {' '.join(explanation.words)}")
     chosen = [i for i, w in enumerate(explanation.words) if words is None or w in words]
-    similarity = explanation.similarity
     if not chosen:
         raise AladinError("no words to draw: name at least one of the text's words")
-    cols = min(4, len(chosen))
-    rows = -(-len(chosen) // cols)
+    maps = [explanation.query_similarity, *explanation.similarity[chosen]]
+    titles = [
+        "whole text",
+        *(f"{explanation.words[i]}  (best {explanation.similarity[i].max():.2f})" for i in chosen),
+    ]
+    low, high = float(min(m.min() for m in maps)), float(max(m.max() for m in maps))
+    cols = min(4, len(maps))
+    rows = -(-len(maps) // cols)
     fig = Figure(figsize=(3.2 * cols + 0.8, 3.4 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     width, height = image.size
     shown = None
-    for ax, row in zip(axes, chosen, strict=False):
+    for ax, values, title in zip(axes, maps, titles, strict=False):
         ax.imshow(image)
         shown = ax.imshow(
-            region_heat(similarity[row], explanation.boxes),
+            region_heat(values, explanation.boxes),
             extent=(0, width, height, 0),
             cmap="inferno",
             alpha=0.55,
-            vmin=float(similarity.min()),
-            vmax=float(similarity.max()),
+            vmin=low,
+            vmax=high,
         )
-        ax.set_title(f"{explanation.words[row]}  (best {similarity[row].max():.2f})", fontsize=10)
+        ax.set_title(title, fontsize=10)
     for ax in axes:
         ax.set_axis_off()
-    fig.colorbar(shown, ax=list(axes), shrink=0.8, label="cosine of word and region")
+    fig.colorbar(shown, ax=list(axes), shrink=0.8, label="cosine with the region")
     fig.suptitle(f"alignment score {explanation.score:.3f}")
     out = Path(out)
     with atomic_path(out) as tmp:

@@ -38,8 +38,9 @@ class ItemOut(BaseModel):
 class ExplainOut(BaseModel):
     item_id: int
     text: str
-    words: list[str]
-    similarity: list[list[float]]  # [words, regions]
+    words: list[str]  # the text's content words (stop words folded out, word pieces into whole words)
+    similarity: list[list[float]]  # [words, regions]: each word alone against each region
+    query_similarity: list[float]  # [regions]: the whole text as the alignment head reads it
     boxes: list[list[float]] | None  # [regions, 4]: x1, y1, x2, y2 in 0..1
     score: float
     thumbnail: str

@@ -1,4 +1,4 @@
-"""Why an image matches a text: each word's similarity with each region, for the page's heatmaps."""
+"""Why an image matches a text: each content word's and the whole text's cosine with each region (heatmaps)."""
 
 from typing import Annotated
 
@@ -17,7 +17,7 @@ def router(state: ServiceState) -> APIRouter:
         q: Annotated[str, Query(description="the text to explain")],
         item_id: Annotated[int, Query(alias="id", ge=0, le=MAX_ID, description="the image id")],
     ) -> ExplainOut:
-        """Why image `id` matches text `q`: its words and each word's cosine with each region (for a heatmap)."""
+        """Why image `id` matches text `q`: each content word's and the whole text's cosine with each region."""
         text = state.query(q)
         state.live_image(item_id)
 
@@ -30,6 +30,7 @@ def router(state: ServiceState) -> APIRouter:
             text=text,
             words=found.words,
             similarity=found.similarity.round(4).tolist(),
+            query_similarity=found.query_similarity.round(4).tolist(),
             boxes=None if found.boxes is None else found.boxes[:, :4].round(4).tolist(),
             score=found.score,
             thumbnail=thumbnail_url(item_id),

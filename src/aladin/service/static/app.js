@@ -143,8 +143,17 @@ async function explain(text) {
     const result = await getJSON(`/api/explain?q=${encodeURIComponent(text)}&id=${state.imageId}`);
     if (request !== state.request) return;
     state.explanation = result;
+    // one colour scale for every map, so that a word that matches nothing stays cold beside one that does
+    const values = [result.query_similarity, ...result.similarity].flat();
+    state.low = Math.min(...values);
+    state.span = Math.max(...values) - state.low || 1;
     const best = result.similarity.map((row) => Math.max(...row));
+    const whole = element("button", "word", "whole text");
+    whole.type = "button";
+    whole.title = "the whole text as the alignment head reads it";
+    whole.addEventListener("click", () => selectWord(-1));
     $("#words").replaceChildren(
+      whole,
       ...result.words.map((word, i) => {
         const button = element("button", "word", word);
         button.type = "button";
@@ -164,7 +173,7 @@ async function explain(text) {
 function selectWord(index) {
   state.word = index;
   document.querySelectorAll("#words .word").forEach((button, i) => {
-    button.setAttribute("aria-pressed", String(i === index));
+    button.setAttribute("aria-pressed", String(i === index + 1)); // the first button is the whole text
   });
   draw();
 }
@@ -187,9 +196,8 @@ function draw() {
   if (!explanation || !explanation.boxes) return;
   // each cell: the mean similarity of the regions covering its centre (as aladin.service.heatmap.region_heat),
   // drawn on a small canvas that is then scaled up smoothly over the picture
-  const row = explanation.similarity[state.word];
-  const low = Math.min(...row);
-  const span = Math.max(...row) - low || 1;
+  const row = state.word < 0 ? explanation.query_similarity : explanation.similarity[state.word];
+  const { low, span } = state;
   const heat = document.createElement("canvas");
   heat.width = HEAT_CELLS;
   heat.height = HEAT_CELLS;
