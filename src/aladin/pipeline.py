@@ -33,6 +33,7 @@ from aladin.evaluate.report import plot_recall_curves, print_results, results_ma
 from aladin.evaluate.scorers import (
     choose_rerank,
     score_alignment,
+    score_encoder_embeddings,
     score_linear_baseline,
     score_matching,
     score_rerank,
@@ -302,6 +303,9 @@ def evaluate(
         results.append(
             score_linear_baseline(LinearGlobalModel.from_pretrained(run_dir / BASELINE_DIR), feats)
         )
+    zero_training = score_encoder_embeddings(feats)  # None unless both encoders share a space (CLIP, SigLIP)
+    if zero_training is not None:
+        results.append(zero_training)
     out_dir = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
     title = f"{split} split: {feats.num_images} images, {feats.num_captions} captions"
     if not quiet:
