@@ -37,14 +37,18 @@ def load_model(args: argparse.Namespace, index_dir: str | Path | None = None) ->
     loaders = [lambda: load_default_model(device)]
     if checkpoint:
         loaders.insert(0, lambda: AladinModel.from_pretrained(checkpoint, device))
+    failed = ""
     for load in loaders:
         try:
             model = load()
-        except (AladinError, OSError):
+        except (AladinError, OSError) as exc:
+            failed = (
+                failed or f": it cannot be loaded ({exc})"
+            )  # the recorded checkpoint's reason comes first
             continue
         if model.fingerprint() == fingerprint:
             return model
-    built = f" ({checkpoint})" if checkpoint else ""
+    built = f" ({checkpoint}{failed if checkpoint else ''})" if checkpoint else ""
     raise AladinError(f"--model is required: the checkpoint folder of the model that built the index{built}")
 
 

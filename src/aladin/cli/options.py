@@ -16,7 +16,12 @@ from aladin.fileio import read_json
 
 
 def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-encoder", default=ImageEncoderConfig.name, help="image backbone name")
+    parser.add_argument(
+        "--image-encoder",
+        default=ImageEncoderConfig.name,
+        help="image backbone name, or hf:PATH: a local Hugging Face CLIP, SigLIP, DINOv2 or ViT folder (its patch "
+        "tokens are the regions)",
+    )
     parser.add_argument(
         "--multiscale",
         action=argparse.BooleanOptionalAction,
@@ -24,7 +29,12 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
         help="regions from the 7×7 grid and the 14×14 map at twice the resolution (default; --no-multiscale: "
         "the 7×7 grid only, 4× faster to extract)",
     )
-    parser.add_argument("--image-finetune-layers", type=int, default=0, help="backbone stages left trainable")
+    parser.add_argument(
+        "--image-finetune-layers",
+        type=int,
+        default=0,
+        help="backbone stages (transformer layers for hf:PATH) left trainable",
+    )
     parser.add_argument(
         "--train-views",
         type=int,
@@ -41,7 +51,9 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
         help="with --image-encoder precomputed: append the detector's object tags to the regions as words",
     )
     parser.add_argument(
-        "--text-encoder", default=TextEncoderConfig.name, help="bundled model name or a local HF BERT folder"
+        "--text-encoder",
+        default=TextEncoderConfig.name,
+        help="bundled model name, a local HF BERT folder, or hf:PATH: a local CLIP, SigLIP or BERT-family folder",
     )
     parser.add_argument("--max-words", type=int, default=TextEncoderConfig.max_length, help="token limit")
     parser.add_argument("--text-finetune-layers", type=int, default=0, help="text layers left trainable")
