@@ -33,13 +33,15 @@ def write_squares(root: Path, copies: dict[str, int]) -> Path:
     copy of a (colour, place) pair jittered."""
     (root / "images").mkdir(parents=True)
     lines = []
+    jitters = iter(range(sum(copies.values())))  # every split draws other copies
     for split, count in copies.items():
-        for copy in range(count):
+        for _ in range(count):
+            copy = next(jitters)
             for colour, rgb in COLOURS.items():
                 for place, (col, row) in PLACES.items():
                     name = f"{split}-{copy}-{colour}-{place.replace(' ', '-')}.png"
-                    image = Image.new("RGB", (64, 64), (128 + 8 * copy, 128, 128))
-                    x, y = 4 + 32 * col + 2 * copy, 4 + 32 * row + copy
+                    image = Image.new("RGB", (64, 64), (100 + 10 * copy, 128, 128))
+                    x, y = 2 + 32 * col + copy, 2 + 32 * row + (copy * 3) % 7
                     ImageDraw.Draw(image).rectangle((x, y, x + 22, y + 22), fill=rgb)
                     image.save(root / "images" / name)
                     captions = [f"a {colour} square at the {place}", f"{place}: {colour}"]

@@ -142,6 +142,9 @@ def test_clip_text_finetune_tail_reproduces_the_tower(folders, layers):
     assert not torch.allclose(hidden.tokens, frozen.tokens, atol=1e-2)
     out = split.make_tail()(hidden.tokens, hidden.attention_mask) * hidden.attention_mask[..., None]
     torch.testing.assert_close(out, frozen.tokens, atol=1e-5, rtol=1e-4)
+    alone = split.encode(CAPTIONS[1:])  # no padding at all: the tail must still be causal
+    out = split.make_tail()(alone.tokens, alone.attention_mask)
+    torch.testing.assert_close(out, frozen.tokens[1:], atol=1e-5, rtol=1e-4)
 
 
 def test_configs_record_the_folder_and_refuse_other_weights(folders, tmp_path):
