@@ -42,13 +42,12 @@ def load_model(args: argparse.Namespace, index_dir: str | Path | None = None) ->
         try:
             model = load()
         except (AladinError, OSError) as exc:
-            failed = (
-                failed or f": it cannot be loaded ({exc})"
-            )  # the recorded checkpoint's reason comes first
+            # the recorded checkpoint's reason comes first
+            failed = failed or f"; it cannot be loaded: {exc}"
             continue
         if model.fingerprint() == fingerprint:
             return model
-    built = f" ({checkpoint}{failed if checkpoint else ''})" if checkpoint else ""
+    built = f" ({checkpoint}){failed}" if checkpoint else ""
     raise AladinError(f"--model is required: the checkpoint folder of the model that built the index{built}")
 
 

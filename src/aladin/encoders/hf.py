@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ _FINAL_NORMS = ("post_layernorm", "layernorm", "final_layer_norm")
 def load_hf_model(folder: Path, where: str) -> nn.Module:
     """The model of a local folder, frozen, in eval mode. `AutoModel`, except for the `...WithProjection`
     towers, which `AutoModel` would load without their projection."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when transformers is first imported
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import transformers
 
     try:
