@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from aladin.errors import AladinError
+from aladin.hf_folder import is_hf_name, resolve_revision
 from aladin.migrations import SCHEMA_KEY, SCHEMA_VERSION, migrate, stored_version
 
 #: Bumped whenever the on-disk layout of checkpoints or feature caches changes incompatibly.
@@ -127,12 +128,17 @@ class ImageEncoderConfig:
     #: Views cached per training image: the picture itself plus `train_views - 1` random resized crops (seeded
     #: per image), one of which each training step draws, so the heads see augmented images at no encoder cost.
     train_views: int = 1
+    #: For name="hf:PATH" (a local `transformers` vision folder): the folder's name and hashes of its config and
+    #: weights, filled in when the config is made (`aladin.hf_folder`), so features and heads from another
+    #: folder are refused. "" for the bundled encoders.
+    revision: str = ""
 
     def __post_init__(self) -> None:
-        if self.name == "precomputed":
-            # stored regions have no scales: recorded as such, so caches stay comparable (set once, here, before
-            # anyone holds the frozen instance)
+        if self.name == "precomputed" or is_hf_name(self.name):
+            # stored regions have no scales, and multi-scale patch tokens are not measured yet: recorded as
+            # single-scale, so caches stay comparable (set here, before anyone holds the frozen instance)
             object.__setattr__(self, "multiscale", False)
+        object.__setattr__(self, "revision", resolve_revision(self.name, self.revision, "image_encoder"))
         if self.train_views < 1:
             raise AladinError(f"image_encoder.train_views: must be at least 1, got {self.train_views}")
         if self.train_views > 1 and self.name == "precomputed":
@@ -157,6 +163,11 @@ class TextEncoderConfig:
     max_length: int = 40
     #: Number of final transformer layers kept trainable; the cache holds the hidden states before them.
     finetune_layers: int = 0
+    #: For name="hf:PATH": the folder's identity, as for ImageEncoderConfig.revision.
+    revision: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "revision", resolve_revision(self.name, self.revision, "text_encoder"))
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from aladin.evaluate.pointing import PointingResult, pointing_markdown, syntheti
 from aladin.evaluate.report import plot_recall_curves, print_results, results_markdown, write_results_json
 from aladin.evaluate.scorers import (
     score_alignment,
+    score_encoder_embeddings,
     score_linear_baseline,
     score_matching,
     score_rerank,
@@ -246,6 +247,9 @@ def evaluate(
         results.append(
             score_linear_baseline(LinearGlobalModel.from_pretrained(run_dir / BASELINE_DIR), feats)
         )
+    zero_training = score_encoder_embeddings(feats)  # None unless both encoders share a space (CLIP, SigLIP)
+    if zero_training is not None:
+        results.append(zero_training)
     title = f"{split} split: {feats.num_images} images, {feats.num_captions} captions"
     if not quiet:
         # wide enough for the scorer names even when stdout is not a terminal (logs, CI)

@@ -18,7 +18,12 @@ from aladin.fileio import read_json
 
 
 def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-encoder", default=ImageEncoderConfig.name, help="image backbone name")
+    parser.add_argument(
+        "--image-encoder",
+        default=ImageEncoderConfig.name,
+        help="image backbone name, or hf:PATH: a local Hugging Face CLIP, SigLIP, DINOv2 or ViT folder (its patch "
+        "tokens are the regions)",
+    )
     parser.add_argument(
         "--multiscale",
         action=argparse.BooleanOptionalAction,
@@ -30,7 +35,7 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
         "--image-finetune-layers",
         type=int,
         default=ImageEncoderConfig.finetune_layers,
-        help="backbone stages left trainable",
+        help="backbone stages (transformer layers for hf:PATH) left trainable",
     )
     parser.add_argument(
         "--train-views",
@@ -55,7 +60,9 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
         help="with --image-encoder precomputed: append the detector's object tags to the regions as words",
     )
     parser.add_argument(
-        "--text-encoder", default=TextEncoderConfig.name, help="bundled model name or a local HF BERT folder"
+        "--text-encoder",
+        default=TextEncoderConfig.name,
+        help="bundled model name, a local HF BERT folder, or hf:PATH: a local CLIP, SigLIP or BERT-family folder",
     )
     parser.add_argument("--max-words", type=int, default=TextEncoderConfig.max_length, help="token limit")
     parser.add_argument(

@@ -48,6 +48,9 @@ IMAGE_ARRAYS = ("regions", "boxes", "region_mask")
 TEXT_ARRAYS = ("tokens", "token_mask", "attention_mask", "input_ids")
 #: Regions of the augmented views [N, views - 1, R, D]: only in the train split of a cache with train_views > 1.
 VIEW_ARRAY = "view_regions"
+#: The encoders' own embeddings in the space they share (CLIP, SigLIP: `RegionBatch.projected`,
+#: `TokenBatch.projected`), [N, P] and [T, P]: only when both encoders have the same shared space.
+PROJECTED_ARRAYS = {"images": "image_projected", "captions": "text_projected"}
 _DTYPES = {
     "regions": np.float16,
     VIEW_ARRAY: np.float16,
@@ -57,6 +60,8 @@ _DTYPES = {
     "token_mask": np.bool_,
     "attention_mask": np.bool_,
     "input_ids": np.int32,
+    "image_projected": np.float16,
+    "text_projected": np.float16,
 }
 
 
@@ -254,6 +259,9 @@ def _extract_split(
     state = writer.state
     image_stop, caption_stop = writer.rows["images"][1], writer.rows["captions"][1]
     views = image_encoder.config.train_views if split == "train" else 1
+    shared = (
+        image_encoder.shared_space is not None and image_encoder.shared_space == text_encoder.shared_space
+    )
     with tqdm(
         total=sum(stop - start for start, stop in writer.rows.values()),
         initial=state["images_done"] + state["captions_done"],
@@ -270,6 +278,9 @@ def _extract_split(
             else:
                 batch, arrays = image_encoder.encode_items(items), {}
             arrays.update({name: _to_disk(getattr(batch, name), name, what) for name in IMAGE_ARRAYS})
+            if shared and batch.projected is not None:
+                name = PROJECTED_ARRAYS["images"]
+                arrays[name] = _to_disk(batch.projected, name, what)
             writer.write("images", start, arrays)
             bar.update(len(items))
         for start in range(writer.next_row("captions"), caption_stop, batch_size):
@@ -283,6 +294,8 @@ def _extract_split(
                 "input_ids": torch.nn.functional.pad(batch.input_ids, (0, pad)),
             }
             what = f"split {split!r} captions {start}..{start + len(chunk) - 1}"
+            if shared and batch.projected is not None:
+                padded[PROJECTED_ARRAYS["captions"]] = batch.projected
             arrays = {name: _to_disk(value, name, what) for name, value in padded.items()}
             writer.write("captions", start, arrays)
             bar.update(len(chunk))
@@ -314,11 +327,11 @@ def _batch_shards(total: int, batch_size: int, parts: int) -> list[tuple[int, in
 
 def _merge_shards(partial: Path, shard_dirs: list[Path]) -> None:
     """Concatenate the ranks' shard arrays, in rank order, into `partial` (ranks with no rows wrote nothing)."""
-    for name in (*IMAGE_ARRAYS, *TEXT_ARRAYS, VIEW_ARRAY):
+    for name in (*IMAGE_ARRAYS, *TEXT_ARRAYS, VIEW_ARRAY, *PROJECTED_ARRAYS.values()):
         parts = [
             np.load(d / f"{name}.npy", mmap_mode="r") for d in shard_dirs if (d / f"{name}.npy").is_file()
         ]
-        if not parts:  # no augmented views in this split
+        if not parts:  # no augmented views or shared-space embeddings in this split
             continue
         shape = (sum(len(part) for part in parts), *parts[0].shape[1:])
         merged = open_memmap(partial / f"{name}.npy", mode="w+", dtype=parts[0].dtype, shape=shape)
@@ -403,14 +416,16 @@ def load_split(
         if diff:
             raise CheckpointError(f"{meta_path}: {diff}; re-run feature extraction")
     arrays: dict[str, np.ndarray] = {}
-    views = (VIEW_ARRAY,) if (directory / f"{VIEW_ARRAY}.npy").is_file() else ()
-    for name in (*IMAGE_ARRAYS, *TEXT_ARRAYS, "caption_image", *views):
+    optional = (VIEW_ARRAY, PROJECTED_ARRAYS["images"], PROJECTED_ARRAYS["captions"])
+    present = tuple(name for name in optional if (directory / f"{name}.npy").is_file())
+    for name in (*IMAGE_ARRAYS, *TEXT_ARRAYS, "caption_image", *present):
         path = directory / f"{name}.npy"
         try:
             arrays[name] = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: cannot read cached features ({exc})") from exc
-        rows = meta["num_images"] if name in (*IMAGE_ARRAYS, *views) else meta["num_captions"]
+        per_image = (*IMAGE_ARRAYS, VIEW_ARRAY, PROJECTED_ARRAYS["images"])
+        rows = meta["num_images"] if name in per_image else meta["num_captions"]
         if arrays[name].shape[0] != rows:
             raise CheckpointError(f"{path}: {arrays[name].shape[0]} rows, meta.json says {rows}")
     return CachedSplit(directory, stored, arrays)

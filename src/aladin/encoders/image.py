@@ -18,6 +18,7 @@ from torch import nn
 from aladin.config import ImageEncoderConfig
 from aladin.data.dataset import ImageItem
 from aladin.errors import AladinError
+from aladin.hf_folder import is_hf_name
 
 
 @dataclass
@@ -27,12 +28,17 @@ class RegionBatch:
     regions: torch.Tensor  # [B, R, D] float32
     boxes: torch.Tensor  # [B, R, 5] float32: x1, y1, x2, y2, area, normalised to the image
     region_mask: torch.Tensor  # [B, R] bool, True = real region
+    #: [B, P] the encoder's own image embedding in a space shared with a text encoder (`shared_space`), if any
+    projected: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.regions.shape[0]
 
     def to(self, device: torch.device | str) -> RegionBatch:
-        return RegionBatch(self.regions.to(device), self.boxes.to(device), self.region_mask.to(device))
+        projected = None if self.projected is None else self.projected.to(device)
+        return RegionBatch(
+            self.regions.to(device), self.boxes.to(device), self.region_mask.to(device), projected
+        )
 
 
 class ImageEncoder(ABC):
@@ -44,6 +50,9 @@ class ImageEncoder(ABC):
     """
 
     config: ImageEncoderConfig
+    #: Identity of the image–text space of `RegionBatch.projected` (a text encoder with the same one embeds
+    #: captions into it); None when the encoder has no such space.
+    shared_space: str | None = None
 
     @property
     @abstractmethod
@@ -309,10 +318,14 @@ def image_encoder_names() -> list[str]:
 
 
 def build_image_encoder(cfg: ImageEncoderConfig, device: torch.device | str = "cpu") -> ImageEncoder:
-    """The encoder registered under `cfg.name`, on `device`."""
+    """The encoder registered under `cfg.name` (or a local Hugging Face vision folder, "hf:PATH"), on `device`."""
+    if is_hf_name(cfg.name):
+        from aladin.encoders.hf import HFVisionEncoder
+
+        return HFVisionEncoder(cfg, device=device)
     factory = _IMAGE_ENCODERS.get(cfg.name)
     if factory is None:
         raise AladinError(
-            f"image_encoder.name: unknown image encoder {cfg.name!r} (known: {', '.join(image_encoder_names())})"
+            f"image_encoder.name: unknown image encoder {cfg.name!r} (known: {', '.join(image_encoder_names())}, or hf:PATH)"
         )
     return factory(cfg, torch.device(device))

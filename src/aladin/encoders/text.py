@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from aladin.config import TextEncoderConfig
+from aladin.encoders.hf import load_hf_model, run_layer, tower_layers
 from aladin.errors import AladinError
+from aladin.hf_folder import check_revision, is_hf_name
 
 #: The model shipped as a Python package, usable offline by name.
 BUNDLED_MINILM = "all-MiniLM-L6-v2"
@@ -27,6 +28,8 @@ class TokenBatch:
     token_mask: torch.Tensor  # [B, L] bool: scored word pieces (no [CLS]/[SEP]/padding)
     attention_mask: torch.Tensor  # [B, L] bool: every real token, [CLS]/[SEP] included
     input_ids: torch.Tensor  # [B, L] int64
+    #: [B, P] the encoder's own caption embedding in a space shared with an image encoder (`shared_space`), if any
+    projected: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -37,6 +40,7 @@ class TokenBatch:
             self.token_mask.to(device),
             self.attention_mask.to(device),
             self.input_ids.to(device),
+            None if self.projected is None else self.projected.to(device),
         )
 
 
@@ -48,6 +52,8 @@ class TextEncoder(ABC):
     """
 
     config: TextEncoderConfig
+    #: Identity of the image–text space of `TokenBatch.projected`; None when the encoder has no such space.
+    shared_space: str | None = None
 
     @property
     @abstractmethod
@@ -74,27 +80,38 @@ class TextEncoder(ABC):
         return None
 
 
-class BertTail(nn.Module):
-    """The last transformer layers of a BERT-family model: forward(hidden [B, L, D], attention_mask [B, L] bool).
+class TextTail(nn.Module):
+    """The last transformer layers of a text model, then its final norm when it has one (CLIP, SigLIP):
+    forward(hidden [B, L, D], attention_mask [B, L] bool).
 
-    attention_mask must include [CLS]/[SEP] (TokenBatch.attention_mask), not only the scored word pieces.
-    Dropout is active in training mode, as when the layers were pre-trained.
+    attention_mask must include the special tokens (TokenBatch.attention_mask), not only the scored word pieces;
+    CLIP's text tower is causal. Dropout is active in training mode, as when the layers were pre-trained.
     """
 
-    def __init__(self, layers: list[nn.Module], config: object) -> None:
+    def __init__(
+        self, layers: list[nn.Module], config: object, norm: nn.Module | None = None, causal: bool = False
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.norm = norm or nn.Identity()
         self.config = config
+        self.causal = causal
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        from transformers.masking_utils import create_bidirectional_mask
+        from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
-        mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
-        )
+        kwargs = {"is_causal": True} if self.causal else {}
+        if self.causal:
+            mask = create_causal_mask(
+                config=self.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None
+            )
+        else:
+            mask = create_bidirectional_mask(
+                config=self.config, inputs_embeds=hidden, attention_mask=attention_mask
+            )
         for layer in self.layers:
-            hidden = layer(hidden, mask)
-        return hidden
+            hidden = run_layer(layer, hidden, mask, **kwargs)
+        return self.norm(hidden)
 
 
 def resolve_text_model(name: str) -> Path:
@@ -112,29 +129,24 @@ def resolve_text_model(name: str) -> Path:
     )
 
 
-@contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    """Without transformers' "Loading weights" bar: a local model loads in a blink, and every command loads one."""
-    from transformers.utils import logging as hf_logging
-
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
-
-
 class HFTextEncoder(TextEncoder):
-    """A BERT-family Hugging Face model loaded offline; features are its last hidden states per word piece."""
+    """A Hugging Face text model loaded offline (a BERT-family encoder, or the text tower of CLIP or SigLIP,
+    also from a full dual-encoder folder); features are its last hidden states per word piece.
+
+    CLIP and SigLIP towers also give `projected`, their own caption embedding in the space they share with their
+    vision tower (CLIP's projected end-of-text token, SigLIP's pooled output). SigLIP's tower runs as it was
+    trained: on captions padded to its full length, without an attention mask.
+    """
 
     def __init__(
         self, cfg: TextEncoderConfig, batch_size: int = 128, device: torch.device | str = "cpu"
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
-        folder = resolve_text_model(cfg.name)
+        if is_hf_name(cfg.name):
+            folder = check_revision(cfg.name, cfg.revision, "text_encoder")
+        else:
+            folder = resolve_text_model(cfg.name)
         if cfg.max_length < 3:
             raise AladinError(f"text_encoder.max_length: must be at least 3, got {cfg.max_length}")
         self.config = cfg
@@ -142,27 +154,36 @@ class HFTextEncoder(TextEncoder):
         self.device = torch.device(device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            with _no_progress_bar():
-                self.model = AutoModel.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise AladinError(f"{folder}: cannot load text model ({exc})") from exc
+        model = load_hf_model(folder, "text_encoder")
+        self.model = model
+        while hasattr(self.model, "text_model"):
+            self.model = self.model.text_model
         self.tokenizer.padding_side = "right"  # encode trims each batch's padding off the end
-        self.model.eval().requires_grad_(False).to(self.device)
-        self._tail_layers: list[nn.Module] = []
-        if cfg.finetune_layers:
-            self._split_tail(folder, cfg.finetune_layers)
-
-    def _split_tail(self, folder: Path, k: int) -> None:
-        """Keep the first layers in the frozen model and set the last k aside for `make_tail`."""
-        layers = getattr(getattr(self.model, "encoder", None), "layer", None)
-        if not isinstance(layers, nn.ModuleList):
+        self.model.to(self.device)
+        kind = str(getattr(self.model.config, "model_type", ""))
+        self._causal = kind.startswith("clip")
+        siglip = kind.startswith("siglip")
+        self._projection: nn.Module | None = getattr(model, "text_projection", None)
+        if self._projection is None and siglip:
+            self._projection = nn.Identity()  # SigLIP's pooled output is already in the shared space
+        if self._projection is not None:
+            self._projection.to(self.device)
+            self.shared_space = cfg.revision or None
+        self._full_length = int(self.model.config.max_position_embeddings) if siglip else 0
+        self._max_length = min(
+            cfg.max_length, int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+        )
+        self._layers = tower_layers(self.model, folder, "text_encoder")
+        k = cfg.finetune_layers
+        if not 0 <= k <= len(self._layers):
+            raise AladinError(f"text_encoder.finetune_layers: must be in 0..{len(self._layers)}, got {k}")
+        if k and siglip:
             raise AladinError(
-                f"{folder}: text_encoder.finetune_layers needs a BERT-family model (encoder.layer)"
+                "text_encoder.finetune_layers: SigLIP's text tower attends to its padding, which the cache "
+                "trims; fine-tune its image tower, or use a CLIP or BERT-family text encoder"
             )
-        if not 0 < k <= len(layers):
-            raise AladinError(f"text_encoder.finetune_layers: must be in 0..{len(layers)}, got {k}")
-        self._tail_layers = list(layers[len(layers) - k :])
-        self.model.encoder.layer = nn.ModuleList(layers[: len(layers) - k])
 
     @property
     def feature_dim(self) -> int:
@@ -173,7 +194,7 @@ class HFTextEncoder(TextEncoder):
             texts,
             padding=padding,
             truncation=True,
-            max_length=self.config.max_length,
+            max_length=self._max_length,
             return_special_tokens_mask=True,
             return_tensors="pt" if padding else None,
         )
@@ -191,11 +212,15 @@ class HFTextEncoder(TextEncoder):
             tok for tok, s in zip(self.tokenizer.convert_ids_to_tokens(ids), special, strict=True) if not s
         ]
 
-    def make_tail(self) -> BertTail | None:
-        if not self._tail_layers:
+    def make_tail(self) -> TextTail | None:
+        k = self.config.finetune_layers
+        if not k:
             return None
-        tail = BertTail(
-            [copy.deepcopy(layer) for layer in self._tail_layers], copy.deepcopy(self.model.config)
+        tail = TextTail(
+            [copy.deepcopy(layer) for layer in self._layers[len(self._layers) - k :]],
+            copy.deepcopy(self.model.config),
+            copy.deepcopy(getattr(self.model, "final_layer_norm", None)),
+            self._causal,
         )
         return tail.requires_grad_(True)
 
@@ -210,19 +235,29 @@ class HFTextEncoder(TextEncoder):
         input_ids = enc["input_ids"].long().to(self.device)
         attention = enc["attention_mask"].bool().to(self.device)
         token_mask = attention & ~enc["special_tokens_mask"].bool().to(self.device)
-        chunks = []
+        k = self.config.finetune_layers
+        chunks, projected = [], []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
                 rows = slice(start, start + self.batch_size)
                 length = max(int(attention[rows].sum(1).max()), 1)
-                out = self.model(
-                    input_ids=input_ids[rows, :length], attention_mask=attention[rows, :length].long()
-                ).last_hidden_state.float()
-                out = out * attention[rows, :length, None]  # padding → zeros, independent of the batch
-                chunks.append(torch.nn.functional.pad(out, (0, 0, 0, input_ids.shape[1] - length)))
-        return TokenBatch(torch.cat(chunks), token_mask, attention, input_ids)
+                ids, mask = input_ids[rows, :length], attention[rows, :length].long()
+                if self._full_length:
+                    pad = self.tokenizer.pad_token_id or 0
+                    ids, mask = F.pad(ids, (0, self._full_length - length), value=pad), None
+                out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=bool(k))
+                states = out.hidden_states[len(self._layers) - k] if k else out.last_hidden_state
+                # padding → zeros, independent of the batch
+                states = states[:, :length].float() * attention[rows, :length, None]
+                chunks.append(F.pad(states, (0, 0, 0, input_ids.shape[1] - length)))
+                if self._projection is not None:
+                    projected.append(self._projection(out.pooler_output).float())
+        return TokenBatch(
+            torch.cat(chunks), token_mask, attention, input_ids, torch.cat(projected) if projected else None
+        )
 
 
 def build_text_encoder(cfg: TextEncoderConfig, device: torch.device | str = "cpu") -> TextEncoder:
-    """The text encoder described by `cfg` (a bundled name or a local Hugging Face folder), on `device`."""
+    """The text encoder described by `cfg` (a bundled name, a local BERT-family folder, or "hf:PATH"), on
+    `device`."""
     return HFTextEncoder(cfg, device=device)

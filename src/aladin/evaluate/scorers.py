@@ -246,3 +246,18 @@ def score_linear_baseline(
     start = time.perf_counter()
     scores = matching_scores(img, txt)
     return _result(name, scores, scores, _numpy(feats.caption_image), time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def score_encoder_embeddings(
+    feats: FeatureTensors, name: str = "encoders' own embeddings (zero training)"
+) -> ScorerResult | None:
+    """Cosine similarity of the encoders' own embeddings in the space they share (CLIP's similarity): what the
+    user's encoders give before aladin trains anything. None when the cache has none (no shared space)."""
+    if feats.image_projected is None or feats.text_projected is None:
+        return None
+    img = torch.nn.functional.normalize(feats.image_projected.float(), dim=-1)
+    txt = torch.nn.functional.normalize(feats.text_projected.float(), dim=-1)
+    start = time.perf_counter()
+    scores = img @ txt.T
+    return _result(name, scores, scores, _numpy(feats.caption_image), time.perf_counter() - start)

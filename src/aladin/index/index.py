@@ -271,14 +271,16 @@ def model_for_index(directory: str | Path, device: str | torch.device = "cpu") -
     loaders = [lambda: load_default_model(device)]
     if checkpoint:
         loaders.insert(0, lambda: AladinModel.from_pretrained(checkpoint, device))
+    failed = ""
     for load in loaders:
         try:
             model = load()
-        except (AladinError, OSError):
+        except (AladinError, OSError) as exc:
+            failed = failed or f"; it cannot be loaded: {exc}"  # the recorded checkpoint's reason comes first
             continue
         if model.fingerprint() == recorded["fingerprint"]:
             return model
-    built = f" ({checkpoint})" if checkpoint else ""
+    built = f" ({checkpoint}){failed}" if checkpoint else ""
     raise AladinError(f"--model is required: the checkpoint folder of the model that built the index{built}")
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from aladin import distributed
-from aladin.encoders.cache import VIEW_ARRAY
+from aladin.encoders.cache import PROJECTED_ARRAYS, VIEW_ARRAY
 from aladin.model.aladin import AladinModel, ImageEmbedding, TextEmbedding
 from aladin.model.layers import masked_mean
 
@@ -26,6 +26,8 @@ class FeatureTensors:
     token_mask: torch.Tensor  # [T, L]
     caption_image: torch.Tensor  # [T]
     view_regions: torch.Tensor | None = None  # [N, V-1, R, Di]: augmented views (train split only)
+    image_projected: torch.Tensor | None = None  # [N, P]: the encoders' own embeddings in their shared space
+    text_projected: torch.Tensor | None = None  # [T, P]
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> FeatureTensors:
@@ -33,6 +35,9 @@ class FeatureTensors:
 
         def tensor(name: str) -> torch.Tensor:
             return torch.from_numpy(np.array(arrays[name]))  # a private, writable copy in RAM
+
+        def optional(name: str) -> torch.Tensor | None:
+            return tensor(name).float() if name in arrays else None
 
         return cls(
             regions=tensor("regions").half(),
@@ -43,6 +48,8 @@ class FeatureTensors:
             token_mask=tensor("token_mask").bool(),
             caption_image=tensor("caption_image").long(),
             view_regions=tensor(VIEW_ARRAY).half() if VIEW_ARRAY in arrays else None,
+            image_projected=optional(PROJECTED_ARRAYS["images"]),
+            text_projected=optional(PROJECTED_ARRAYS["captions"]),
         )
 
     @property
