@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ class IndexBuilder:
             state,
             IMAGES,
             len(source.items),
-            lambda a, b: embed_images(self.model, source.region_batch(a, b, images)),
+            lambda ranges: (embed_images(self.model, b) for b in source.region_batches(ranges, images)),
         )
         n_text_chunks = 0
         if with_texts:
@@ -112,7 +112,7 @@ class IndexBuilder:
                 state,
                 TEXTS,
                 len(captions),
-                lambda a, b: embed_texts(self.model, source.token_batch(a, b, texts)),
+                lambda ranges: (embed_texts(self.model, source.token_batch(a, b, texts)) for a, b in ranges),
             )
         distributed.barrier()  # every rank's batches are on disk
 
@@ -160,10 +160,10 @@ class IndexBuilder:
         state: dict[str, Any],
         kind: str,
         total: int,
-        encode: Callable[[int, int], EncodedChunk],
+        encode: Callable[[list[tuple[int, int]]], Iterator[EncodedChunk]],
     ) -> int:
-        """Encode this rank's batches of items [0, total) of `kind` not yet on disk; returns the number of chunks
-        (batches) of all ranks."""
+        """Encode this rank's batches of items [0, total) of `kind` not yet on disk (`encode` turns the (start,
+        stop) of each into its chunk, in order, lazily); returns the number of chunks (batches) of all ranks."""
         size = self.cfg.batch_size
         chunks = -(-total // size)
         first, stop = distributed.contiguous_range(chunks)
@@ -175,9 +175,10 @@ class IndexBuilder:
             desc=f"index {kind}",
             disable=not self.progress or not distributed.is_main_process(),
         ) as bar:
-            for number in range(first + done, stop):
-                start, end = number * size, min((number + 1) * size, total)
-                atomic_write(_chunk_path(staging, kind, number), encode(start, end).save)
+            numbers = range(first + done, stop)
+            ranges = [(number * size, min((number + 1) * size, total)) for number in numbers]
+            for number, (start, end), chunk in zip(numbers, ranges, encode(ranges), strict=True):
+                atomic_write(_chunk_path(staging, kind, number), chunk.save)
                 state[kind] = number - first + 1
                 write_json(staging / _PROGRESS, state)
                 bar.update(end - start)

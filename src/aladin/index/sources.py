@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,12 @@ class IndexSource(ABC):
     def region_batch(self, start: int, stop: int, encoder: ImageEncoder | None) -> RegionBatch:
         """Regions of items[start:stop]."""
 
+    def region_batches(
+        self, ranges: Sequence[tuple[int, int]], encoder: ImageEncoder | None
+    ) -> Iterator[RegionBatch]:
+        """`region_batch` of each (start, stop) in turn; sources that decode pictures read the next ones ahead."""
+        return (self.region_batch(start, stop, encoder) for start, stop in ranges)
+
     @abstractmethod
     def token_batch(self, start: int, stop: int, encoder: TextEncoder | None) -> TokenBatch:
         """Token features of captions[start:stop]."""
@@ -74,7 +80,13 @@ class _PictureSource(IndexSource):
 
     def region_batch(self, start: int, stop: int, encoder: ImageEncoder | None) -> RegionBatch:
         assert encoder is not None
-        return encoder.encode([load_image(item.path) for item in self.items[start:stop]])
+        return encoder.encode([load_image(item.path, encoder.decode_size) for item in self.items[start:stop]])
+
+    def region_batches(
+        self, ranges: Sequence[tuple[int, int]], encoder: ImageEncoder | None
+    ) -> Iterator[RegionBatch]:
+        assert encoder is not None
+        return encoder.encode_files([item.path for item in self.items[start:stop]] for start, stop in ranges)
 
     def token_batch(self, start: int, stop: int, encoder: TextEncoder | None) -> TokenBatch:
         assert encoder is not None
