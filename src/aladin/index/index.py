@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from aladin.config import config_from_dict, config_to_dict
-from aladin.data.images import load_image
 from aladin.encoders.image import ImageEncoder, build_image_encoder
 from aladin.errors import AladinError, CheckpointError
 from aladin.index.backends import VectorBackend, new_backend, open_backend, release_replaced, row_fields
@@ -244,9 +243,9 @@ class SearchIndex:
             self.update() as up,
             tqdm(total=len(files), desc="add", unit="image", disable=not progress) as bar,
         ):
-            for start in range(0, len(files), batch_size):
-                batch = files[start : start + batch_size]
-                chunk = embed_images(model, encoder.encode([load_image(p) for p in batch]))
+            batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
+            for batch, regions in zip(batches, encoder.encode_files(batches), strict=True):
+                chunk = embed_images(model, regions)
                 ids.extend(up.add_images(chunk, [ImageRecord(str(p), str(p)) for p in batch]).tolist())
                 bar.update(len(batch))
         return ids
