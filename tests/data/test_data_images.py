@@ -160,3 +160,73 @@ def test_uploaded_bytes_decode_like_the_same_file(tmp_path) -> None:
         assert np.array_equal(from_file, from_bytes), name
     with pytest.raises(ImageTooLarge, match="upload is 8×6 pixels; the limit is 40"):
         decode_image_bytes((tmp_path / "rgba.png").read_bytes(), "upload", max_pixels=40)
+
+
+# ---- draft decoding: a JPEG decoded at the smallest DCT scale that still covers the caller's size ----------------
+
+#: How a picture is stored so that EXIF orientation N displays it upright (the inverse of what the tag says).
+_STORED_AS = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+def upright_picture(width: int = 1600, height: int = 800) -> Image.Image:
+    """Smooth gradients (red left→right, green top→bottom) under a blue checkerboard: every flip or turn shows."""
+    y, x = np.mgrid[0:height, 0:width]
+    checks = ((x // 200 + y // 200) % 2) * 200 + 20
+    return Image.fromarray(np.stack([x * 255 // width, y * 255 // height, checks], -1).astype(np.uint8))
+
+
+def save_with_orientation(picture: Image.Image, orientation: int, path: Path) -> Path:
+    method = _STORED_AS[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    (picture if method is None else picture.transpose(method)).save(path, quality=90, exif=exif)
+    return path
+
+
+def resized(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(img.resize(size, Image.BILINEAR), dtype=np.float64)
+
+
+# Upright 1600×800 to (400, 100): 1/4 scale gives 400×200; to (100, 400): only 1/2 keeps 400 rows (800×400).
+# In orientations 5–8 the stored pixels are 800×1600, so the size asked of the decoder must be turned too.
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize(("target", "expected"), [((400, 100), (400, 200)), ((100, 400), (800, 400))])
+def test_draft_decoding_keeps_orientation_and_pixels(
+    tmp_path: Path, orientation: int, target: tuple[int, int], expected: tuple[int, int]
+) -> None:
+    picture = upright_picture()
+    path = save_with_orientation(picture, orientation, tmp_path / f"o{orientation}.jpg")
+    full, draft = load_image(path), load_image(path, min_size=target)
+    assert full.size == picture.size
+    assert draft.mode == "RGB" and draft.size == expected  # decoded small, and still covering the target
+    assert draft.size[0] >= target[0] and draft.size[1] >= target[1]
+    # upright like the full decode, and nearly its pixels once both are resized to the target
+    assert np.abs(resized(draft, target) - resized(picture, target)).mean() < 2
+    assert np.abs(resized(draft, target) - resized(full, target)).mean() < 2
+
+
+def test_draft_decoding_only_shrinks_big_jpegs_and_leaves_other_formats(tmp_path: Path) -> None:
+    picture = upright_picture(1200, 900)
+    picture.save(tmp_path / "big.png")
+    picture.save(tmp_path / "big.webp", quality=90)
+    save_with_orientation(picture.resize((600, 450)), 6, tmp_path / "small.jpg")
+    for name in ("big.png", "big.webp", "small.jpg"):  # small.jpg: half of it would no longer cover 448 px
+        full, draft = load_image(tmp_path / name), load_image(tmp_path / name, min_size=(448, 448))
+        assert draft.size == full.size, name
+        assert np.array_equal(np.asarray(draft), np.asarray(full)), name
+
+
+def test_draft_decoding_keeps_corrupt_file_errors(tmp_path: Path) -> None:
+    data = save_with_orientation(upright_picture(), 6, tmp_path / "big.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.jpg: cannot read image \(.*truncated"):
+        load_image(tmp_path / "cut.jpg", min_size=(100, 100))

@@ -269,14 +269,12 @@ def _extract_split(
         unit="item",
         disable=not progress or not distributed.is_main_process(),
     ) as bar:
-        for start in range(writer.next_row("images"), image_stop, batch_size):
-            items = data.items[start : min(start + batch_size, image_stop)]
+        starts = range(writer.next_row("images"), image_stop, batch_size)
+        batches = [data.items[start : min(start + batch_size, image_stop)] for start in starts]
+        encoded = image_encoder.encode_item_batches(batches, starts.start, views)
+        for start, items, (batch, view_regions) in zip(starts, batches, encoded, strict=True):
             what = f"images {items[0].path}..{items[-1].path}"
-            if views > 1:
-                batch, view_regions = image_encoder.encode_views(items, start, views)
-                arrays = {VIEW_ARRAY: _to_disk(view_regions, VIEW_ARRAY, what)}
-            else:
-                batch, arrays = image_encoder.encode_items(items), {}
+            arrays = {} if view_regions is None else {VIEW_ARRAY: _to_disk(view_regions, VIEW_ARRAY, what)}
             arrays.update({name: _to_disk(getattr(batch, name), name, what) for name in IMAGE_ARRAYS})
             if shared and batch.projected is not None:
                 name = PROJECTED_ARRAYS["images"]

@@ -165,6 +165,8 @@ class HFVisionEncoder(ImageEncoder):
         processor, self._mean, self._std = _normalisation(folder, "image_encoder")
         patch = int(vision.patch_size)
         self.input_size = max(patch, _square_size(processor, int(vision.image_size)) // patch * patch)
+        self.decode_size = (self.input_size, self.input_size)  # camera JPEGs decode at a reduced scale
+        self.read_ahead = 2
         self._resample = int(processor.get("resample", Image.BICUBIC))
         self._rescale = float(processor.get("rescale_factor", 1 / 255))
         self._embeddings = tower.embeddings

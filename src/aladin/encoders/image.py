@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import importlib
+import itertools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,13 @@ class ImageEncoder(ABC):
     #: Identity of the image–text space of `RegionBatch.projected` (a text encoder with the same one embeds
     #: captions into it); None when the encoder has no such space.
     shared_space: str | None = None
+    #: The upright (width, height) `encode` resizes every picture to: JPEGs decode at the smallest DCT scale that
+    #: still covers it. None: pictures decode in full.
+    decode_size: tuple[int, int] | None = None
+    #: Batches whose pictures decode in worker threads while the current one is encoded (index builds,
+    #: `encode_item_batches`). 0: each batch decodes in turn through `encode_items` / `encode_views`, as encoders
+    #: that serve stored features instead of pixels need.
+    read_ahead: int = 0
 
     @property
     @abstractmethod
@@ -66,13 +74,13 @@ class ImageEncoder(ABC):
     def encode(self, images: list[Image.Image]) -> RegionBatch: ...
 
     def encode_items(self, items: Sequence[ImageItem]) -> RegionBatch:
-        """Regions of dataset images (what feature extraction calls): loads the pictures and encodes them.
+        """Regions of dataset images: loads the pictures and encodes them.
 
-        Encoders that serve stored features instead of looking at pixels override this.
+        Encoders that serve stored features instead of looking at pixels override this (and keep `read_ahead` 0).
         """
         from aladin.data.images import load_image
 
-        return self.encode([load_image(item.path) for item in items])
+        return self.encode([load_image(item.path, self.decode_size) for item in items])
 
     def encode_views(
         self, items: Sequence[ImageItem], first_row: int, views: int
@@ -81,7 +89,39 @@ class ImageEncoder(ABC):
         seeded by the image's row in its split, so every run and every rank crops alike."""
         from aladin.data.images import load_image
 
-        pictures = [load_image(item.path) for item in items]
+        size = self._picture_size(views)
+        return self._with_views([load_image(item.path, size) for item in items], first_row, views)
+
+    def encode_item_batches(
+        self, batches: Sequence[Sequence[ImageItem]], first_row: int = 0, views: int = 1
+    ) -> Iterator[tuple[RegionBatch, torch.Tensor | None]]:
+        """What feature extraction runs: the regions of consecutive batches of a split, the first at row
+        `first_row`, and with `views` > 1 those of their augmented crops (else None), batch by batch in order.
+        The next `read_ahead` batches decode in worker threads while one is encoded."""
+        from aladin.data.images import load_images_ahead
+
+        # the first row of each batch (and one past the last: zip stops at the batches)
+        rows = itertools.accumulate((len(items) for items in batches), initial=first_row)
+        if not self.read_ahead:
+            for row, items in zip(rows, batches, strict=False):
+                yield self.encode_views(items, row, views) if views > 1 else (self.encode_items(items), None)
+            return
+        paths = ([item.path for item in items] for items in batches)
+        pictures = load_images_ahead(paths, self._picture_size(views), self.read_ahead)
+        for row, batch in zip(rows, pictures, strict=False):
+            yield self._with_views(batch, row, views) if views > 1 else (self.encode(batch), None)
+
+    def _picture_size(self, views: int) -> tuple[int, int] | None:
+        """`decode_size`, doubled for pictures that augmented views crop (a crop keeps about half of each side or
+        more, so it still reaches the encoder's size before being resized to it)."""
+        if self.decode_size is None or views <= 1:
+            return self.decode_size
+        width, height = self.decode_size
+        return 2 * width, 2 * height
+
+    def _with_views(
+        self, pictures: list[Image.Image], first_row: int, views: int
+    ) -> tuple[RegionBatch, torch.Tensor]:
         crops = [
             self.encode([augmented_view(p, (first_row + i, v)) for i, p in enumerate(pictures)]).regions
             for v in range(1, views)
@@ -198,6 +238,8 @@ class EfficientNetGridEncoder(ImageEncoder):
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.input_size = cfg.image_size * (2 if cfg.multiscale else 1)
+        self.decode_size = (self.input_size, self.input_size)  # `preprocess` squashes every picture to this
+        self.read_ahead = 2
         net = EfficientNet.from_name(cfg.name, image_size=self.input_size)
         try:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from aladin.index.sources import (
     external_id_for,
     find_images,
     open_source,
-    read_images,
+    read_image_batches,
     warn_skipped,
 )
 from aladin.index.store import EncodedChunk
@@ -121,10 +121,10 @@ class IndexBuilder:
         state = self._resume(shard, source, with_texts)
         images = None if not source.needs_encoders else self.image_encoder()
 
-        def encode_images(start: int, stop: int) -> tuple[EncodedChunk | None, dict[str, Any]]:
-            read = source.region_batch(start, stop, images, strict)
-            chunk = None if read.regions is None else embed_images(self.model, read.regions)
-            return chunk, {"kept": read.kept, SKIPPED: [s.to_json() for s in read.skipped]}
+        def encode_images(ranges: list[tuple[int, int]]) -> Iterator[tuple[EncodedChunk | None, dict[str, Any]]]:
+            for read in source.region_batches(ranges, images, strict):
+                chunk = None if read.regions is None else embed_images(self.model, read.regions)
+                yield chunk, {"kept": read.kept, SKIPPED: [s.to_json() for s in read.skipped]}
 
         n_image_chunks = self._encode(shard, state, IMAGES, len(source.items), encode_images)
         n_text_chunks = 0
@@ -135,7 +135,7 @@ class IndexBuilder:
                 state,
                 TEXTS,
                 len(captions),
-                lambda a, b: (embed_texts(self.model, source.token_batch(a, b, texts)), None),
+                lambda ranges: ((embed_texts(self.model, source.token_batch(a, b, texts)), None) for a, b in ranges),
             )
         distributed.barrier()  # every rank's batches are on disk
 
@@ -197,11 +197,11 @@ class IndexBuilder:
         state: dict[str, Any],
         kind: str,
         total: int,
-        encode: Callable[[int, int], tuple[EncodedChunk | None, dict[str, Any] | None]],
+        encode: Callable[[list[tuple[int, int]]], Iterator[tuple[EncodedChunk | None, dict[str, Any] | None]]],
     ) -> int:
-        """Encode this rank's batches of items [0, total) of `kind` not yet on disk (each with the JSON of its
-        contents `encode` may give; no chunk when nothing could be encoded); returns the number of chunks
-        (batches) of all ranks."""
+        """Encode this rank's batches of items [0, total) of `kind` not yet on disk (`encode` turns the (start,
+        stop) of each into its chunk, in order, lazily, with the JSON of its contents it may give; no chunk when
+        nothing could be encoded); returns the number of chunks (batches) of all ranks."""
         size = self.cfg.batch_size
         chunks = -(-total // size)
         first, stop = distributed.contiguous_range(chunks)
@@ -213,9 +213,9 @@ class IndexBuilder:
             desc=f"index {kind}",
             disable=not self.progress or not distributed.is_main_process(),
         ) as bar:
-            for number in range(first + done, stop):
-                start, end = number * size, min((number + 1) * size, total)
-                chunk, contents = encode(start, end)
+            numbers = range(first + done, stop)
+            ranges = [(number * size, min((number + 1) * size, total)) for number in numbers]
+            for number, (start, end), (chunk, contents) in zip(numbers, ranges, encode(ranges), strict=True):
                 path = _chunk_path(staging, kind, number)
                 if contents is not None:
                     write_json(_contents_path(path), contents)
@@ -318,20 +318,15 @@ def add_images(
     old_skipped = index.manifest.get(SKIPPED, [])
     if not new and _merge_skipped(old_skipped, files, skipped) == old_skipped:
         return AddReport([], already, skipped)  # nothing changes: no new version
-    encoder = image_encoder
-    if new and encoder is None:
-        encoder = build_image_encoder(model.config.image_encoder, model_device(model))
+    encoder = image_encoder or build_image_encoder(model.config.image_encoder, model_device(model))
+    size = index.config.batch_size
+    batches = [new[start : start + size] for start in range(0, len(new), size)]
     ids: list[int] = []
     with index.update() as up, tqdm(total=len(new), desc="add", unit="image", disable=not progress) as bar:
-        for start in range(0, len(new), index.config.batch_size):
-            batch = new[start : start + index.config.batch_size]
-            images, kept, bad = read_images(batch, strict)
+        for batch, (images, kept, bad) in zip(batches, read_image_batches(batches, encoder, strict), strict=True):
             skipped.extend(bad)
             if images:
-                assert encoder is not None
-                records = [
-                    ImageRecord(batch[i], external_id_for(index.image_root, batch[i])) for i in kept
-                ]
+                records = [ImageRecord(batch[i], external_id_for(index.image_root, batch[i])) for i in kept]
                 ids.extend(up.add_images(embed_images(model, encoder.encode(images)), records).tolist())
             bar.update(len(batch))
         index.manifest = {**index.manifest, SKIPPED: _merge_skipped(old_skipped, files, skipped)}

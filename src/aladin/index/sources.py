@@ -6,7 +6,7 @@ import hashlib
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from aladin.data.folder import (
     load_dataset_folder,
     scan_image_folder,
 )
-from aladin.data.images import load_image
+from aladin.data.images import load_images_ahead
 from aladin.encoders.cache import CachedSplit, load_split
 from aladin.encoders.image import ImageEncoder, RegionBatch
 from aladin.encoders.text import TextEncoder, TokenBatch
@@ -69,24 +69,26 @@ def warn_skipped(skipped: Sequence[Skipped], strict: bool) -> None:
         logger.warning("skipped %s", item)
 
 
-def read_images(
-    paths: Sequence[str], strict: bool = False
-) -> tuple[list[Image.Image], list[int], list[Skipped]]:
-    """Decode `paths`: the images that could be read, their positions in `paths`, and the files that could not
-    (each warned about; with `strict` the first one raises)."""
-    images: list[Image.Image] = []
-    kept: list[int] = []
-    skipped: list[Skipped] = []
-    for i, path in enumerate(paths):
-        try:
-            images.append(load_image(path))
-        except DataError as exc:
-            bad = Skipped(path, str(exc).removeprefix(f"{path}: "))
-            warn_skipped([bad], strict)
-            skipped.append(bad)
-            continue
-        kept.append(i)
-    return images, kept, skipped
+def read_image_batches(
+    batches: Sequence[Sequence[str]], encoder: ImageEncoder, strict: bool = False
+) -> Iterator[tuple[list[Image.Image], list[int], list[Skipped]]]:
+    """Decode each batch of paths at the size `encoder` needs, the next ones in worker threads while the caller
+    encodes one (`ImageEncoder.read_ahead`): per batch, the images that could be read, their positions in the
+    batch, and the files that could not (each warned about; with `strict` the first one raises)."""
+    decoded = load_images_ahead(batches, encoder.decode_size, encoder.read_ahead, keep_errors=True)
+    for paths, results in zip(batches, decoded, strict=True):
+        images: list[Image.Image] = []
+        kept: list[int] = []
+        skipped: list[Skipped] = []
+        for i, (path, result) in enumerate(zip(paths, results, strict=True)):
+            if isinstance(result, DataError):
+                bad = Skipped(path, str(result).removeprefix(f"{path}: "))
+                warn_skipped([bad], strict)
+                skipped.append(bad)
+            else:
+                images.append(result)
+                kept.append(i)
+        yield images, kept, skipped
 
 
 @dataclass
@@ -128,6 +130,12 @@ class IndexSource(ABC):
     ) -> ReadBatch:
         """Regions of items[start:stop] (those that can be read; with `strict` a bad file raises)."""
 
+    def region_batches(
+        self, ranges: Sequence[tuple[int, int]], encoder: ImageEncoder | None, strict: bool = False
+    ) -> Iterator[ReadBatch]:
+        """`region_batch` of each (start, stop) in turn; sources that decode pictures read the next ones ahead."""
+        return (self.region_batch(start, stop, encoder, strict) for start, stop in ranges)
+
     @abstractmethod
     def token_batch(self, start: int, stop: int, encoder: TextEncoder | None) -> TokenBatch:
         """Token features of captions[start:stop]."""
@@ -139,9 +147,17 @@ class _PictureSource(IndexSource):
     def region_batch(
         self, start: int, stop: int, encoder: ImageEncoder | None, strict: bool = False
     ) -> ReadBatch:
+        return next(self.region_batches([(start, stop)], encoder, strict))
+
+    def region_batches(
+        self, ranges: Sequence[tuple[int, int]], encoder: ImageEncoder | None, strict: bool = False
+    ) -> Iterator[ReadBatch]:
         assert encoder is not None
-        images, kept, skipped = read_images([item.path for item in self.items[start:stop]], strict)
-        return ReadBatch(encoder.encode(images) if images else None, [start + i for i in kept], skipped)
+        batches = [[item.path for item in self.items[start:stop]] for start, stop in ranges]
+        for (start, _), (images, kept, skipped) in zip(
+            ranges, read_image_batches(batches, encoder, strict), strict=True
+        ):
+            yield ReadBatch(encoder.encode(images) if images else None, [start + i for i in kept], skipped)
 
     def token_batch(self, start: int, stop: int, encoder: TextEncoder | None) -> TokenBatch:
         assert encoder is not None

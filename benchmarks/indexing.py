@@ -1,0 +1,355 @@
+"""Indexing throughput on camera photos: `aladin index build` with the bundled model on 240-px, 12-MP and 24-MP JPEGs.
+
+    python benchmarks/indexing.py [--photos 32 --batch-size 8 --repeats 2]
+    python benchmarks/indexing.py --rsum [--upscale 2400 --limit 0]
+
+It makes its own photo sets under --work (kept for later runs): the 240-px set is COCO photos as they are (or
+generated textures when ../shared/data/coco is absent); the camera sets are the same pictures enlarged to
+4000×3000 and 6000×4000 with sensor-like grain (so the JPEGs weigh what a phone's do, ~3–8 MB), saved at quality
+90 with EXIF orientation tags 1, 6, 8, 3 in turn (6 and 8: stored on their side, displayed upright). Each set is
+indexed (the code `aladin index build` runs, the model loaded once) with today's decoding (JPEG draft mode, two
+batches read ahead in worker threads) and with the old one (every picture decoded in full, in the encoder's
+loop), interleaved, in one run: ratios, not absolute speeds, are the result.
+
+--rsum: the test split of the COCO subset extracted with the old and the new decoding and evaluated with the
+bundled model, as it is (its 240-px photos are too small for draft mode to shrink: the pixels are compared) and
+enlarged to camera size (--upscale px on the long side, grain as above), where draft mode decodes at 1/4.
+
+Writes benchmarks/results/indexing.{json,md} (--rsum: indexing_rsum.{json,md}).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see benchmarks/search.py
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
+
+from aladin import pipeline  # noqa: E402
+from aladin.data.dataset import Dataset, ImageItem  # noqa: E402
+from aladin.data.images import load_image  # noqa: E402
+from aladin.data.readers import load_dataset  # noqa: E402
+from aladin.encoders.cache import extract_features  # noqa: E402
+from aladin.encoders.image import ImageEncoder, build_image_encoder  # noqa: E402
+from aladin.encoders.text import build_text_encoder  # noqa: E402
+from aladin.fileio import atomic_write, write_json  # noqa: E402
+from aladin.index.builder import build_index  # noqa: E402
+from aladin.index.config import IndexConfig  # noqa: E402
+from aladin.index.sources import find_images  # noqa: E402
+from aladin.model.aladin import AladinModel  # noqa: E402
+from aladin.model.pretrained import default_model_dir  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+COCO = Path(__file__).resolve().parents[2] / "shared/data/coco"
+#: name → (long side × short side) of the stored pixels; None: the source pictures as they are
+SETS: dict[str, tuple[int, int] | None] = {"240 px": None, "12 MP": (4000, 3000), "24 MP": (6000, 4000)}
+ORIENTATIONS = (1, 6, 8, 3)
+#: How the pixels are stored so that EXIF orientation N displays them upright (the inverse of what N says).
+_STORED_AS = {
+    1: None,
+    3: Image.Transpose.ROTATE_180,
+    6: Image.Transpose.ROTATE_90,
+    8: Image.Transpose.ROTATE_270,
+}
+GRAIN = 7.0  # std of the luminance grain, in 8-bit levels: a 12-MP JPEG then weighs ~3.7 MB at quality 90
+
+
+def source_pictures(n: int, coco: Path) -> list[Path]:
+    """The first n COCO photos of the test split (sorted), or n generated textures when COCO is absent."""
+    if (coco / "captions.jsonl").is_file():
+        test = [it for it in load_dataset(coco).items if it.split == "test"]
+        return [Path(it.path) for it in test[:n]]
+    folder = Path(tempfile.mkdtemp(prefix="aladin-textures-"))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        # smooth colour fields with edges: upscaled 16×12 noise, then detail from a finer layer
+        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize(
+            (320, 240), Image.BICUBIC
+        )
+        fine = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).resize(
+            (320, 240), Image.NEAREST
+        )
+        paths.append(folder / f"texture-{i:03d}.jpg")
+        Image.blend(coarse, fine, 0.25).save(paths[-1], quality=85)
+    return paths
+
+
+def camera_photo(source: Path, size: tuple[int, int], orientation: int, out: Path, seed: int) -> None:
+    """`source` enlarged to a camera's pixels (`size`, stored landscape) with grain, saved with its EXIF tag."""
+    long_side, short_side = size
+    quarter_turn = orientation in (6, 8)
+    upright_size = (short_side, long_side) if quarter_turn else (long_side, short_side)
+    upright = ImageOps.fit(load_image(source), upright_size, Image.BICUBIC)
+    method = _STORED_AS[orientation]
+    stored = upright if method is None else upright.transpose(method)
+    rng = np.random.default_rng(seed)
+    tile = (rng.standard_normal((512, 512), dtype=np.float32) * GRAIN).astype(np.int16)
+    grain = np.tile(tile, (-(-short_side // 512), -(-long_side // 512)))[:short_side, :long_side]
+    shift = rng.integers(0, 512, 2)  # so the tiles do not line up from photo to photo
+    grain = np.roll(grain, tuple(shift), axis=(0, 1))
+    pixels = np.asarray(stored, dtype=np.int16) + grain[..., None]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F], exif[0x0110] = "aladin-benchmark", f"{long_side * short_side / 1e6:.0f} MP"
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(out, quality=90, exif=exif)
+
+
+def make_set(sources: list[Path], size: tuple[int, int] | None, folder: Path) -> Path:
+    """The photo set in `folder` (made once: a complete set is reused)."""
+    done = folder / ".complete"
+    if done.is_file() and done.read_text() == str(len(sources)):
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for i, source in enumerate(sources):
+        out = folder / f"photo-{i:03d}.jpg"
+        if size is None:
+            shutil.copyfile(source, out)
+        else:
+            camera_photo(source, size, ORIENTATIONS[i % len(ORIENTATIONS)], out, seed=i)
+    done.write_text(str(len(sources)))
+    return folder
+
+
+def old_decoding(encoder: ImageEncoder) -> ImageEncoder:
+    """`encoder` set to decode as aladin did before draft mode and read-ahead: in full, in the encoder's loop."""
+    encoder.decode_size = None
+    encoder.read_ahead = 0
+    return encoder
+
+
+def decode_ms(paths: list[Path], size: tuple[int, int] | None) -> float:
+    """Mean ms to decode one photo and resize it to `size` (or to 448 px), one after another, in this thread."""
+    started = time.perf_counter()
+    for path in paths:
+        load_image(path, size).resize(size or (448, 448), Image.BILINEAR)
+    return 1000 * (time.perf_counter() - started) / len(paths)
+
+
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(args.work)
+    model = AladinModel.from_pretrained(default_model_dir()).eval()
+    encoders = {
+        "new": build_image_encoder(model.config.image_encoder),
+        "old": old_decoding(build_image_encoder(model.config.image_encoder)),
+    }
+    sources = source_pictures(args.photos, Path(args.coco))
+    started = time.perf_counter()
+    folders = {name: make_set(sources, size, work / name.replace(" ", "")) for name, size in SETS.items()}
+    print(f"photo sets ready in {time.perf_counter() - started:.0f} s under {work}", flush=True)
+    megabytes = {
+        name: statistics.mean(p.stat().st_size for p in find_images([f])) / 2**20
+        for name, f in folders.items()
+    }
+    cfg = IndexConfig(batch_size=args.batch_size)
+    out = Path(tempfile.mkdtemp(prefix="aladin-index-bench-"))
+
+    def build(folder: Path, mode: str) -> float:
+        started = time.perf_counter()
+        build_index(
+            folder, model, out / mode, cfg, image_encoder=encoders[mode], overwrite=True, progress=False
+        )
+        return time.perf_counter() - started
+
+    warm = work / "warm-up"
+    make_set(sources[: args.batch_size], None, warm)
+    for mode in encoders:
+        build(warm, mode)
+    load_before = os.getloadavg()[1]
+    seconds: dict[str, dict[str, list[float]]] = {name: {"new": [], "old": []} for name in SETS}
+    for repeat in range(args.repeats):
+        for name, folder in folders.items():
+            for mode in ("new", "old") if repeat % 2 == 0 else ("old", "new"):
+                seconds[name][mode].append(build(folder, mode))
+                print(f"{name} {mode}: {seconds[name][mode][-1]:.1f} s", flush=True)
+    shutil.rmtree(out)
+    sample = {name: find_images([f])[: args.decode_sample] for name, f in folders.items()}
+    decode = {
+        name: {"full": decode_ms(paths, None), "draft": decode_ms(paths, encoders["new"].decode_size)}
+        for name, paths in sample.items()
+    }
+    rate = {
+        name: {mode: args.photos / statistics.median(times) for mode, times in modes.items()}
+        for name, modes in seconds.items()
+    }
+    return {
+        "photos_per_set": args.photos,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.platform(),
+        "load_average_5min": [load_before, os.getloadavg()[1]],
+        "source": str(args.coco) if (Path(args.coco) / "captions.jsonl").is_file() else "generated textures",
+        "mean_file_mb": megabytes,
+        "seconds": seconds,
+        "photos_per_second": rate,
+        "decode_ms_per_photo": decode,
+        "ratio_to_240px": {name: rate[name]["new"] / rate["240 px"]["new"] for name in SETS},
+        "new_over_old": {name: rate[name]["new"] / rate[name]["old"] for name in SETS},
+    }
+
+
+def throughput_markdown(r: dict[str, Any]) -> str:
+    lines = [
+        f"# Indexing throughput: `aladin index build`, bundled model, {r['photos_per_set']} photos per set",
+        "",
+        f"Batches of {r['batch_size']}, median of {r['repeats']} builds per cell, old and new interleaved in one "
+        f"run; {r['cpus']} CPUs (5-minute load average {r['load_average_5min'][0]:.1f} before the builds, "
+        f"{r['load_average_5min'][1]:.1f} after), torch on {r['torch_threads']} threads. New: JPEG draft mode + two batches decoded "
+        "ahead in worker threads. Old: every picture decoded in full in the encoder's loop. Decode = one photo "
+        "decoded and resized to 448 px, alone in one thread.",
+        "",
+        "| photos | mean file | photos/s new | photos/s old | new / old | new vs 240 px | decode ms full | "
+        "decode ms draft |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in SETS:
+        rate, decode = r["photos_per_second"][name], r["decode_ms_per_photo"][name]
+        lines.append(
+            f"| {name} | {r['mean_file_mb'][name]:.2f} MB | {rate['new']:.2f} | {rate['old']:.2f} | "
+            f"{r['new_over_old'][name]:.2f}× | {100 * r['ratio_to_240px'][name]:.0f}% | {decode['full']:.0f} | "
+            f"{decode['draft']:.0f} |"
+        )
+    worst = min(r["ratio_to_240px"]["12 MP"], r["ratio_to_240px"]["24 MP"])
+    lines += [
+        "",
+        f"Target: 12-MP throughput ≥ 80% of 240-px throughput: 12 MP reaches "
+        f"{100 * r['ratio_to_240px']['12 MP']:.0f}% ({'met' if r['ratio_to_240px']['12 MP'] >= 0.8 else 'missed'}); "
+        f"the slower camera set {100 * worst:.0f}%.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def rsum_check(args: argparse.Namespace) -> dict[str, Any]:
+    """Bundled-model rsum on the COCO test split enlarged to camera size, decoded the old and the new way; at
+    240 px the two decodings are compared pixel for pixel (identical pixels give identical features)."""
+    coco = Path(args.coco)
+    if not (coco / "captions.jsonl").is_file():
+        sys.exit(f"no dataset at {coco} (expected captions.jsonl); nothing to compare")
+    work = Path(args.work) / "rsum"
+    model_dir = default_model_dir()
+    model = AladinModel.from_pretrained(model_dir)
+    encoders = {
+        "old": old_decoding(build_image_encoder(model.config.image_encoder)),
+        "new": build_image_encoder(model.config.image_encoder),
+    }
+    test = load_dataset(coco).split("test")
+    size = encoders["new"].decode_size
+    same_pixels = sum(
+        np.array_equal(np.asarray(load_image(it.path)), np.asarray(load_image(it.path, size)))
+        for it in test.items
+    )
+    split_size = len(test.items)
+    test.items = test.items[: args.limit or None]
+    enlarged = work / f"photos-{args.upscale}-{len(test.items)}"
+    stored = (args.upscale, args.upscale * 3 // 4)
+    if not (enlarged / ".complete").is_file():
+        shutil.rmtree(enlarged, ignore_errors=True)
+        enlarged.mkdir(parents=True)
+        n = len(test.items)
+        # Pillow and numpy release the GIL for the heavy parts
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            sources = [Path(it.path) for it in test.items]
+            outs = [enlarged / path.name for path in sources]
+            turns = [ORIENTATIONS[i % len(ORIENTATIONS)] for i in range(n)]
+            list(pool.map(camera_photo, sources, [stored] * n, turns, outs, range(n)))
+        (enlarged / ".complete").write_text("")
+    camera = Dataset(
+        enlarged,
+        [ImageItem(it.image_id, enlarged / Path(it.path).name, it.captions, it.split) for it in test.items],
+        name=f"{test.name}-{args.upscale}px",
+    )
+    text_encoder = build_text_encoder(model.config.text_encoder)
+    rows: dict[str, dict[str, float]] = {}
+    for mode, encoder in encoders.items():
+        cache = work / f"cache-{args.upscale}-{len(test.items)}-{mode}"
+        started = time.perf_counter()
+        extract_features(camera, encoder, text_encoder, cache, batch_size=32, progress=False)
+        extract_s = time.perf_counter() - started
+        results = pipeline.evaluate(cache, model_dir, split="test", out_dir=cache / "eval", quiet=True)
+        rows[mode] = {res.name: res.metrics["rsum"] for res in results}
+        rows[mode]["extract seconds"] = extract_s
+        print(mode, rows[mode], flush=True)
+    return {
+        "test_images": split_size,
+        "enlarged_images": len(test.items),
+        "identical_pixels_at_240px": same_pixels,
+        "enlarged_size": list(stored),
+        "enlarged_drafted_to": list(load_image(camera.items[0].path, size).size),
+        "rsum": rows,
+    }
+
+
+def rsum_markdown(r: dict[str, Any]) -> str:
+    old, new = r["rsum"]["old"], r["rsum"]["new"]
+    width, height = r["enlarged_size"]
+    drafted = "×".join(map(str, r["enlarged_drafted_to"]))
+    lines = [
+        "# Bundled model, COCO test split: old (full) vs new (draft) decoding",
+        "",
+        f"As they are (240 px on the short side) draft mode cannot shrink the photos below the encoder's 448 px: "
+        f"{r['identical_pixels_at_240px']} of {r['test_images']} decode to identical pixels both ways, so their "
+        f"features and rsum are unchanged. Enlarged to {width}×{height} with grain (EXIF orientations 1/6/8/3), "
+        f"draft mode decodes them at {drafted}; recall over the first {r['enlarged_images']} test photos and "
+        "their captions:",
+        "",
+        "| scorer | rsum old | rsum new | change |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in (name for name in old if name != "extract seconds"):
+        lines.append(f"| {name} | {old[name]:.1f} | {new[name]:.1f} | {new[name] - old[name]:+.2f} |")
+    lines += [
+        "",
+        f"Target: the change is below 0.5 rsum. Extracting the photos took {old['extract seconds']:.0f} s old, "
+        f"{new['extract seconds']:.0f} s new.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=32, help="photos per set")
+    parser.add_argument("--batch-size", type=int, default=8, help="`aladin index build --batch-size`")
+    parser.add_argument("--repeats", type=int, default=2, help="builds per set and decoding (median)")
+    parser.add_argument(
+        "--decode-sample", type=int, default=8, help="photos per set timed for decoding alone"
+    )
+    parser.add_argument("--coco", default=str(COCO), help="the COCO subset (its test split is the source)")
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "aladin-indexing-bench"))
+    parser.add_argument("--rsum", action="store_true", help="compare the bundled model's test rsum instead")
+    parser.add_argument("--upscale", type=int, default=2400, help="--rsum: long side of the enlarged photos")
+    parser.add_argument("--limit", type=int, default=0, help="--rsum: the first N test photos only (0: all)")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    name, result = ("indexing_rsum", rsum_check(args)) if args.rsum else ("indexing", throughput(args))
+    markdown = rsum_markdown(result) if args.rsum else throughput_markdown(result)
+    out = Path(args.out)
+    write_json(out / f"{name}.json", result)
+    atomic_write(out / f"{name}.md", lambda tmp: tmp.write_text(markdown))
+    print(markdown)
+    print(json.dumps(result, indent=1)[:2000])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
