@@ -34,8 +34,9 @@ _V0_IMAGE_ENCODER = {
     "tags_text_encoder": "",
     "max_tag_tokens": 16,
     "train_views": 1,
+    "revision": "",  # hf:PATH folders came later; the bundled encoders record none
 }
-_V0_TEXT_ENCODER = {"name": "all-MiniLM-L6-v2", "max_length": 40, "finetune_layers": 0}
+_V0_TEXT_ENCODER = {"name": "all-MiniLM-L6-v2", "max_length": 40, "finetune_layers": 0, "revision": ""}
 _V0_MODEL = {
     "image_feature_dim": 1280,
     "text_feature_dim": 384,
