@@ -222,3 +222,20 @@ def test_concurrent_requests_give_the_sequential_answers(client: TestClient) -> 
         responses = list(pool.map(lambda q: client.get("/api/search", params={"q": q, "k": 5}), queries))
     assert all(r.status_code == 200 for r in responses)
     assert [r.json()["hits"] for r in responses] == sequential
+
+
+def test_the_server_shows_only_what_a_build_would_index(
+    tmp_path: Path, model: AladinModel, text_encoder: ToyTextEncoder
+) -> None:
+    folder = tmp_path / "photos"
+    write_images(folder, 3)
+    index = build_index(folder, model, tmp_path / "index", IndexConfig(), text_encoder=text_encoder, progress=False)
+    changed = next(i for i, r in index.meta.images(range(3)).items() if r.path.endswith("img001.png"))
+    (folder / "img001.png").write_bytes(b"no longer a picture")  # replaced after the build
+    with TestClient(
+        create_app(Searcher(index, model, text_encoder), ServiceConfig()), base_url=LOCAL
+    ) as client:
+        for url in (f"/api/items/{changed}/image", f"/api/items/{changed}/thumbnail"):
+            response = client.get(url)
+            assert response.status_code == 415 and "not an image" in response.json()["detail"], url
+        assert client.get(f"/api/items/{(changed + 1) % 3}/image").status_code == 200

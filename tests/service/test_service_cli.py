@@ -169,3 +169,26 @@ def test_only_non_local_addresses_are_warned_about(address: str, local: bool) ->
     from aladin.cli.serve_commands import is_local
 
     assert is_local(address) is local
+
+
+def test_serve_says_how_many_indexed_files_are_missing(workspace: dict[str, Path], tmp_path: Path) -> None:
+    write_dataset(tmp_path / "data", 3)
+    build = ["index", "build", str(tmp_path / "data"), "--model", str(workspace["model"])]
+    assert main([*build, "--out", str(tmp_path / "index")]) == 0
+    (tmp_path / "data" / "images" / "img001.png").unlink()
+    command = [sys.executable, "-m", "aladin", "serve", "--index", str(tmp_path / "index"), "--port", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert server.stdout is not None
+        for line in server.stdout:  # the warning comes before the banner, which comes once the index is open
+            lines.append(line)
+            if line.startswith("serving "):
+                break
+    finally:
+        server.terminate()
+        server.communicate(timeout=10)
+    output = "".join(lines)
+    assert "aladin: warning: 1 of 3 indexed files are missing under" in output, output
+    assert lines[-1].startswith("serving 3 images"), output

@@ -12,7 +12,7 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from aladin.cli.models import add_model_flags, load_model
+from aladin.cli.models import add_model_flags, load_model, warn_missing_files
 from aladin.errors import AladinError
 from aladin.index.config import BACKENDS, REGION_DTYPES, IndexConfig
 
@@ -127,13 +127,6 @@ def _print_skipped(console: Console, skipped: list[dict[str, str]]) -> None:
         console.print(f"left out {len(skipped)} file(s) that cannot be indexed:", markup=False)
         for entry in skipped:
             console.print(f"  {entry['path']}: {entry['reason']}", markup=False, soft_wrap=True)
-
-
-def _warn_missing(index: Any) -> None:
-    """Say at start-up how many indexed files are gone (their hits would show no picture)."""
-    missing = index.meta.missing_files()
-    if missing.missing:
-        print(f"aladin: warning: {missing}", file=sys.stderr)
 
 
 def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
@@ -286,7 +279,7 @@ def _search(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     model = None if args.model is None else AladinModel.from_pretrained(args.model, device)
     searcher = Searcher.open(args.index, model, device, verify_checksums=not args.skip_checksums)
-    _warn_missing(searcher.index)
+    warn_missing_files(searcher.index)
     searcher.index.set_search_params(args.nprobe, args.ef_search)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", QueryTruncatedWarning)

@@ -4,6 +4,7 @@ default model (trained on COCO photos; see src/aladin/model/bundled/*/MODEL_CARD
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +30,10 @@ def load_model(args: argparse.Namespace, index_dir: str | Path | None = None) ->
     if index_dir is None:
         return load_default_model(device)
     return model_for_index(index_dir, device)
+
+
+def warn_missing_files(index: Any) -> None:
+    """Say at `search`/`serve` start-up how many indexed files are gone (their hits would show no picture)."""
+    missing = index.meta.missing_files()
+    if missing.missing:
+        print(f"aladin: warning: {missing}", file=sys.stderr)

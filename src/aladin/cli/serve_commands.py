@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from aladin.cli.models import add_model_flags, load_model
+from aladin.cli.models import add_model_flags, load_model, warn_missing_files
 from aladin.errors import AladinError
 
 
@@ -91,6 +91,7 @@ def _serve(args: argparse.Namespace) -> None:
     with _listen(args.host, args.port) as sock:  # before loading anything: a taken port fails at once
         model = load_model(args, args.index)
         index = SearchIndex.load(args.index, model, verify_checksums=not args.skip_checksums)
+        warn_missing_files(index)
         app = create_app(Searcher(index, model), config)
         address, port = sock.getsockname()[:2]
         if not is_local(address):

@@ -11,6 +11,7 @@ from typing import Annotated, TypeVar
 from fastapi import HTTPException
 from fastapi import Path as PathParam
 
+from aladin.data.folder import check_image_file
 from aladin.index.metadata import IMAGES
 from aladin.search.searcher import Searcher
 from aladin.service.config import ServiceConfig
@@ -56,11 +57,16 @@ class ServiceState:
         return served
 
     def image_file(self, item_id: int) -> Path:
-        """The file of image `item_id`, only if it lies inside the served image folder (403) and exists (404)."""
+        """The file of image `item_id`, served by the rule that decides what a build indexes
+        (`check_image_file`): inside the served image folder (403), present (404), an image within the pixel
+        limit (415)."""
         served = self.live_image(item_id)
-        path = Path(served.searcher.index.meta.images([item_id])[item_id].path).resolve()
-        if not path.is_relative_to(served.image_root):
+        stored = Path(served.searcher.index.meta.images([item_id])[item_id].path)
+        if not stored.resolve().is_relative_to(served.image_root):
             raise HTTPException(403, f"the file of image {item_id} is outside the served image folder")
-        if not path.is_file():
+        reason = check_image_file(served.image_root, stored, self.config.max_pixels)
+        if reason in ("file not found", "dangling symlink"):
             raise HTTPException(404, f"the file of image {item_id} is missing")
-        return path
+        if reason is not None:
+            raise HTTPException(415, f"the file of image {item_id} cannot be shown: {reason}")
+        return stored.resolve()
