@@ -257,7 +257,6 @@ def _extract_split(
     shard_dirs = distributed.rank_folders(partial)
     writer = _SplitWriter(shard_dirs[distributed.rank()], identity, shapes, shards[distributed.rank()])
     state = writer.state
-    image_stop, caption_stop = writer.rows["images"][1], writer.rows["captions"][1]
     views = image_encoder.config.train_views if split == "train" else 1
     shared = (
         image_encoder.shared_space is not None and image_encoder.shared_space == text_encoder.shared_space
@@ -269,34 +268,8 @@ def _extract_split(
         unit="item",
         disable=not progress or not distributed.is_main_process(),
     ) as bar:
-        starts = range(writer.next_row("images"), image_stop, batch_size)
-        batches = [data.items[start : min(start + batch_size, image_stop)] for start in starts]
-        encoded = image_encoder.encode_item_batches(batches, starts.start, views)
-        for start, items, (batch, view_regions) in zip(starts, batches, encoded, strict=True):
-            what = f"images {items[0].path}..{items[-1].path}"
-            arrays = {} if view_regions is None else {VIEW_ARRAY: _to_disk(view_regions, VIEW_ARRAY, what)}
-            arrays.update({name: _to_disk(getattr(batch, name), name, what) for name in IMAGE_ARRAYS})
-            if shared and batch.projected is not None:
-                name = PROJECTED_ARRAYS["images"]
-                arrays[name] = _to_disk(batch.projected, name, what)
-            writer.write("images", start, arrays)
-            bar.update(len(items))
-        for start in range(writer.next_row("captions"), caption_stop, batch_size):
-            chunk = texts[start : min(start + batch_size, caption_stop)]
-            batch = text_encoder.encode(chunk)
-            pad = max_tokens - batch.tokens.shape[1]
-            padded = {
-                "tokens": torch.nn.functional.pad(batch.tokens, (0, 0, 0, pad)),
-                "token_mask": torch.nn.functional.pad(batch.token_mask, (0, pad)),
-                "attention_mask": torch.nn.functional.pad(batch.attention_mask, (0, pad)),
-                "input_ids": torch.nn.functional.pad(batch.input_ids, (0, pad)),
-            }
-            what = f"split {split!r} captions {start}..{start + len(chunk) - 1}"
-            if shared and batch.projected is not None:
-                padded[PROJECTED_ARRAYS["captions"]] = batch.projected
-            arrays = {name: _to_disk(value, name, what) for name, value in padded.items()}
-            writer.write("captions", start, arrays)
-            bar.update(len(chunk))
+        _write_images(data, image_encoder, writer, batch_size, views, shared, bar)
+        _write_captions(texts, split, text_encoder, writer, batch_size, max_tokens, shared, bar)
     distributed.barrier()  # every shard is on disk
     meta = {
         **identity,
@@ -311,6 +284,61 @@ def _extract_split(
         "captions": texts,
     }
     distributed.on_main_process(lambda: _publish_split(partial, shard_dirs, owner, meta, cache_dir / split))
+
+
+def _write_images(
+    data: Dataset,
+    encoder: ImageEncoder,
+    writer: _SplitWriter,
+    batch_size: int,
+    views: int,
+    shared: bool,
+    bar: tqdm,
+) -> None:
+    """This shard's image rows not yet on disk: regions (and augmented views), read ahead in worker threads."""
+    image_stop = writer.rows["images"][1]
+    starts = range(writer.next_row("images"), image_stop, batch_size)
+    batches = [data.items[start : min(start + batch_size, image_stop)] for start in starts]
+    encoded = encoder.encode_item_batches(batches, starts.start, views)
+    for start, items, (batch, view_regions) in zip(starts, batches, encoded, strict=True):
+        what = f"images {items[0].path}..{items[-1].path}"
+        arrays = {} if view_regions is None else {VIEW_ARRAY: _to_disk(view_regions, VIEW_ARRAY, what)}
+        arrays.update({name: _to_disk(getattr(batch, name), name, what) for name in IMAGE_ARRAYS})
+        if shared and batch.projected is not None:
+            name = PROJECTED_ARRAYS["images"]
+            arrays[name] = _to_disk(batch.projected, name, what)
+        writer.write("images", start, arrays)
+        bar.update(len(items))
+
+
+def _write_captions(
+    texts: list[str],
+    split: str,
+    encoder: TextEncoder,
+    writer: _SplitWriter,
+    batch_size: int,
+    max_tokens: int,
+    shared: bool,
+    bar: tqdm,
+) -> None:
+    """This shard's caption rows not yet on disk, padded to the split's longest caption."""
+    caption_stop = writer.rows["captions"][1]
+    for start in range(writer.next_row("captions"), caption_stop, batch_size):
+        chunk = texts[start : min(start + batch_size, caption_stop)]
+        batch = encoder.encode(chunk)
+        pad = max_tokens - batch.tokens.shape[1]
+        padded = {
+            "tokens": torch.nn.functional.pad(batch.tokens, (0, 0, 0, pad)),
+            "token_mask": torch.nn.functional.pad(batch.token_mask, (0, pad)),
+            "attention_mask": torch.nn.functional.pad(batch.attention_mask, (0, pad)),
+            "input_ids": torch.nn.functional.pad(batch.input_ids, (0, pad)),
+        }
+        what = f"split {split!r} captions {start}..{start + len(chunk) - 1}"
+        if shared and batch.projected is not None:
+            padded[PROJECTED_ARRAYS["captions"]] = batch.projected
+        arrays = {name: _to_disk(value, name, what) for name, value in padded.items()}
+        writer.write("captions", start, arrays)
+        bar.update(len(chunk))
 
 
 def _batch_shards(total: int, batch_size: int, parts: int) -> list[tuple[int, int]]:

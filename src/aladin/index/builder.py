@@ -103,6 +103,20 @@ class IndexBuilder:
         out_dir = Path(out_dir)
         if not isinstance(source, IndexSource):
             source = open_source(source, split, self.model.config)
+        self._check_target(source, out_dir, with_texts, overwrite, strict)
+        staging = out_dir / BUILDING_DIR
+        shard_dirs = distributed.rank_folders(staging)
+        chunks = self._encode_source(source, shard_dirs[distributed.rank()], with_texts, strict)
+        distributed.barrier()  # every rank's batches are on disk
+        index = distributed.on_main_process(
+            lambda: self._write_index(source, out_dir, with_texts, shard_dirs, chunks)
+        )
+        return index if index is not None else SearchIndex.load(out_dir, self.model)
+
+    def _check_target(
+        self, source: IndexSource, out_dir: Path, with_texts: bool, overwrite: bool, strict: bool
+    ) -> None:
+        """What can be refused is refused before any encoding."""
         if (out_dir / MANIFEST_NAME).is_file() and not overwrite:
             raise AladinError(
                 f"{out_dir}: already holds an index (add to it with `index add`, or overwrite it)"
@@ -110,14 +124,15 @@ class IndexBuilder:
         # an unreachable vector store must fail before the encoding, not after it
         backend_class(self.cfg.backend).preflight(self.cfg, out_dir, distributed.world_size())
         warn_skipped(source.skipped, strict)
-        captions = source.captions
-        if with_texts and not captions:
+        if with_texts and not source.captions:
             raise AladinError(
                 f"{source.name}: no captions to index (texts need a dataset folder or a feature cache)"
             )
-        staging = out_dir / BUILDING_DIR
-        shard_dirs = distributed.rank_folders(staging)
-        shard = shard_dirs[distributed.rank()]
+
+    def _encode_source(
+        self, source: IndexSource, shard: Path, with_texts: bool, strict: bool
+    ) -> dict[str, int]:
+        """This rank's share of the images (and captions) encoded into `shard`; the chunk count of each kind."""
         state = self._resume(shard, source, with_texts)
         images = None if not source.needs_encoders else self.image_encoder()
 
@@ -126,49 +141,47 @@ class IndexBuilder:
                 chunk = None if read.regions is None else embed_images(self.model, read.regions)
                 yield chunk, {"kept": read.kept, SKIPPED: [s.to_json() for s in read.skipped]}
 
-        n_image_chunks = self._encode(shard, state, IMAGES, len(source.items), encode_images)
-        n_text_chunks = 0
-        if with_texts:
+        def encode_texts(ranges: list[tuple[int, int]]) -> Iterator[tuple[EncodedChunk, None]]:
             texts = None if not source.needs_encoders else self.text_encoder()
-            n_text_chunks = self._encode(
-                shard,
-                state,
-                TEXTS,
-                len(captions),
-                lambda ranges: ((embed_texts(self.model, source.token_batch(a, b, texts)), None) for a, b in ranges),
-            )
-        distributed.barrier()  # every rank's batches are on disk
+            for start, stop in ranges:
+                yield embed_texts(self.model, source.token_batch(start, stop, texts)), None
 
-        def write_index() -> SearchIndex:
-            index = SearchIndex.create(out_dir, self.model, self.cfg, with_texts, self.checkpoint)
-            index.meta.image_root = source.root
-            image_chunks = _chunk_files(shard_dirs, IMAGES, n_image_chunks)
-            batches = [read_json(_contents_path(path), "encoded batch contents") for path in image_chunks]
-            skipped = [*source.skipped, *(Skipped(**s) for batch in batches for s in batch[SKIPPED])]
-            index.manifest[SKIPPED] = [s.to_json() for s in skipped]
-            with index.update() as up:
-                image_ids: dict[int, int] = {}  # position in source.items → id
-                for path, batch in zip(image_chunks, batches, strict=True):
-                    if batch["kept"]:
-                        records = [source.items[i] for i in batch["kept"]]
-                        ids = up.add_images(EncodedChunk.load(path), records)
-                        image_ids.update(zip(batch["kept"], ids.tolist(), strict=True))
-                for i, path in enumerate(_chunk_files(shard_dirs, TEXTS, n_text_chunks)):
-                    chunk = EncodedChunk.load(path)
-                    part = captions[i * self.cfg.batch_size :][: len(chunk)]
-                    keep = np.array([owner in image_ids for owner, _ in part])
-                    if keep.any():  # captions of an image left out are left out with it
-                        records = [
-                            TextRecord(image_ids[owner], caption)
-                            for owner, caption in part
-                            if owner in image_ids
-                        ]
-                        up.add_texts(_take(chunk, keep), records)
-            shutil.rmtree(staging)
-            return index
+        chunks = {IMAGES: self._encode(shard, state, IMAGES, len(source.items), encode_images), TEXTS: 0}
+        if with_texts:
+            chunks[TEXTS] = self._encode(shard, state, TEXTS, len(source.captions), encode_texts)
+        return chunks
 
-        index = distributed.on_main_process(write_index)
-        return index if index is not None else SearchIndex.load(out_dir, self.model)
+    def _write_index(
+        self,
+        source: IndexSource,
+        out_dir: Path,
+        with_texts: bool,
+        shard_dirs: list[Path],
+        chunks: dict[str, int],
+    ) -> SearchIndex:
+        """The encoded batches of every rank published as one index version (on the main process)."""
+        index = SearchIndex.create(out_dir, self.model, self.cfg, with_texts, self.checkpoint)
+        index.meta.image_root = source.root
+        image_chunks = _chunk_files(shard_dirs, IMAGES, chunks[IMAGES])
+        batches = [read_json(_contents_path(path), "encoded batch contents") for path in image_chunks]
+        skipped = [*source.skipped, *(Skipped(**s) for batch in batches for s in batch[SKIPPED])]
+        index.manifest[SKIPPED] = [s.to_json() for s in skipped]
+        captions = source.captions
+        with index.update() as up:
+            image_ids: dict[int, int] = {}  # position in source.items → id
+            for path, batch in zip(image_chunks, batches, strict=True):
+                if batch["kept"]:
+                    ids = up.add_images(EncodedChunk.load(path), [source.items[i] for i in batch["kept"]])
+                    image_ids.update(zip(batch["kept"], ids.tolist(), strict=True))
+            for i, path in enumerate(_chunk_files(shard_dirs, TEXTS, chunks[TEXTS])):
+                chunk = EncodedChunk.load(path)
+                part = captions[i * self.cfg.batch_size :][: len(chunk)]
+                keep = np.array([owner in image_ids for owner, _ in part])
+                if keep.any():  # captions of an image left out are left out with it
+                    records = [TextRecord(image_ids[o], caption) for o, caption in part if o in image_ids]
+                    up.add_texts(_take(chunk, keep), records)
+        shutil.rmtree(out_dir / BUILDING_DIR)
+        return index
 
     def _resume(self, staging: Path, source: IndexSource, with_texts: bool) -> dict[str, Any]:
         """The progress of an interrupted build of the same thing, or a fresh start (stale staging deleted)."""
