@@ -38,7 +38,8 @@ class _Job:
 class ModelWorker:
     """Runs model calls on a single thread; at most `size` calls wait or run, others are refused.
 
-    `max_batch` 1 turns batching off: every request runs alone, in arrival order.
+    `max_batch` 1 turns batching off: every request runs alone, in arrival order. The wait for more requests
+    is skipped when there is no sign of load (the last call ran one request and none is queued).
     """
 
     def __init__(self, size: int, max_batch: int = 1, max_wait_ms: float = 0.0):
@@ -51,6 +52,7 @@ class ModelWorker:
         self.batches = 0  # model calls made (a batch of one included)
         self.batched = 0  # requests answered as part of a batch of two or more
         self.largest_batch = 0
+        self._last_size = 0
         self._queue: deque[_Job] = deque()
         self._ready = threading.Condition()
         self._closed = False
@@ -115,7 +117,10 @@ class ModelWorker:
             batch = [first]
             if first.key is None or self.max_batch == 1:
                 return batch
-            deadline = time.monotonic() + self.max_wait
+            # Waiting for company pays only under load: a lone client (the last call ran one request and
+            # nothing else is queued) is answered at once.
+            wait = self.max_wait if self._queue or self._last_size > 1 else 0.0
+            deadline = time.monotonic() + wait
             while True:
                 self._take_matching(batch)
                 left = deadline - time.monotonic()
@@ -138,6 +143,7 @@ class ModelWorker:
 
     def _run(self, batch: list[_Job]) -> None:
         self.batches += 1
+        self._last_size = len(batch)
         self.largest_batch = max(self.largest_batch, len(batch))
         if len(batch) > 1:
             self.batched += len(batch)
