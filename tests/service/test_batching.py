@@ -15,8 +15,10 @@ from fastapi.testclient import TestClient
 from index_fixtures import picture
 from service_limits import LIMITS, LOCAL, assert_same_hits
 
+from aladin.errors import AladinError
 from aladin.search import Searcher
 from aladin.service.app import create_app
+from aladin.service.config import ServiceConfig
 from aladin.service.worker import ModelWorker
 
 QUERIES = ["red circle", "blue square on the right", "a big dog", "small green star", "cat", "two red birds"]
@@ -137,3 +139,21 @@ def test_a_request_failing_a_whole_batch_fails_alone_and_a_cancelled_one_is_skip
     finally:
         gate.set()
         worker.close()
+
+
+@pytest.mark.parametrize(("field", "value"), [("max_batch", 0), ("max_wait_ms", -1)])
+def test_batching_settings_out_of_range_are_one_line(field: str, value: int) -> None:
+    with pytest.raises(AladinError, match=f"service setting {field} must be >= "):
+        ServiceConfig(**{field: value})
+
+
+def test_serve_takes_the_batching_flags() -> None:
+    from aladin.cli.main import build_parser
+
+    args = build_parser().parse_args(["serve", "--index", "x", "--max-batch", "1", "--max-wait-ms", "5"])
+    assert (args.max_batch, args.max_wait_ms) == (1, 5.0)
+    defaults = build_parser().parse_args(["serve", "--index", "x"])
+    assert (defaults.max_batch, defaults.max_wait_ms) == (
+        ServiceConfig().max_batch,
+        ServiceConfig().max_wait_ms,
+    )
