@@ -1,14 +1,16 @@
-"""Load benchmark of `aladin serve`: concurrent clients on loopback against a real server process.
+"""Load benchmark of `aladin serve`, batching off and on: concurrent clients on loopback against a real server.
 
 It builds a small index itself (synthetic scenes, a randomly initialised model on the real encoders:
 EfficientNet-Lite0 regions and MiniLM words, so each query costs what a real one does minus the training),
-starts `python -m aladin serve` on a free loopback port, and runs text searches (k=10, re-rank top 100) for a
-bounded time at 1 client, at 32 clients (no errors expected: the queue holds 32) and at 4× the queue size
-(the surplus must get 503 quickly, no request may hang), then checks that the server serves normally
-afterwards. Each client sends its next request as soon as the last one answers (after a 503 it waits
---backoff seconds first, as a client honouring Retry-After would, only shorter).
+then, in one run, starts `python -m aladin serve` on a free loopback port twice on that index: with batching
+off (--max-batch 1) and with the service's default batching. Against each it runs text searches (k=10,
+re-rank top 100) for a bounded time at 1, 8, 32 and 128 clients; 128 is 4× the queue size (the surplus must
+get 503 quickly, no request may hang), then checks that the server serves normally afterwards. Each client
+sends its next request as soon as the last one answers (after a 503 it waits --backoff seconds first, as a
+client honouring Retry-After would, only shorter). The targets of issue #26 are checked on the ratios of the
+two servers in the same run (absolute numbers move with whatever else the machine runs).
 
-    .venv/bin/python benchmarks/load.py [--seconds 15 --queue-size 32 --images 64]
+    .venv/bin/python benchmarks/load.py [--seconds 8 --queue-size 32 --images 64]
 
 Writes benchmarks/results/load.json and load.md.
 """
@@ -43,9 +45,12 @@ from aladin.config import AladinConfig, ModelConfig  # noqa: E402
 from aladin.data.synthetic import SyntheticConfig, generate_synthetic_dataset  # noqa: E402
 from aladin.index.builder import build_index  # noqa: E402
 from aladin.model.aladin import AladinModel  # noqa: E402
+from aladin.service.config import ServiceConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMEOUT_S = 10.0  # a request still unanswered after this counts as hung (an error)
+CLIENTS = (1, 8, 32, 128)
+FAST_503_MS = 100.0  # a refusal slower than this at p95 is not "at once"
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Run:
 
     name: str
     clients: int
+    mode: str = ""
     seconds: float = 0.0
     ok_ms: list[float] = field(default_factory=list)
     rejected_ms: list[float] = field(default_factory=list)
@@ -71,6 +77,7 @@ class Run:
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "mode": self.mode,
             "clients": self.clients,
             "seconds": round(self.seconds, 2),
             "requests": len(self.ok_ms) + len(self.rejected_ms) + sum(self.errors.values()),
@@ -122,10 +129,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(index: Path, port: int, queue_size: int, log: Path) -> subprocess.Popen:
+def start_server(index: Path, port: int, flags: list[str], log: Path) -> subprocess.Popen:
     """`aladin serve` as its own process; returns once /health answers."""
-    command = [sys.executable, "-m", "aladin", "serve", "--index", str(index), "--port", str(port)]
-    command += ["--queue-size", str(queue_size)]
+    command = [sys.executable, "-m", "aladin", "serve", "--index", str(index), "--port", str(port), *flags]
     with log.open("w") as out:  # the child keeps its own copy of the file descriptor
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -198,38 +204,110 @@ async def load(host: str, port: int, captions: list[str], run: Run, seconds: flo
     return run
 
 
+def targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue #26's targets, on the ratios of batching on to off in this run."""
+    row = {(r["mode"], r["clients"]): r for r in runs}
+    off32, on32, off1, on1 = row["off", 32], row["on", 32], row["off", 1], row["on", 1]
+    speedup = on32["throughput_ok_per_s"] / max(off32["throughput_ok_per_s"], 1e-9)
+    p95 = on32["latency_ms"]["p95"] / off32["latency_ms"]["p95"]
+    p50 = on1["latency_ms"]["p50"] / off1["latency_ms"]["p50"]
+    errors = sum(r["errors"] for r in runs)
+    overload = row["on", max(CLIENTS)]  # the default server; the unbatched one's 503s are in the table
+    slowest_503 = (overload["rejected_latency_ms"] or {}).get("p95", float("inf"))
+    return [
+        {"target": "32 clients: throughput on / off ≥ 4", "value": round(speedup, 2), "met": speedup >= 4},
+        {"target": "32 clients: p95 on / off ≤ 0.5", "value": round(p95, 2), "met": p95 <= 0.5},
+        {"target": "1 client: p50 on / off ≤ 1.1", "value": round(p50, 2), "met": p50 <= 1.1},
+        {"target": "errors (all runs) = 0", "value": errors, "met": errors == 0},
+        {
+            "target": f"overload (batching on): surplus refused with 503, p95 ≤ {FAST_503_MS:.0f} ms",
+            "value": slowest_503,
+            "met": overload["rejected_503"] > 0 and slowest_503 <= FAST_503_MS,
+        },
+    ]
+
+
 def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     lines = [
-        "# Load benchmark: `aladin serve`",
+        "# Load benchmark: `aladin serve`, batching off and on",
         "",
         f"{env['images']} images + {env['captions']} captions, random model on the real encoders "
         f"(EfficientNet-Lite0, MiniLM), text search k=10 re-ranking the top 100; queue size {env['queue_size']}; "
-        f"{env['seconds']} s per run; {env['cpus']} CPUs ({env['machine']}), clients and server on the same "
-        f"machine over loopback; client timeout {TIMEOUT_S:.0f} s (an unanswered request is an error).",
+        f"batching off = --max-batch 1, on = --max-batch {env['max_batch']} --max-wait-ms {env['max_wait_ms']} "
+        f"(the service defaults); {env['seconds']} s per run; {env['cpus']} CPUs ({env['machine']}), clients and "
+        f"server on the same machine over loopback (both servers in one run, one after the other); client "
+        f"timeout {TIMEOUT_S:.0f} s (an unanswered request is an error). {max(CLIENTS)} clients is 4× the queue: "
+        "the overload case. Mean batch: requests the server answered per model call during the run.",
         "",
-        "| run | clients | requests | ok | 503 | errors | ok/s | p50 ms | p95 ms | max ms | 503 p50 ms | 503 p95 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batching | clients | requests | ok | 503 | errors | ok/s | p50 ms | p95 ms | max ms | 503 p50 ms "
+        "| 503 p95 ms | mean batch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for run in [*results["runs"], results["after_overload"]]:
+    for run in [*results["runs"], *results["after_overload"]]:
         ok = run["latency_ms"] or {}
         rejected = run["rejected_latency_ms"] or {}
         lines.append(
             f"| {run['name']} | {run['clients']} | {run['requests']} | {run['ok']} | {run['rejected_503']} | "
             f"{run['errors']} | {run['throughput_ok_per_s']} | {ok.get('p50', '')} | {ok.get('p95', '')} | "
-            f"{ok.get('max', '')} | {rejected.get('p50', '')} | {rejected.get('p95', '')} |"
+            f"{ok.get('max', '')} | {rejected.get('p50', '')} | {rejected.get('p95', '')} | "
+            f"{run.get('mean_batch', '')} |"
         )
-    lines += ["", f"After the overload run the server's queue held {results['pending_after']} requests."]
+    lines += ["", "| target | value | met |", "|---|---:|---|"]
+    lines += [f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'NO'} |" for t in results["targets"]]
+    pending = ", ".join(f"{mode}: {n}" for mode, n in results["pending_after"].items())
+    lines += ["", f"After the overload run the servers' queues held ({pending}) requests."]
     return "\n".join(lines) + "\n"
 
 
+def queue_stats(port: int) -> dict[str, int]:
+    return httpx.get(f"http://127.0.0.1:{port}/stats", timeout=TIMEOUT_S).json()["queue"]
+
+
+def measure(
+    index: Path, mode: str, flags: list[str], captions: list[str], args: argparse.Namespace, root: Path
+):  # noqa: ANN201
+    """Every client count against one server; returns the runs, the check after the overload, and the queue left."""
+    port = free_port()
+    server = start_server(
+        index, port, ["--queue-size", str(args.queue_size), *flags], root / f"server-{mode}.log"
+    )
+    try:
+        asyncio.run(load("127.0.0.1", port, captions, Run("warm-up", 1), 3, args.backoff))
+        runs = []
+        for clients in CLIENTS:
+            print(f"batching {mode}, {clients} clients for {args.seconds:.0f} s ...", flush=True)
+            before = queue_stats(port)
+            run = asyncio.run(
+                load("127.0.0.1", port, captions, Run(mode, clients, mode), args.seconds, args.backoff)
+            )
+            after = queue_stats(port)
+            summary = run.summary()
+            calls = after["batches"] - before["batches"]
+            summary["mean_batch"] = (
+                round((after["completed"] - before["completed"]) / calls, 1) if calls else None
+            )
+            runs.append(summary)
+            print(json.dumps(summary), flush=True)
+        check = Run(f"{mode}, after overload", 1, mode)
+        asyncio.run(load("127.0.0.1", port, captions, check, 3, args.backoff))
+        return runs, check.summary(), queue_stats(port)["pending"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
+    defaults = ServiceConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--queue-size", type=int, default=32)
-    parser.add_argument("--clients", type=int, default=32, help="clients of the normal run")
-    parser.add_argument("--seconds", type=float, default=15.0, help="length of each run")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each run")
     parser.add_argument("--backoff", type=float, default=0.1, help="seconds a client waits after a 503")
+    parser.add_argument("--max-batch", type=int, default=defaults.max_batch, help="of the batching server")
+    parser.add_argument(
+        "--max-wait-ms", type=float, default=defaults.max_wait_ms, help="of the batching server"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -237,42 +315,32 @@ def main() -> None:
         root = Path(tmp)
         print(f"building a {args.images}-image index ...", flush=True)
         index, captions = build_workspace(root, args.images)
-        port = free_port()
-        server = start_server(index, port, args.queue_size, root / "server.log")
-        try:
-            asyncio.run(load("127.0.0.1", port, captions, Run("warm-up", 1), 3, args.backoff))
-            runs = []
-            for name, clients in [
-                ("single client", 1),
-                (f"{args.clients} clients", args.clients),
-                (f"overload: 4 × queue ({4 * args.queue_size} clients)", 4 * args.queue_size),
-            ]:
-                print(f"{name} for {args.seconds:.0f} s ...", flush=True)
-                run = Run(name, clients)
-                runs.append(asyncio.run(load("127.0.0.1", port, captions, run, args.seconds, args.backoff)))
-                print(json.dumps(runs[-1].summary()), flush=True)
-            after = Run("after overload (1 client)", 1)
-            asyncio.run(load("127.0.0.1", port, captions, after, 5, args.backoff))
-            pending = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=TIMEOUT_S).json()["queue"][
-                "pending"
-            ]
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        modes = {
+            "off": ["--max-batch", "1"],
+            "on": ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)],
+        }
+        runs, after, pending = [], [], {}
+        for mode, flags in modes.items():
+            mode_runs, check, pending[mode] = measure(index, mode, flags, captions, args, root)
+            runs += mode_runs
+            after.append(check)
     results = {
         "environment": {
             "images": args.images,
             "captions": len(captions),
             "queue_size": args.queue_size,
+            "max_batch": args.max_batch,
+            "max_wait_ms": args.max_wait_ms,
             "seconds": args.seconds,
             "backoff_s": args.backoff,
             "cpus": os.cpu_count(),
             "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
             "torch": torch.__version__,
         },
-        "runs": [run.summary() for run in runs],
-        "after_overload": after.summary(),
+        "runs": runs,
+        "after_overload": after,
         "pending_after": pending,
+        "targets": targets(runs),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "load.json").write_text(json.dumps(results, indent=2) + "\n")

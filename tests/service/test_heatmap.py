@@ -20,12 +20,12 @@ def test_explaining_an_indexed_picture_agrees_with_the_searcher(
 ) -> None:
     image_encoder = ToyImageEncoder(model.config.image_encoder)
     fresh = explain_image(model, text_encoder, image_encoder, "small red circle", picture(5))
-    stored = searcher.explain("small red circle", 5)  # regions read back from the float16 store
+    stored = searcher.explain("small red circle", 5)  # regions read back from the (default, int8) store
     assert fresh.words == stored.words == ["small", "red", "circle"]
-    np.testing.assert_allclose(fresh.similarity, stored.similarity, atol=2e-3)
-    np.testing.assert_allclose(fresh.query_similarity, stored.query_similarity, atol=2e-3)
+    np.testing.assert_allclose(fresh.similarity, stored.similarity, atol=5e-3)
+    np.testing.assert_allclose(fresh.query_similarity, stored.query_similarity, atol=5e-3)
     np.testing.assert_allclose(fresh.boxes, stored.boxes, atol=1e-6)
-    assert fresh.score == pytest.approx(stored.score, abs=2e-3)
+    assert fresh.score == pytest.approx(stored.score, abs=5e-3)
     with pytest.raises(AladinError, match="empty text"):
         explain_image(model, text_encoder, image_encoder, "  ", picture(5))
 

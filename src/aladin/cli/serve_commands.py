@@ -41,6 +41,18 @@ def register(subparsers: Any) -> None:
         help="model calls queued at most (more get 503)",
     )
     p.add_argument(
+        "--max-batch",
+        type=int,
+        default=defaults.max_batch,
+        help="searches answered together in one model call at most (1: no batching)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=defaults.max_wait_ms,
+        help="how long the model thread waits for more searches to fill a batch",
+    )
+    p.add_argument(
         "--max-upload-mb", type=float, default=defaults.max_upload_bytes / 2**20, help="largest image upload"
     )
     p.add_argument(
@@ -82,6 +94,8 @@ def _serve(args: argparse.Namespace) -> None:
 
     config = ServiceConfig(
         queue_size=args.queue_size,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_pixels=args.max_pixels,
         image_root=Path(args.image_root) if args.image_root else None,

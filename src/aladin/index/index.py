@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from aladin.config import config_from_dict, config_to_dict
+from aladin.config import config_to_dict
 from aladin.encoders.image import ImageEncoder
 from aladin.errors import AladinError, CheckpointError
 from aladin.index.backend import VectorBackend, backend_class
-from aladin.index.config import INDEX_FORMAT_VERSION, IndexConfig
+from aladin.index.config import INDEX_FORMAT_VERSION, IndexConfig, saved_index_config
 from aladin.index.manifest import (
     MANIFEST_NAME,
     read_manifest,
@@ -126,7 +126,7 @@ class SearchIndex:
             check_model(manifest, model, directory)
         verify_files(directory, manifest, checksums=verify_checksums)
         try:
-            cfg = config_from_dict(IndexConfig, manifest["index_config"], "manifest.json: index_config")
+            cfg = saved_index_config(manifest["index_config"], "manifest.json: index_config")
             meta = Metadata.open(directory / manifest["meta"])
             collections = {}
             for kind, entry in manifest["collections"].items():
@@ -148,7 +148,7 @@ class SearchIndex:
     # ---- reading --------------------------------------------------------------------------------
     @property
     def config(self) -> IndexConfig:
-        return config_from_dict(IndexConfig, self.manifest["index_config"], "index_config")
+        return saved_index_config(self.manifest["index_config"], "index_config")
 
     @property
     def generation(self) -> int:

@@ -267,16 +267,21 @@ class Searcher:
         flat = np.concatenate(candidates) if candidates else np.zeros(0, np.int64)
         out = np.empty(len(flat), np.float32)
         aggregation = self.model.config.model.word_aggregation
+        # Pairs in candidate order, so that a candidate several queries of a batch share is read once per chunk.
+        order = np.argsort(flat, kind="stable")
         for start in range(0, len(flat), self.pair_batch):
-            stop = start + self.pair_batch
-            stored, stored_mask = self.index.lookup(kind, flat[start:stop])
+            pairs = order[start : start + self.pair_batch]
+            wanted, inverse = np.unique(flat[pairs], return_inverse=True)
+            stored, stored_mask = self.index.lookup(kind, wanted)
+            if len(wanted) < len(pairs):
+                stored, stored_mask = stored[inverse], stored_mask[inverse]
             stored, stored_mask = stored.to(queries.rows.device), stored_mask.to(queries.rows.device)
-            rows, mask = queries.rows[owner[start:stop]], queries.mask[owner[start:stop]]
+            rows, mask = queries.rows[owner[pairs]], queries.mask[owner[pairs]]
             if kind == IMAGES:  # text queries: stored regions against the query's words
                 pair = paired_region_word_scores(stored, stored_mask, rows, mask, aggregation)
             else:  # image queries: the query's regions against stored words
                 pair = paired_region_word_scores(rows, mask, stored, stored_mask, aggregation)
-            out[start:stop] = pair.float().cpu().numpy()
+            out[pairs] = pair.float().cpu().numpy()
         return np.split(out, np.cumsum(counts)[:-1])
 
     def _hits(self, kind: str, ids: np.ndarray, scores: np.ndarray, first: np.ndarray | None) -> list[Hit]:

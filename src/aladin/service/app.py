@@ -1,8 +1,8 @@
 """The HTTP service: a JSON API over a `Searcher` plus the search page, safe to expose on a shared machine.
 
-Every model call goes through one worker thread behind a bounded queue (`aladin.service.worker`); requests are
-checked for their Host and upload size first (`aladin.service.guard`); the index follows new versions on disk
-and answers 503 rather than read a damaged file (`aladin.service.live`). Files are served only by item id,
+Every model call goes through one worker thread behind a bounded queue, concurrent searches batched together
+(`aladin.service.worker`); requests are checked for their Host and upload size first (`aladin.service.guard`);
+the index follows new versions on disk and answers 503 rather than read a damaged file (`aladin.service.live`). Files are served only by item id,
 resolved through the index metadata and checked to lie inside the image root. The endpoints live in one
 router per concern under `aladin.service.routes`.
 """
@@ -50,7 +50,11 @@ def create_app(searcher: Searcher, config: ServiceConfig | None = None) -> FastA
     """The FastAPI app serving `searcher`'s index folder: JSON API under /api, /health, /stats, the page at /,
     the endpoint list at /docs (offline)."""
     config = config or ServiceConfig()
-    state = ServiceState(config, ModelWorker(config.queue_size), LiveIndex(searcher, config))
+    state = ServiceState(
+        config,
+        ModelWorker(config.queue_size, config.max_batch, config.max_wait_ms),
+        LiveIndex(searcher, config),
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

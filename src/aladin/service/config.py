@@ -20,6 +20,10 @@ class ServiceConfig:
     """
 
     queue_size: int = 32  # model calls waiting or running; more are refused with 503
+    # Searches run together in one model call: at most max_batch (1: batching off), the model thread waiting
+    # up to max_wait_ms for more once it has one (defaults from benchmarks/load.py).
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
     max_upload_bytes: int = 10 * 2**20
     max_pixels: int = 40_000_000
     max_k: int = 100
@@ -31,10 +35,10 @@ class ServiceConfig:
     reload_check_ms: int = 500  # how often the index folder is checked for a new version, at most
 
     def __post_init__(self) -> None:
-        for name in ("queue_size", "max_upload_bytes", "max_pixels", "max_k", "max_query_chars"):
+        for name in ("queue_size", "max_batch", "max_upload_bytes", "max_pixels", "max_k", "max_query_chars"):
             if getattr(self, name) < 1:
                 raise AladinError(f"service setting {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_rerank", "reload_check_ms"):
+        for name in ("max_rerank", "reload_check_ms", "max_wait_ms"):
             if getattr(self, name) < 0:
                 raise AladinError(f"service setting {name} must be >= 0, got {getattr(self, name)}")
         for name in self.allowed_hosts:

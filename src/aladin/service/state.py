@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import HTTPException
 from fastapi import Path as PathParam
@@ -38,6 +38,13 @@ class ServiceState:
     async def on_model(self, fn: Callable[[Searcher], T]) -> T:
         """Run `fn` with the current searcher on the model thread; the index is checked there, just before."""
         return await self.worker.run(lambda: fn(self.live.current().searcher))
+
+    async def on_model_batched(
+        self, key: Hashable, fn: Callable[[Searcher, Sequence[Any]], Sequence[Any]], item: Any
+    ) -> Any:
+        """Run `fn(searcher, [item, ...])` on the model thread together with queued items of the same `key`
+        (the same `fn` and settings); returns this item's result (`fn` gives one result or exception per item)."""
+        return await self.worker.run_batched(key, lambda items: fn(self.live.current().searcher, items), item)
 
     def query(self, q: str) -> str:
         """A text query within the limits, or 400."""

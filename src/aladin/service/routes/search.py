@@ -1,5 +1,7 @@
 """Text → images and image → images or captions."""
 
+from collections.abc import Sequence
+from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile
@@ -7,7 +9,7 @@ from PIL import Image
 
 from aladin.data.images import ImageTooLarge, decode_image_bytes
 from aladin.errors import DataError
-from aladin.index.metadata import TEXTS
+from aladin.index.metadata import IMAGES, TEXTS
 from aladin.search.searcher import Hit, Searcher
 from aladin.service.guard import too_big
 from aladin.service.schemas import SearchOut, hit_out
@@ -41,6 +43,32 @@ def query_warning(searcher: Searcher, text: str) -> str | None:
     return f"the query is {count} tokens long, the text encoder reads only the first {limit}: the rest was ignored"
 
 
+def text_searches(
+    k: int, rerank: int | None, searcher: Searcher, texts: Sequence[str]
+) -> list[tuple[int, list[Hit], str | None]]:
+    """Text searches sharing k and re-rank setting, as one batch: what each would get alone, with its warning."""
+    depth = searcher.rerank_depth(rerank)
+    found = searcher.search_encoded(IMAGES, searcher.encode_texts(texts), k, depth)
+    return [(depth, hits, query_warning(searcher, text)) for text, hits in zip(texts, found, strict=True)]
+
+
+def image_searches(
+    target: str, k: int, rerank: int | None, max_pixels: int, searcher: Searcher, uploads: Sequence[bytes]
+) -> list[tuple[int, list[Hit]] | HTTPException]:
+    """Image uploads sharing target, k and re-rank setting, as one batch (`Searcher.search_image` for many): an
+    upload that cannot be decoded gets its own 4xx, the others their hits."""
+    depth = searcher.rerank_depth(rerank) if target == TEXTS else 0
+    decoded: list[Image.Image | HTTPException] = []
+    for data in uploads:
+        try:
+            decoded.append(decode_image(data, max_pixels))
+        except HTTPException as exc:
+            decoded.append(exc)
+    images = [image for image in decoded if isinstance(image, Image.Image)]
+    found = iter(searcher.search_encoded(target, searcher.encode_images(images), k, depth) if images else [])
+    return [image if isinstance(image, HTTPException) else (depth, next(found)) for image in decoded]
+
+
 def router(state: ServiceState) -> APIRouter:
     config = state.config
     api = APIRouter(prefix="/api", tags=["search"])
@@ -61,12 +89,9 @@ def router(state: ServiceState) -> APIRouter:
     ) -> SearchOut:
         """Text → images; `warning` says when the query was longer than the text encoder reads."""
         text = state.query(q)
-
-        def run(searcher: Searcher) -> tuple[int, list[Hit], str | None]:
-            depth = searcher.rerank_depth(rerank)
-            return depth, searcher.search_text(text, k, depth), query_warning(searcher, text)
-
-        depth, hits, warning = await state.on_model(run)
+        depth, hits, warning = await state.on_model_batched(
+            ("text", k, rerank), partial(text_searches, k, rerank), text
+        )
         return SearchOut(
             query=q, target="images", rerank=depth, hits=[hit_out(h) for h in hits], warning=warning
         )
@@ -86,13 +111,9 @@ def router(state: ServiceState) -> APIRouter:
             raise HTTPException(413, too_big(len(data), config.max_upload_bytes))
         if not data:
             raise HTTPException(400, "the upload is empty")
-
-        def run(searcher: Searcher) -> tuple[int, list[Hit]]:
-            depth = searcher.rerank_depth(rerank) if target == TEXTS else 0
-            image = decode_image(data, config.max_pixels)
-            return depth, searcher.search_image(image, k, depth, target=target)
-
-        depth, hits = await state.on_model(run)
+        depth, hits = await state.on_model_batched(
+            ("image", target, k, rerank), partial(image_searches, target, k, rerank, config.max_pixels), data
+        )
         name = file.filename or "upload"
         return SearchOut(query=name, target=target, rerank=depth, hits=[hit_out(h) for h in hits])
 
