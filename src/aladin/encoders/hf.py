@@ -105,18 +105,17 @@ class HFVisionTail(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         prefix = (hidden.shape[1] - sum(self.patches)) // len(self.patches)  # class and register tokens
-        regions = []
+        scales = []
         for scale in hidden.split([prefix + n for n in self.patches], dim=1):
             for layer in self.layers:
                 scale = run_layer(layer, scale, None)
-            normed = self.norm(scale)
-            if not regions:
-                if self.head is not None:
-                    pooled = self.head(normed)
-                else:
-                    pooled = normed[:, 0] if prefix else normed.mean(dim=1)
-            regions.append(normed[:, prefix:])
-        return torch.cat([*regions, pooled.unsqueeze(1)], dim=1)
+            scales.append(self.norm(scale))
+        first = scales[0]
+        if self.head is not None:
+            pooled = self.head(first)
+        else:
+            pooled = first[:, 0] if prefix else first.mean(dim=1)
+        return torch.cat([*(normed[:, prefix:] for normed in scales), pooled.unsqueeze(1)], dim=1)
 
 
 def _square_size(processor: dict[str, Any], default: int) -> int:
