@@ -103,6 +103,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def default_multiscale(name: str) -> bool:
+    """Whether an image encoder runs at two resolutions unless told otherwise: yes for the bundled CNN (measured,
+    see ImageEncoderConfig.multiscale), no for hf:PATH towers (two resolutions of patch tokens are not measured on
+    real weights yet) and for precomputed regions (they have no scales)."""
+    return not (name == "precomputed" or is_hf_name(name))
+
+
 @dataclass(frozen=True)
 class ImageEncoderConfig:
     """Which image backbone gives the regions, and how."""
@@ -111,9 +118,10 @@ class ImageEncoderConfig:
     image_size: int = 224
     #: Run the CNN at twice the resolution and keep both the 7×7 grid (2×2-pooled) and the 14×14 map as regions
     #: (49 + 196). Validation preferred it on real photos by 30 rsum for the best scorer (benchmarks/ablation.py),
-    #: for 4× the extraction time; the synthetic demo turns it off to fit its time budget. Precomputed regions
-    #: ignore it.
-    multiscale: bool = True
+    #: for 4× the extraction time; the synthetic demo turns it off to fit its time budget. For hf:PATH towers:
+    #: the patch tokens at the input size and at twice it. Precomputed regions ignore it. None (unset) = the
+    #: encoder's default, `default_multiscale(name)`; the made config always holds a bool.
+    multiscale: bool | None = None
     #: Number of final backbone stages kept trainable; the cache then holds the map before them.
     finetune_layers: int = 0
     #: For name="precomputed": a folder of per-image .npy/.npz files or one HDF5 file of detector regions.
@@ -134,10 +142,14 @@ class ImageEncoderConfig:
     revision: str = ""
 
     def __post_init__(self) -> None:
-        if self.name == "precomputed" or is_hf_name(self.name):
-            # stored regions have no scales, and multi-scale patch tokens are not measured yet: recorded as
-            # single-scale, so caches stay comparable (set here, before anyone holds the frozen instance)
+        if self.name == "precomputed":
+            # stored regions have no scales: recorded as single-scale, so caches stay comparable (set here,
+            # before anyone holds the frozen instance)
             object.__setattr__(self, "multiscale", False)
+        elif self.multiscale is None:
+            object.__setattr__(self, "multiscale", default_multiscale(self.name))
+        elif not isinstance(self.multiscale, bool):
+            raise AladinError(f"image_encoder.multiscale: expected true or false, got {self.multiscale!r}")
         object.__setattr__(self, "revision", resolve_revision(self.name, self.revision, "image_encoder"))
         if self.train_views < 1:
             raise AladinError(f"image_encoder.train_views: must be at least 1, got {self.train_views}")

@@ -72,11 +72,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_clip_folder_end_to_end(tmp_path, data, recipe, capsys):
     clip = save_clip(tmp_path / "clip")
-    encoders = ["--image-encoder", f"hf:{clip}", "--text-encoder", f"hf:{clip}"]
+    encoders = ["--image-encoder", f"hf:{clip}", "--multiscale", "--text-encoder", f"hf:{clip}"]
     cache, run, index = tmp_path / "cache", tmp_path / "run", tmp_path / "index"
     finetune = ("--image-finetune-layers", "1", "--text-finetune-layers", "1")
     assert run_cli(capsys, "extract", data, "--cache", cache, *encoders, *finetune)[0] == 0
     assert run_cli(capsys, "train", "--cache", cache, "--out", run, *recipe)[0] == 0
+    saved = json.loads((run / "model" / "config.json").read_text())
+    assert saved["config"]["image_encoder"]["multiscale"] is True  # both scales' tokens went through the tail
     code, out, _ = run_cli(capsys, "evaluate", "--cache", cache, "--run", run, "--json")
     rows = {row["name"]: row for row in json.loads(out)}
     assert code == 0 and "encoders' own embeddings (zero training)" in rows

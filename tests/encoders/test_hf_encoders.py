@@ -3,6 +3,7 @@ here, checked against the models' own outputs."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
@@ -12,7 +13,14 @@ import torch
 from hf_models import MEAN, STD, save_clip, save_dinov2, save_siglip, save_vit
 from PIL import Image
 
-from aladin.config import ImageEncoderConfig, TextEncoderConfig, config_from_dict, config_to_dict
+from aladin.cli.options import add_encoder_flags, encoder_configs
+from aladin.config import (
+    ImageEncoderConfig,
+    TextEncoderConfig,
+    config_from_dict,
+    config_to_dict,
+    default_multiscale,
+)
 from aladin.encoders.hf import load_hf_model
 from aladin.encoders.image import build_image_encoder, grid_boxes
 from aladin.encoders.text import build_text_encoder
@@ -37,19 +45,23 @@ def hf(folder: Path) -> str:
     return f"hf:{folder}"
 
 
-def _reference(kind: str, model: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(patch tokens, pooled token, projected or None) as the transformers model itself computes them."""
+def _reference(
+    kind: str, model: torch.nn.Module, pixels: torch.Tensor, interpolate: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """(patch tokens, pooled token, projected or None) as the transformers model itself computes them;
+    `interpolate` for pixels of another size than the model's (DINOv2 always interpolates)."""
+    flag = {"interpolate_pos_encoding": True} if interpolate else {}
     with torch.no_grad():
         if kind == "clip":
-            out = model.vision_model(pixel_values=pixels)
+            out = model.vision_model(pixel_values=pixels, **flag)
             tokens = model.vision_model.post_layernorm(out.last_hidden_state)
             return (
                 tokens[:, 1:],
                 out.pooler_output,
-                model.get_image_features(pixel_values=pixels).pooler_output,
+                model.get_image_features(pixel_values=pixels, **flag).pooler_output,
             )
         if kind == "siglip":
-            out = model.vision_model(pixel_values=pixels)
+            out = model.vision_model(pixel_values=pixels, **flag)
             return out.last_hidden_state, out.pooler_output, out.pooler_output
         out = model(pixel_values=pixels, interpolate_pos_encoding=True) if kind == "vit" else model(pixels)
         return out.last_hidden_state[:, 1:], out.last_hidden_state[:, 0], None
@@ -74,6 +86,28 @@ def test_regions_are_the_models_patch_tokens_then_its_pooled_token(folders, kind
         assert enc.shared_space == ImageEncoderConfig(name=hf(folders[kind])).revision
 
 
+@pytest.mark.parametrize("kind", list(SAVERS))
+def test_multiscale_regions_are_the_patch_tokens_at_both_sizes_then_the_pooled_token(folders, kind):
+    enc = build_image_encoder(ImageEncoderConfig(name=hf(folders[kind]), multiscale=True))
+    images = pictures()
+    batch = enc.encode(images)
+    assert enc.num_regions == 16 + 64 + 1  # the 4×4 grid at 32 px, the 8×8 grid at 64 px, the whole image
+    assert batch.regions.shape == (3, 81, 32) and batch.region_mask.all()
+    assert enc.decode_size == (64, 64)  # pictures decode for the larger scale
+    whole = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0]])
+    assert torch.equal(batch.boxes[1], torch.cat([grid_boxes(4, 4), grid_boxes(8, 8), whole]))
+    for grid in (batch.boxes[0, :16], batch.boxes[0, 16:80]):  # each scale tiles the whole picture
+        torch.testing.assert_close(grid[:, 4].sum(), torch.tensor(1.0))
+    model = load_hf_model(folders[kind], "test")
+    patches, pooled, projected = _reference(kind, model, enc.pixels(images, 32))
+    torch.testing.assert_close(batch.regions[:, :16], patches, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(batch.regions[:, 80], pooled, atol=1e-5, rtol=1e-4)
+    if projected is not None:  # the tower's own embedding is the input size's, as without multiscale
+        torch.testing.assert_close(batch.projected, projected, atol=1e-5, rtol=1e-4)
+    fine, _, _ = _reference(kind, model, enc.pixels(images, 64), interpolate=True)
+    torch.testing.assert_close(batch.regions[:, 16:80], fine, atol=1e-5, rtol=1e-4)
+
+
 def test_pixels_are_resized_whole_and_normalised_by_the_processor(folders):
     enc = build_image_encoder(ImageEncoderConfig(name=hf(folders["dinov2"])))
     assert enc.input_size == 32  # the processor's crop, not the config's 48 px
@@ -85,13 +119,15 @@ def test_pixels_are_resized_whole_and_normalised_by_the_processor(folders):
 
 @pytest.mark.parametrize("kind", list(SAVERS))
 @pytest.mark.parametrize("layers", [1, 2])
-def test_finetune_hidden_states_then_tail_reproduce_the_tower(folders, kind, layers):
+@pytest.mark.parametrize("multiscale", [False, True])
+def test_finetune_hidden_states_then_tail_reproduce_the_tower(folders, kind, layers, multiscale):
     images = pictures()
-    frozen = build_image_encoder(ImageEncoderConfig(name=hf(folders[kind]))).encode(images)
-    split = build_image_encoder(ImageEncoderConfig(name=hf(folders[kind]), finetune_layers=layers))
+    cfg = ImageEncoderConfig(name=hf(folders[kind]), multiscale=multiscale)
+    frozen = build_image_encoder(cfg).encode(images)
+    split = build_image_encoder(dataclasses.replace(cfg, finetune_layers=layers))
     hidden = split.encode(images)
     assert hidden.boxes.shape == frozen.boxes.shape  # boxes describe the final regions
-    assert not torch.allclose(hidden.regions[:, -16:], frozen.regions[:, :16], atol=1e-2)
+    assert not torch.allclose(hidden.regions[:, -16:], frozen.regions[:, -17:-1], atol=1e-2)
     tail = split.make_tail()
     assert all(p.requires_grad for p in tail.parameters())
     torch.testing.assert_close(tail(hidden.regions), frozen.regions, atol=1e-5, rtol=1e-4)
@@ -162,6 +198,31 @@ def test_configs_record_the_folder_and_refuse_other_weights(folders, tmp_path):
     assert ImageEncoderConfig(name=hf(copy)).revision != cfg.revision
     with pytest.raises(AladinError, match="now holds"):
         build_image_encoder(dataclasses.replace(cfg, name=hf(copy)))
+
+
+@pytest.mark.parametrize(
+    ("flags", "name", "multiscale"),
+    [
+        ([], "efficientnet-lite0", True),  # the bundled encoder's measured default
+        (["--no-multiscale"], "efficientnet-lite0", False),
+        (["--image-encoder", "HF"], "HF", False),  # an hf: tower alone stays single-scale
+        (["--image-encoder", "HF", "--multiscale"], "HF", True),
+    ],
+)
+def test_multiscale_flag_defaults_to_the_encoders_default(folders, flags, name, multiscale):
+    parser = argparse.ArgumentParser()
+    add_encoder_flags(parser)
+    vit = hf(folders["vit"])
+    image, _ = encoder_configs(parser.parse_args([vit if f == "HF" else f for f in flags]))
+    assert image.name == (vit if name == "HF" else name) and image.multiscale is multiscale
+    assert default_multiscale(image.name) is (name != "HF")
+
+
+def test_saved_multiscale_reads_as_saved_and_must_be_a_bool(folders):
+    cfg = ImageEncoderConfig(name=hf(folders["vit"]), multiscale=True)
+    assert config_from_dict(ImageEncoderConfig, config_to_dict(cfg), partial=False) == cfg
+    with pytest.raises(AladinError, match="image_encoder.multiscale: expected true or false"):
+        config_from_dict(ImageEncoderConfig, {"name": hf(folders["vit"]), "multiscale": "yes"})
 
 
 def test_missing_folder_says_how_to_get_one(tmp_path):

@@ -27,9 +27,10 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--multiscale",
         action=argparse.BooleanOptionalAction,
-        default=ImageEncoderConfig.multiscale,
-        help="regions from the 7×7 grid and the 14×14 map at twice the resolution (default; --no-multiscale: "
-        "the 7×7 grid only, 4× faster to extract)",
+        default=None,
+        help="regions from the 7×7 grid and the 14×14 map at twice the resolution (default for the bundled "
+        "encoder; --no-multiscale: the 7×7 grid only, 4× faster to extract); for hf:PATH, the patch tokens at the "
+        "input size and at twice it (off unless given: not measured on real weights yet)",
     )
     parser.add_argument(
         "--image-finetune-layers",

@@ -2,7 +2,9 @@
 folders included (their vision tower is used).
 
 Regions are the patch tokens of the last layer (after the tower's final norm), each with its patch's box, plus the
-class/pooled token as one more whole-image region. Pictures are resized whole to the processor's square size (no
+class/pooled token as one more whole-image region. With `multiscale` the tower also runs on the picture at twice its
+input size (position embeddings interpolated): the coarse patches, then the fine ones, then the pooled token of the
+input size (so the tower's own embedding is unchanged). Pictures are resized whole to the processor's square size (no
 centre crop, so every part of the picture is some region) and normalised with the processor's mean and std, read
 from preprocessor_config.json: no image processor class is imported, so torchvision never is. Models load with
 `local_files_only=True`; nothing is downloaded.
@@ -84,11 +86,16 @@ def run_layer(layer: nn.Module, hidden: torch.Tensor, mask: Any, **kwargs: Any) 
 
 class HFVisionTail(nn.Module):
     """The last layers of a vision tower, its final norm and its pooling: forward(hidden [B, S, D]) → regions
-    [B, patches + 1, D], the patch tokens in row-major order then the pooled token (the class token, or SigLIP's
-    attention-pooling head). With no layers it only normalises and pools (the frozen encoder's last step)."""
+    [B, sum(patches) + 1, D], the patch tokens in row-major order then the pooled token (the class token, or
+    SigLIP's attention-pooling head). With no layers it only normalises and pools (the frozen encoder's last step).
+
+    `patches` holds the patch count of each scale: `hidden` is then each scale's token sequence (its class and
+    register tokens, then its patches) one after the other, and every scale runs through the layers on its own
+    (tokens of one resolution never attend to the other's, as in the frozen tower); the pooled token is the
+    first scale's."""
 
     def __init__(
-        self, layers: list[nn.Module], norm: nn.Module, head: nn.Module | None, patches: int
+        self, layers: list[nn.Module], norm: nn.Module, head: nn.Module | None, patches: tuple[int, ...]
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
@@ -97,15 +104,18 @@ class HFVisionTail(nn.Module):
         self.patches = patches
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            hidden = run_layer(layer, hidden, None)
-        normed = self.norm(hidden)
-        prefix = normed.shape[1] - self.patches  # class and register tokens
+        prefix = (hidden.shape[1] - sum(self.patches)) // len(self.patches)  # class and register tokens
+        scales = []
+        for scale in hidden.split([prefix + n for n in self.patches], dim=1):
+            for layer in self.layers:
+                scale = run_layer(layer, scale, None)
+            scales.append(self.norm(scale))
+        first = scales[0]
         if self.head is not None:
-            pooled = self.head(normed)
+            pooled = self.head(first)
         else:
-            pooled = normed[:, 0] if prefix else normed.mean(dim=1)
-        return torch.cat([normed[:, prefix:], pooled.unsqueeze(1)], dim=1)
+            pooled = first[:, 0] if prefix else first.mean(dim=1)
+        return torch.cat([*(normed[:, prefix:] for normed in scales), pooled.unsqueeze(1)], dim=1)
 
 
 def _square_size(processor: dict[str, Any], default: int) -> int:
@@ -165,15 +175,20 @@ class HFVisionEncoder(ImageEncoder):
         processor, self._mean, self._std = _normalisation(folder, "image_encoder")
         patch = int(vision.patch_size)
         self.input_size = max(patch, _square_size(processor, int(vision.image_size)) // patch * patch)
-        self.decode_size = (self.input_size, self.input_size)  # camera JPEGs decode at a reduced scale
+        self._sizes = (self.input_size, 2 * self.input_size) if cfg.multiscale else (self.input_size,)
+        self.decode_size = (self._sizes[-1], self._sizes[-1])  # camera JPEGs decode at a reduced scale
         self.read_ahead = 2
         self._resample = int(processor.get("resample", Image.BICUBIC))
         self._rescale = float(processor.get("rescale_factor", 1 / 255))
         self._embeddings = tower.embeddings
         accepts = inspect.signature(tower.embeddings.forward).parameters
-        self._interpolate = "interpolate_pos_encoding" in accepts and self.input_size != int(
-            vision.image_size
-        )
+        self._interpolate = "interpolate_pos_encoding" in accepts
+        if cfg.multiscale and not self._interpolate and "dinov2" not in str(vision.model_type):
+            raise AladinError(  # DINOv2 interpolates its position embeddings always; others need the flag
+                f"image_encoder.multiscale: {folder} ({type(tower).__name__}) cannot interpolate its position "
+                "embeddings to twice its input size; use --no-multiscale"
+            )
+        self._image_size = int(vision.image_size)
         self._pre_norm = getattr(tower, "pre_layrnorm", None) or nn.Identity()
         layers = tower_layers(tower, folder, "image_encoder")
         k = cfg.finetune_layers
@@ -183,10 +198,10 @@ class HFVisionEncoder(ImageEncoder):
             )
         norm = next((getattr(tower, n) for n in _FINAL_NORMS if hasattr(tower, n)), nn.Identity())
         head = tower.head if getattr(tower, "use_head", False) else None
-        grid = self.input_size // patch
+        grids = [size // patch for size in self._sizes]
         split = len(layers) - k
         self._trunk = nn.ModuleList(layers[:split])
-        self._tail = HFVisionTail(list(layers[split:]), norm, head, grid * grid)
+        self._tail = HFVisionTail(list(layers[split:]), norm, head, tuple(g * g for g in grids))
         projection = getattr(model, "visual_projection", None)
         if (
             projection is None
@@ -198,7 +213,7 @@ class HFVisionEncoder(ImageEncoder):
         self.shared_space = cfg.revision if projection is not None else None
         self._feature_dim = int(vision.hidden_size)
         whole = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0]])
-        self._boxes = torch.cat([grid_boxes(grid, grid), whole])
+        self._boxes = torch.cat([*(grid_boxes(g, g) for g in grids), whole])
         for module in (self._embeddings, self._pre_norm, self._trunk, self._tail, self._projection):
             if module is not None:
                 module.to(self.device)
@@ -216,20 +231,25 @@ class HFVisionEncoder(ImageEncoder):
             return None
         return copy.deepcopy(self._tail).train(False).requires_grad_(True)
 
-    def pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        """Whole pictures resized to the model's square input and normalised as its processor says."""
-        size = (self.input_size, self.input_size)
-        arrays = [np.asarray(img.convert("RGB").resize(size, self._resample)) for img in images]
+    def pixels(self, images: list[Image.Image], size: int | None = None) -> torch.Tensor:
+        """Whole pictures resized to a square side (the model's input size by default) and normalised as its
+        processor says."""
+        side = (size or self.input_size,) * 2
+        arrays = [np.asarray(img.convert("RGB").resize(side, self._resample)) for img in images]
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() * self._rescale
         return (batch - self._mean) / self._std
 
-    def _hidden(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Hidden states of every token before the tail."""
-        kwargs = {"interpolate_pos_encoding": True} if self._interpolate else {}
-        hidden = self._pre_norm(self._embeddings(pixels, **kwargs))
-        for layer in self._trunk:
-            hidden = run_layer(layer, hidden, None)
-        return hidden
+    def _hidden(self, images: list[Image.Image]) -> torch.Tensor:
+        """Hidden states of every token before the tail, each scale's sequence after the other."""
+        scales = []
+        for size in self._sizes:
+            interpolate = self._interpolate and size != self._image_size
+            kwargs = {"interpolate_pos_encoding": True} if interpolate else {}
+            hidden = self._pre_norm(self._embeddings(self.pixels(images, size).to(self.device), **kwargs))
+            for layer in self._trunk:
+                hidden = run_layer(layer, hidden, None)
+            scales.append(hidden)
+        return torch.cat(scales, dim=1)
 
     def encode(self, images: list[Image.Image]) -> RegionBatch:
         """Regions of `images` (the hidden states before the tail when fine-tuning) and their projected
@@ -239,7 +259,7 @@ class HFVisionEncoder(ImageEncoder):
         outputs, projected = [], []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                hidden = self._hidden(self.pixels(images[start : start + self.batch_size]).to(self.device))
+                hidden = self._hidden(images[start : start + self.batch_size])
                 final = self._tail(hidden)
                 outputs.append(hidden if self.config.finetune_layers else final)
                 if self._projection is not None:

@@ -128,11 +128,20 @@ def embed_split(
     return image, text
 
 
+def mean_regions(regions: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of each image's real regions. A cache for a fine-tuned tail holds the hidden states before it, whose
+    token count is not the final regions' (class tokens, two scales' sequences) and all of which are real: their
+    mean over every token."""
+    if regions.shape[1] != region_mask.shape[1]:
+        region_mask = torch.ones(regions.shape[:2], dtype=torch.bool, device=regions.device)
+    return masked_mean(regions, region_mask)
+
+
 def mean_pooled(feats: FeatureTensors, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of real regions per image and of scored words per caption: the linear baseline's whole input."""
     images = torch.cat(
         [
-            masked_mean(feats.regions[s : s + batch].float(), feats.region_mask[s : s + batch])
+            mean_regions(feats.regions[s : s + batch].float(), feats.region_mask[s : s + batch])
             for s in range(0, feats.num_images, batch)
         ]
     )

@@ -19,8 +19,7 @@ from aladin.errors import AladinError
 from aladin.evaluate.scorers import alignment_matrix, matching_matrix, validation_rsum
 from aladin.model import AladinModel, LinearGlobalModel
 from aladin.model.alignment import matching_scores, region_word_scores
-from aladin.model.features import FeatureTensors, embed_split, mean_pooled
-from aladin.model.layers import masked_mean
+from aladin.model.features import FeatureTensors, embed_split, mean_pooled, mean_regions
 from aladin.model.losses import distillation_loss, hardest_negative_hinge_loss, infonce_loss
 from aladin.train.loop import BatchLoss, FitResult, fit
 
@@ -270,7 +269,7 @@ def train_linear_baseline(
         if train.view_regions is None:
             pooled = image_train[images]
         else:  # mean of a random view's regions
-            pooled = masked_mean(train.image_batch(images, cpu, generator)[0], train.region_mask[images])
+            pooled = mean_regions(train.image_batch(images, cpu, generator)[0], train.region_mask[images])
         img = gather_with_grad(model.project_image(pooled))
         txt = gather_with_grad(model.project_text(text_train[captions]))
         return infonce_loss(
