@@ -29,15 +29,11 @@ def decode_image(data: bytes, max_pixels: int, what: str = "the upload") -> Imag
 
 
 def query_warning(searcher: Searcher, text: str) -> str | None:
-    """Says so when `text` has more tokens than the text encoder reads (the rest would be cut silently).
-    Counts with the encoder's tokenizer when it has one, else with its own (already truncated) lengths."""
+    """Says so when `text` has more tokens than the text encoder reads (the rest would be cut silently),
+    counted as `Searcher.truncation` counts them (`TextEncoder.untruncated_length`)."""
     encoder = searcher.text_encoder
     limit = encoder.config.max_length
-    tokenizer = getattr(encoder, "tokenizer", None)
-    if tokenizer is not None:
-        count = len(tokenizer(text, truncation=False, verbose=False)["input_ids"])
-    else:
-        count = encoder.lengths([text])[0]
+    count = encoder.untruncated_length(text)
     if count <= limit:
         return None
     return f"the query is {count} tokens long, the text encoder reads only the first {limit}: the rest was ignored"
