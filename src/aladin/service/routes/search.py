@@ -16,10 +16,13 @@ from aladin.service.schemas import SearchOut, hit_out
 from aladin.service.state import ServiceState
 
 
-def decode_image(data: bytes, max_pixels: int, what: str = "the upload") -> Image.Image:
-    """Upload bytes → the RGB image indexing would make of the same file (one decoder for both), as 4xx errors."""
+def decode_image(
+    data: bytes, max_pixels: int, what: str = "the upload", min_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """Upload bytes → the RGB image indexing would make of the same file (one decoder for both, at the encoder's
+    `min_size`), as 4xx errors."""
     try:
-        return decode_image_bytes(data, what, max_pixels)
+        return decode_image_bytes(data, what, max_pixels, min_size)
     except ImageTooLarge as exc:
         raise HTTPException(413, str(exc)) from None
     except DataError:
@@ -57,7 +60,7 @@ def image_searches(
     decoded: list[Image.Image | HTTPException] = []
     for data in uploads:
         try:
-            decoded.append(decode_image(data, max_pixels))
+            decoded.append(decode_image(data, max_pixels, min_size=searcher.image_encoder.decode_size))
         except HTTPException as exc:
             decoded.append(exc)
     images = [image for image in decoded if isinstance(image, Image.Image)]
