@@ -165,9 +165,9 @@ class IndexBuilder:
         image_chunks = _chunk_files(shard_dirs, IMAGES, chunks[IMAGES])
         batches = [read_json(_contents_path(path), "encoded batch contents") for path in image_chunks]
         skipped = [*source.skipped, *(Skipped(**s) for batch in batches for s in batch[SKIPPED])]
-        index.manifest[SKIPPED] = [s.to_json() for s in skipped]
         captions = source.captions
         with index.update() as up:
+            up.manifest_entries[SKIPPED] = [s.to_json() for s in skipped]
             image_ids: dict[int, int] = {}  # position in source.items → id
             for path, batch in zip(image_chunks, batches, strict=True):
                 if batch["kept"]:
@@ -342,7 +342,7 @@ def add_images(
                 records = [ImageRecord(batch[i], external_id_for(index.image_root, batch[i])) for i in kept]
                 ids.extend(up.add_images(embed_images(model, encoder.encode(images)), records).tolist())
             bar.update(len(batch))
-        index.manifest = {**index.manifest, SKIPPED: _merge_skipped(old_skipped, files, skipped)}
+        up.manifest_entries[SKIPPED] = _merge_skipped(old_skipped, files, skipped)
     return AddReport(ids, already, skipped)
 
 
