@@ -136,7 +136,9 @@ class IndexBuilder:
         state = self._resume(shard, source, with_texts)
         images = None if not source.needs_encoders else self.image_encoder()
 
-        def encode_images(ranges: list[tuple[int, int]]) -> Iterator[tuple[EncodedChunk | None, dict[str, Any]]]:
+        def encode_images(
+            ranges: list[tuple[int, int]],
+        ) -> Iterator[tuple[EncodedChunk | None, dict[str, Any]]]:
             for read in source.region_batches(ranges, images, strict):
                 chunk = None if read.regions is None else embed_images(self.model, read.regions)
                 yield chunk, {"kept": read.kept, SKIPPED: [s.to_json() for s in read.skipped]}
@@ -210,7 +212,9 @@ class IndexBuilder:
         state: dict[str, Any],
         kind: str,
         total: int,
-        encode: Callable[[list[tuple[int, int]]], Iterator[tuple[EncodedChunk | None, dict[str, Any] | None]]],
+        encode: Callable[
+            [list[tuple[int, int]]], Iterator[tuple[EncodedChunk | None, dict[str, Any] | None]]
+        ],
     ) -> int:
         """Encode this rank's batches of items [0, total) of `kind` not yet on disk (`encode` turns the (start,
         stop) of each into its chunk, in order, lazily, with the JSON of its contents it may give; no chunk when
@@ -336,7 +340,9 @@ def add_images(
     batches = [new[start : start + size] for start in range(0, len(new), size)]
     ids: list[int] = []
     with index.update() as up, tqdm(total=len(new), desc="add", unit="image", disable=not progress) as bar:
-        for batch, (images, kept, bad) in zip(batches, read_image_batches(batches, encoder, strict), strict=True):
+        for batch, (images, kept, bad) in zip(
+            batches, read_image_batches(batches, encoder, strict), strict=True
+        ):
             skipped.extend(bad)
             if images:
                 records = [ImageRecord(batch[i], external_id_for(index.image_root, batch[i])) for i in kept]
