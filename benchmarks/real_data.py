@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from aladin import pipeline  # noqa: E402
+from aladin.cli.options import encoder_name  # noqa: E402
 from aladin.config import (  # noqa: E402
     DatasetSplitConfig,
     ImageEncoderConfig,
@@ -44,10 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-size", type=int, default=200, help="validation images carved from train")
     parser.add_argument("--out", default=str(RESULTS), help="folder for real_data.md / real_data.json")
     parser.add_argument(
-        "--image-encoder", default=ImageEncoderConfig.name, help="bundled name or hf:PATH (a local HF folder)"
+        "--image-encoder",
+        type=encoder_name,
+        default=ImageEncoderConfig.name,
+        help="bundled name or hf:PATH (a local HF folder)",
     )
     parser.add_argument(
-        "--text-encoder", default=TextEncoderConfig.name, help="bundled name or hf:PATH (a local HF folder)"
+        "--text-encoder",
+        type=encoder_name,
+        default=TextEncoderConfig.name,
+        help="bundled name or hf:PATH (a local HF folder)",
     )
     args = parser.parse_args(argv)
     data = Path(args.data)

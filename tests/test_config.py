@@ -88,6 +88,12 @@ def test_configs_are_frozen():
         recipe.model.embed_dim = 64  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         recipe.alignment.lr = 1.0  # type: ignore[misc]
+    from aladin.index.config import IndexConfig
+    from aladin.service.config import ServiceConfig
+
+    for config, field in ((IndexConfig(), "region_dtype"), (ServiceConfig(), "max_batch")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(config, field, getattr(config, field))
 
 
 @pytest.mark.parametrize("key", sorted(CHOICES))

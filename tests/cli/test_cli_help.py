@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from aladin.config import TextEncoderConfig
+from aladin.index.config import IndexConfig
 
 HEAVY = ("torch", "transformers", "faiss", "numpy")
 
@@ -40,7 +41,9 @@ def test_help_and_version_load_no_heavy_library(argv: list[str]) -> None:
 
 def test_help_shows_defaults() -> None:
     out = " ".join(_probe("index", "build", "--help").stdout.split())  # argparse wraps lines
-    assert "(default: Flat)" in out and "(default: 64)" in out and "(default: float16)" in out
+    defaults = IndexConfig()
+    for value in (defaults.factory, defaults.batch_size, defaults.region_dtype):
+        assert f"(default: {value})" in out
     assert "(default: None)" not in out and "(default: False)" not in out
     assert "(default: 1500)" in " ".join(_probe("generate-demo-data", "--help").stdout.split())
 

@@ -128,3 +128,13 @@ def test_flag_defaults_are_read_from_the_dataclasses_not_copied(monkeypatch) -> 
         adder(parser)
     args = vars(parser.parse_args([]))
     assert {dest: args[dest] for dest, _ in changed.values()} == dict(changed.values())
+
+
+def test_hf_encoder_folders_are_recorded_absolute(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = _parse(
+        add_encoder_flags, ["--image-encoder", "hf:models/clip", "--text-encoder", "hf:models/bert"]
+    )
+    assert args.image_encoder == f"hf:{tmp_path / 'models' / 'clip'}"  # as typed, from this folder
+    assert args.text_encoder == f"hf:{tmp_path / 'models' / 'bert'}"
+    assert _parse(add_encoder_flags, []).image_encoder == ImageEncoderConfig.name  # other names as they are

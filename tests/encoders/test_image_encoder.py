@@ -155,7 +155,9 @@ def test_camera_jpegs_decode_at_the_encoders_size_and_give_the_features_of_a_ful
     from aladin.index.sources import read_image_batches
 
     batches = [[str(p) for p in paths[:2]], [str(paths[2])]]
-    files = torch.cat([grid_encoder.encode(pics).regions for pics, _, _ in read_image_batches(batches, grid_encoder)])
+    files = torch.cat(
+        [grid_encoder.encode(pics).regions for pics, _, _ in read_image_batches(batches, grid_encoder)]
+    )
     torch.testing.assert_close(files[1], full[1], atol=1e-5, rtol=0)  # a PNG decodes as before
     for row in (0, 2):
         cosine = torch.nn.functional.cosine_similarity(files[row], full[row], dim=-1)

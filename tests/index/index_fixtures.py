@@ -151,7 +151,7 @@ def dataset(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def built(tmp_path: Path, dataset: Path, model: AladinModel, text_encoder: ToyTextEncoder) -> SearchIndex:
-    """A Flat, float16 index of the toy dataset with its captions."""
+    """A Flat index (int8 store, the default) of the toy dataset with its captions."""
     cfg = IndexConfig(batch_size=5)
     return build_index(
         dataset, model, tmp_path / "index", cfg, text_encoder=text_encoder, with_texts=True, progress=False

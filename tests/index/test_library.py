@@ -182,3 +182,23 @@ def test_the_commands_say_what_they_left_out_and_what_is_missing(
     assert main(["search", "a red circle", "--index", index, "--json"]) == 0
     err = capsys.readouterr().err
     assert f"aladin: warning: 1 of 3 indexed files are missing under {photos}" in err
+
+
+def test_an_add_that_fails_to_publish_leaves_the_loaded_index_as_it_was(
+    tmp_path: Path, model: AladinModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aladin.index.update as update_module
+
+    write_images(tmp_path / "photos", 2)
+    index = build_index(tmp_path / "photos", model, tmp_path / "index", progress=False)
+    before = dict(index.manifest)
+    (tmp_path / "photos" / "broken.png").write_bytes(b"not a picture")  # left out: listed as skipped
+    write_images(tmp_path / "photos" / "new", 1, first_seed=7)
+
+    def fail(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(update_module, "write_manifest", fail)
+    with pytest.raises(OSError, match="disk full"):
+        add_images(index, [tmp_path / "photos"])
+    assert index.manifest == before  # nothing of the failed add, the files it left out included

@@ -9,7 +9,9 @@ def test_validated_setting_round_trips_through_checkpoint_info() -> None:
     assert has_setting(info) and info["fit"] == {"best_epoch": 3}
     assert RerankSetting.from_info(info) == setting
     assert setting.helps and setting.default_depth == 20
-    assert setting.resolve_depth(None) == 20 and setting.resolve_depth(0) == 0 and setting.resolve_depth(7) == 7
+    assert (
+        setting.resolve_depth(None) == 20 and setting.resolve_depth(0) == 0 and setting.resolve_depth(7) == 7
+    )
     assert setting.describe() == "re-rank top 20 (fused, weight 1)"
 
 

@@ -175,3 +175,18 @@ def test_add_remove_and_info(
     assert output_json(capsys)["hits"][0]["id"] == 8
     run(["index", "info", workspace["index"]])
     assert "int8 mean cosine" in capsys.readouterr().out
+
+
+def test_a_relative_model_path_is_recorded_so_search_finds_it_from_anywhere(
+    workspace: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shutil.copytree(workspace["model"], tmp_path / "work" / "model")
+    monkeypatch.chdir(tmp_path / "work")
+    run(["index", "build", workspace["data"], "--model", "model", "--out", "index"])  # relative, as typed
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    run(["search", "dog", "--index", str(tmp_path / "work" / "index"), "--k", "2", "--json"])
+    assert len(output_json(capsys)["hits"]) == 2

@@ -50,6 +50,17 @@ def test_word_pieces_fold_into_whole_words_and_stop_words_fold_out() -> None:
     np.testing.assert_allclose(folded[1], (maps[3] + maps[8]) / 2)  # a repeated word: one map
 
 
+def test_word_boundaries_of_clip_sentencepiece_and_byte_level_tokenizers_fold_too() -> None:
+    clip = ["a</w>", "gr", "izzly</w>", "bear</w>", "on</w>", "grass</w>", ".</w>"]  # CLIP's BPE
+    siglip = ["▁a", "▁gr", "izzly", "▁bear", "▁on", "▁grass", "▁", "."]  # SentencePiece
+    roberta = ["a", "Ġgr", "izzly", "Ġbear", "Ġon", "Ġgrass", "."]  # byte-level BPE
+    for pieces in (clip, siglip, roberta):
+        words = whole_words(pieces)
+        assert [w for w, _ in words][:3] == ["a", "grizzly", "bear"], pieces
+        assert words[1][1] == [1, 2]
+        assert content_words([w for w, _ in words])[:3] == ["grizzly", "bear", "grass"], pieces
+
+
 def test_each_content_word_points_at_its_own_region_even_when_the_context_washes_words_together() -> None:
     model, text_encoder = washing_model(), QuietFrameEncoder()
     red, circle = word_vectors(model, text_encoder, ["red", "circle"])

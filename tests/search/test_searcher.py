@@ -143,3 +143,18 @@ def test_explain_gives_word_by_region_similarities(searcher: Searcher) -> None:
     assert max(np.abs(explanation.similarity).max(), np.abs(explanation.query_similarity).max()) <= 1.0 + 1e-5
     hit = searcher.rerank_text("Red circle on the left", [5])[0]
     assert hit.score == pytest.approx(explanation.score, abs=1e-5) and hit.first_stage_score is None
+
+
+def test_a_jpeg_query_is_decoded_as_the_build_decodes_it(
+    searcher: Searcher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from aladin.data.images import load_image
+
+    photo = tmp_path / "noisy.jpg"  # large enough for a 1/8 draft decode, noisy enough that it shows
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8)).save(photo)
+    monkeypatch.setattr(searcher.image_encoder, "decode_size", (8, 8), raising=False)
+    as_built = searcher.encode_images([load_image(photo, (8, 8))])
+    assert torch.equal(searcher.encode_images([photo]).rows, as_built.rows)
+    assert not torch.equal(searcher.encode_images([load_image(photo)]).rows, as_built.rows)  # full decode

@@ -229,7 +229,9 @@ def test_the_server_shows_only_what_a_build_would_index(
 ) -> None:
     folder = tmp_path / "photos"
     write_images(folder, 3)
-    index = build_index(folder, model, tmp_path / "index", IndexConfig(), text_encoder=text_encoder, progress=False)
+    index = build_index(
+        folder, model, tmp_path / "index", IndexConfig(), text_encoder=text_encoder, progress=False
+    )
     changed = next(i for i, r in index.meta.images(range(3)).items() if r.path.endswith("img001.png"))
     (folder / "img001.png").write_bytes(b"no longer a picture")  # replaced after the build
     with TestClient(

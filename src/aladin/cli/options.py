@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 
 from aladin.config import (
@@ -15,11 +16,21 @@ from aladin.config import (
     recipe_from_saved,
 )
 from aladin.fileio import read_json
+from aladin.hf_folder import HF_PREFIX, is_hf_name
+
+
+def encoder_name(text: str) -> str:
+    """An encoder name as typed; an "hf:PATH" folder made absolute, so that the checkpoints, caches and indexes
+    that record it find it again from any working directory."""
+    if not is_hf_name(text):
+        return text
+    return HF_PREFIX + os.path.abspath(os.path.expanduser(text[len(HF_PREFIX) :]))
 
 
 def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-encoder",
+        type=encoder_name,
         default=ImageEncoderConfig.name,
         help="image backbone name, or hf:PATH: a local Hugging Face CLIP, SigLIP, DINOv2 or ViT folder (its patch "
         "tokens are the regions)",
@@ -62,6 +73,7 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--text-encoder",
+        type=encoder_name,
         default=TextEncoderConfig.name,
         help="bundled model name, a local HF BERT folder, or hf:PATH: a local CLIP, SigLIP or BERT-family folder",
     )

@@ -81,10 +81,12 @@ def _load_or_error(path: str | Path, min_size: tuple[int, int] | None) -> Image.
         return exc
 
 
-def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
-    """Image bytes (an upload) → the same RGB image `load_image` gives for that file; `ImageTooLarge` over
-    `max_pixels`, checked from the header before decoding."""
-    return _decode(io.BytesIO(data), name, max_pixels)
+def decode_image_bytes(
+    data: bytes, name: str, max_pixels: int | None = None, min_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """Image bytes (an upload) → the same RGB image `load_image(path, min_size)` gives for that file;
+    `ImageTooLarge` over `max_pixels`, checked from the header before decoding."""
+    return _decode(io.BytesIO(data), name, max_pixels, min_size)
 
 
 def _decode(

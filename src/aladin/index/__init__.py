@@ -15,7 +15,7 @@ _WHERE = {
     "INDEX_FORMAT_VERSION": "config",
     "REGION_DTYPES": "config",
     "IndexConfig": "config",
-    "IndexUpdate": "index",
+    "IndexUpdate": "update",
     "SearchIndex": "index",
     "IMAGES": "metadata",
     "TEXTS": "metadata",

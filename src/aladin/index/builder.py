@@ -136,7 +136,9 @@ class IndexBuilder:
         state = self._resume(shard, source, with_texts)
         images = None if not source.needs_encoders else self.image_encoder()
 
-        def encode_images(ranges: list[tuple[int, int]]) -> Iterator[tuple[EncodedChunk | None, dict[str, Any]]]:
+        def encode_images(
+            ranges: list[tuple[int, int]],
+        ) -> Iterator[tuple[EncodedChunk | None, dict[str, Any]]]:
             for read in source.region_batches(ranges, images, strict):
                 chunk = None if read.regions is None else embed_images(self.model, read.regions)
                 yield chunk, {"kept": read.kept, SKIPPED: [s.to_json() for s in read.skipped]}
@@ -165,9 +167,9 @@ class IndexBuilder:
         image_chunks = _chunk_files(shard_dirs, IMAGES, chunks[IMAGES])
         batches = [read_json(_contents_path(path), "encoded batch contents") for path in image_chunks]
         skipped = [*source.skipped, *(Skipped(**s) for batch in batches for s in batch[SKIPPED])]
-        index.manifest[SKIPPED] = [s.to_json() for s in skipped]
         captions = source.captions
         with index.update() as up:
+            up.manifest_entries[SKIPPED] = [s.to_json() for s in skipped]
             image_ids: dict[int, int] = {}  # position in source.items → id
             for path, batch in zip(image_chunks, batches, strict=True):
                 if batch["kept"]:
@@ -210,7 +212,9 @@ class IndexBuilder:
         state: dict[str, Any],
         kind: str,
         total: int,
-        encode: Callable[[list[tuple[int, int]]], Iterator[tuple[EncodedChunk | None, dict[str, Any] | None]]],
+        encode: Callable[
+            [list[tuple[int, int]]], Iterator[tuple[EncodedChunk | None, dict[str, Any] | None]]
+        ],
     ) -> int:
         """Encode this rank's batches of items [0, total) of `kind` not yet on disk (`encode` turns the (start,
         stop) of each into its chunk, in order, lazily, with the JSON of its contents it may give; no chunk when
@@ -336,13 +340,15 @@ def add_images(
     batches = [new[start : start + size] for start in range(0, len(new), size)]
     ids: list[int] = []
     with index.update() as up, tqdm(total=len(new), desc="add", unit="image", disable=not progress) as bar:
-        for batch, (images, kept, bad) in zip(batches, read_image_batches(batches, encoder, strict), strict=True):
+        for batch, (images, kept, bad) in zip(
+            batches, read_image_batches(batches, encoder, strict), strict=True
+        ):
             skipped.extend(bad)
             if images:
                 records = [ImageRecord(batch[i], external_id_for(index.image_root, batch[i])) for i in kept]
                 ids.extend(up.add_images(embed_images(model, encoder.encode(images)), records).tolist())
             bar.update(len(batch))
-        index.manifest = {**index.manifest, SKIPPED: _merge_skipped(old_skipped, files, skipped)}
+        up.manifest_entries[SKIPPED] = _merge_skipped(old_skipped, files, skipped)
     return AddReport(ids, already, skipped)
 
 

@@ -27,7 +27,7 @@ BACKENDS = tuple(BACKEND_MODULES)
 _FACTORIES = re.compile(r"^(Flat|IVF(?P<nlist>[1-9]\d*),Flat|HNSW(?P<m>[1-9]\d*))$")
 
 
-@dataclass
+@dataclass(frozen=True)
 class IndexConfig:
     """FAISS factory string (inner product over the normalised global vectors), its search knobs, and the store.
 

@@ -8,6 +8,7 @@ what Milvus adds to that, see `aladin.index.milvus`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -42,10 +43,12 @@ class Collection:
 
 
 def _model_entry(model: AladinModel, checkpoint: str | None) -> dict[str, Any]:
+    """The model part of a manifest; the checkpoint folder recorded absolute, so that `model_for_index` finds it
+    from any working directory."""
     return {
         "fingerprint": model.fingerprint(),
         "config": config_to_dict(model.config),
-        "checkpoint": checkpoint,
+        "checkpoint": os.path.abspath(checkpoint) if checkpoint else checkpoint,
     }
 
 

@@ -78,7 +78,6 @@ def external_id_for(root: str | Path | None, path: str | Path) -> str:
     return path.as_posix()
 
 
-
 @dataclass(frozen=True)
 class MissingFiles:
     """Indexed images whose file is not on disk (any more): said at `search`/`serve` start-up."""

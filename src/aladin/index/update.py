@@ -49,6 +49,9 @@ class IndexUpdate:
         self._images: dict[int, ImageRecord] = {}
         self._texts: list[tuple[int, TextRecord]] = []
         self._removed = {kind: np.zeros(0, np.int64) for kind in (IMAGES, TEXTS)}
+        #: Other manifest entries this version sets (e.g. the files a build or add left out): published with it,
+        #: never seen in memory before the commit.
+        self.manifest_entries: dict[str, Any] = {}
         self._stack = ExitStack()
 
     def __enter__(self) -> IndexUpdate:
@@ -207,6 +210,7 @@ class IndexUpdate:
         )
         manifest = {
             **old,
+            **self.manifest_entries,
             "generation": self.generation,
             "next_ids": self.next_ids,
             "counts": counts,

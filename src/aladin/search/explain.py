@@ -35,6 +35,10 @@ STOP_WORDS = frozenset(
 )
 #: Marks a word piece that continues the previous one (BERT WordPiece).
 CONTINUATION = "##"
+#: Marks the last piece of a word (CLIP's BPE): a piece without it continues into the next one.
+END_OF_WORD = "</w>"
+#: Mark the first piece of a word (SentencePiece, e.g. SigLIP; byte-level BPE, e.g. RoBERTa).
+START_OF_WORD = ("▁", "Ġ")
 
 
 @dataclass
@@ -52,15 +56,29 @@ class Explanation:
 
 
 def whole_words(pieces: list[str]) -> list[tuple[str, list[int]]]:
-    """Word pieces → whole words, each with the indices of its pieces ("gr", "##izzly" → "grizzly", [i, i+1])."""
+    """Word pieces → whole words, each with the indices of its pieces ("gr", "##izzly" → "grizzly", [i, i+1]),
+    whichever way the tokenizer marks word boundaries: WordPiece's "##" continuations, CLIP's "</w>" word ends,
+    or SentencePiece's / byte-level BPE's word starts; the marks are left out of the words."""
+    ends = any(p.endswith(END_OF_WORD) for p in pieces)
+    starts = not ends and any(p.startswith(START_OF_WORD) for p in pieces)
     words: list[tuple[str, list[int]]] = []
+    open_word = False  # CLIP: the previous piece did not end its word
     for i, piece in enumerate(pieces):
-        if piece.startswith(CONTINUATION) and words:
-            text, indices = words[-1]
-            words[-1] = (text + piece[len(CONTINUATION) :], [*indices, i])
+        if ends:
+            continues, text = open_word, piece.removesuffix(END_OF_WORD)
+            open_word = not piece.endswith(END_OF_WORD)
+        elif starts:
+            text = piece.lstrip("".join(START_OF_WORD))
+            # punctuation after a word comes unmarked ("grass", "."): it is not part of the word
+            continues = not piece.startswith(START_OF_WORD) and any(c.isalnum() for c in text)
         else:
-            words.append((piece, [i]))
-    return words
+            continues, text = piece.startswith(CONTINUATION), piece.removeprefix(CONTINUATION)
+        if continues and words:
+            word, indices = words[-1]
+            words[-1] = (word + text, [*indices, i])
+        else:
+            words.append((text, [i]))
+    return [(word, indices) for word, indices in words if word]  # a lone start mark is no word
 
 
 def folded_words(pieces: list[str]) -> list[str]:

@@ -136,8 +136,11 @@ class Searcher:
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[str | Path | Image.Image]) -> EncodedQueries:
-        """Image queries (files or PIL images) → global vectors and regions; an unreadable file is named."""
-        pictures = [img if isinstance(img, Image.Image) else load_image(img) for img in images]
+        """Image queries (files or PIL images) → global vectors and regions; an unreadable file is named. A file is
+        decoded as an index build decodes it (a JPEG at the encoder's draft size), so an indexed photo finds itself
+        with the vector it was indexed with."""
+        size = self.image_encoder.decode_size
+        pictures = [img if isinstance(img, Image.Image) else load_image(img, size) for img in images]
         batch = self.image_encoder.encode(pictures).to(model_device(self.model))
         emb = self.model.encode_image(batch.regions, batch.boxes, batch.region_mask)
         return EncodedQueries(emb.global_vector, emb.regions, emb.region_mask)

@@ -21,7 +21,6 @@ from pathlib import Path
 from aladin.errors import AladinError
 from aladin.index.index import SearchIndex
 from aladin.index.manifest import MANIFEST_NAME
-from aladin.index.metadata import IMAGES
 from aladin.search.searcher import Searcher
 from aladin.service.config import ServiceConfig
 
@@ -35,10 +34,9 @@ class IndexUnavailable(Exception):
 
 def default_image_root(searcher: Searcher) -> Path:
     """The deepest folder that holds every live indexed image: thumbnails are served from inside it only."""
-    meta = searcher.index.meta
     # absolute but not resolved: a symlink inside the dataset that leads out of it is then refused
-    paths = [os.path.dirname(os.path.abspath(r.path)) for r in meta.images(meta.ids(IMAGES)).values()]
-    return Path(os.path.commonpath(paths)) if paths else Path.cwd()
+    folders = {os.path.dirname(path) for path in searcher.index.meta.live_paths()}  # one query, paths only
+    return Path(os.path.commonpath(list(folders))) if folders else Path.cwd()
 
 
 def _stamp(path: Path) -> Stamp | None:

@@ -27,7 +27,8 @@ _INERT = {"Content-Security-Policy": "default-src 'none'; sandbox"}
 def _thumbnail(path: Path, stamp: tuple[int, int, int], size: int, max_pixels: int) -> tuple[bytes, str]:
     """A JPEG of the file and its ETag. Cached by the file's content stamp (inode, size, mtime), which the
     arguments include, so a changed or replaced file is rendered afresh whatever id it has now."""
-    img = decode_image(path.read_bytes(), max_pixels, f"the file {path.name}")
+    # a camera JPEG decodes at the smallest draft scale still covering the thumbnail (several times faster)
+    img = decode_image(path.read_bytes(), max_pixels, f"the file {path.name}", min_size=(size, size))
     img.thumbnail((size, size))
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=85)

@@ -16,10 +16,13 @@ from aladin.service.schemas import SearchOut, hit_out
 from aladin.service.state import ServiceState
 
 
-def decode_image(data: bytes, max_pixels: int, what: str = "the upload") -> Image.Image:
-    """Upload bytes → the RGB image indexing would make of the same file (one decoder for both), as 4xx errors."""
+def decode_image(
+    data: bytes, max_pixels: int, what: str = "the upload", min_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """Upload bytes → the RGB image indexing would make of the same file (one decoder for both, at the encoder's
+    `min_size`), as 4xx errors."""
     try:
-        return decode_image_bytes(data, what, max_pixels)
+        return decode_image_bytes(data, what, max_pixels, min_size)
     except ImageTooLarge as exc:
         raise HTTPException(413, str(exc)) from None
     except DataError:
@@ -29,15 +32,11 @@ def decode_image(data: bytes, max_pixels: int, what: str = "the upload") -> Imag
 
 
 def query_warning(searcher: Searcher, text: str) -> str | None:
-    """Says so when `text` has more tokens than the text encoder reads (the rest would be cut silently).
-    Counts with the encoder's tokenizer when it has one, else with its own (already truncated) lengths."""
+    """Says so when `text` has more tokens than the text encoder reads (the rest would be cut silently),
+    counted as `Searcher.truncation` counts them (`TextEncoder.untruncated_length`)."""
     encoder = searcher.text_encoder
     limit = encoder.config.max_length
-    tokenizer = getattr(encoder, "tokenizer", None)
-    if tokenizer is not None:
-        count = len(tokenizer(text, truncation=False, verbose=False)["input_ids"])
-    else:
-        count = encoder.lengths([text])[0]
+    count = encoder.untruncated_length(text)
     if count <= limit:
         return None
     return f"the query is {count} tokens long, the text encoder reads only the first {limit}: the rest was ignored"
@@ -61,7 +60,7 @@ def image_searches(
     decoded: list[Image.Image | HTTPException] = []
     for data in uploads:
         try:
-            decoded.append(decode_image(data, max_pixels))
+            decoded.append(decode_image(data, max_pixels, min_size=searcher.image_encoder.decode_size))
         except HTTPException as exc:
             decoded.append(exc)
     images = [image for image in decoded if isinstance(image, Image.Image)]
