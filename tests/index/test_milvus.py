@@ -139,16 +139,18 @@ def test_filtered_search_on_folder_and_ids(tmp_path: Path, model: AladinModel, t
     write_images(tmp_path / "pics" / "city", 4, first_seed=10)
     index = build_index(tmp_path / "pics", model, tmp_path / "index", milvus(), progress=False)
     s = searcher(index, model, text_encoder)
-    beach = s.search_text("a red circle", k=10, rerank=10, where='folder == "beach"')
+    beach = s.search_text("a red circle", k=10, rerank=10, milvus_filter='folder == "beach"')
     assert {h.id for h in beach} == {0, 1, 2, 3} and all(h.external_id.startswith("beach/") for h in beach)
-    some = s.search_text("a red circle", k=10, rerank=0, where='folder == "city" and image_id >= 6')
+    some = s.search_text("a red circle", k=10, rerank=0, milvus_filter='folder == "city" and image_id >= 6')
     assert {h.id for h in some} == {6, 7}
-    assert s.search_text("a red circle", k=10, where='external_id like "beach/img001%"')[0].id == 1
+    assert s.search_text("a red circle", k=10, milvus_filter='external_id like "beach/img001%"')[0].id == 1
     with pytest.raises(AladinError, match="filter 'colour == 1'"):
-        s.search_text("a red circle", where="colour == 1")
+        s.search_text("a red circle", milvus_filter="colour == 1")
     faiss_index = build_index(tmp_path / "pics", model, tmp_path / "faiss", progress=False)
     with pytest.raises(AladinError, match="needs an index on the milvus backend"):
-        searcher(faiss_index, model, text_encoder).search_text("a red circle", where='folder == "beach"')
+        searcher(faiss_index, model, text_encoder).search_text(
+            "a red circle", milvus_filter='folder == "beach"'
+        )
 
 
 def test_migration_round_trip_keeps_results_ids_and_removals(
