@@ -283,7 +283,8 @@ def _search(args: argparse.Namespace) -> None:
 
     if (args.query is None) == (args.image is None):
         raise AladinError("search: give either a text query or --image PATH")
-    where = None if args.where is None else parse_filter(args.where)  # bad syntax fails before the model loads
+    # a filter with bad syntax fails before the model loads
+    where = None if args.where is None else parse_filter(args.where)
     device = resolve_device(args.device)
     model = None if args.model is None else AladinModel.from_pretrained(args.model, device)
     searcher = Searcher.open(args.index, model, device, verify_checksums=not args.skip_checksums)
@@ -292,9 +293,7 @@ def _search(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", QueryTruncatedWarning)
         if args.image is not None:
-            hits = searcher.search_image(
-                args.image, args.k, args.rerank, args.target, where, args.filter
-            )
+            hits = searcher.search_image(args.image, args.k, args.rerank, args.target, where, args.filter)
         else:
             hits = searcher.search_text(args.query, args.k, args.rerank, where, args.filter)
     for warning in caught:

@@ -35,7 +35,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, Union
+from typing import Any, NoReturn
 
 from aladin.errors import AladinError
 
@@ -102,7 +102,7 @@ class Not:
         return f"not {self.item}" if isinstance(self.item, Compare) else f"not ({self.item})"
 
 
-Filter = Union[Compare, And, Or, Not]
+Filter = Compare | And | Or | Not
 
 
 def _quote(value: str) -> str:
@@ -334,7 +334,7 @@ def _joined(kind: type[And] | type[Or], items: list[Filter]) -> Filter:
 
 def as_filter(where: Filter | str | Mapping[str, Any] | list[Any] | None) -> Filter | None:
     """What a caller gave as `where` (a `Filter`, the text form, or the JSON form) as a `Filter`."""
-    if where is None or isinstance(where, Compare | And | Or | Not):
+    if where is None or isinstance(where, Filter):
         return where
     return filter_from_json(where)
 
@@ -367,7 +367,9 @@ def to_sql(where: Filter) -> tuple[str, list[Any]]:
         }[where.op]
     elif kind == TEXT:
         sql = (
-            f"instr(lower({column}), lower(?)) > 0" if where.op == "~" else f"lower({column}) {where.op} lower(?)"
+            f"instr(lower({column}), lower(?)) > 0"
+            if where.op == "~"
+            else f"lower({column}) {where.op} lower(?)"
         )
         params = [where.value]
     else:

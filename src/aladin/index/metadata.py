@@ -219,8 +219,8 @@ class Metadata:
         query = (
             f"SELECT id FROM image_facts WHERE deleted = 0 AND ({sql}) ORDER BY id"
             if _table(table) == IMAGES
-            else "SELECT texts.id FROM texts JOIN image_facts AS f ON f.id = texts.image_id "
-            f"WHERE texts.deleted = 0 AND f.deleted = 0 AND ({sql}) ORDER BY texts.id"
+            else "SELECT id FROM texts WHERE deleted = 0 AND image_id IN "
+            f"(SELECT id FROM image_facts WHERE deleted = 0 AND ({sql})) ORDER BY id"
         )
         rows = self.connection.execute(query, params).fetchall()
         return np.array([row[0] for row in rows], dtype=np.int64)

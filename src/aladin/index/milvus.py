@@ -259,7 +259,9 @@ class MilvusBackend(VectorBackend):
         for q, hits in enumerate(found):
             # checked here too: a filter such as "x) or (y" could otherwise escape the bound and ids in the
             # expression
-            visible = [hit for hit in hits if hit["id"] < self.bound and (chosen is None or hit["id"] in chosen)]
+            visible = [
+                hit for hit in hits if hit["id"] < self.bound and (chosen is None or hit["id"] in chosen)
+            ]
             for j, hit in enumerate(visible):
                 found_ids[q, j], scores[q, j] = hit["id"], hit["distance"]
         return scores, found_ids

@@ -112,7 +112,9 @@ class VectorIndex:
             params = faiss.SearchParametersHNSW(sel=self._selector[1], efSearch=self.cfg.ef_search)
         return self._search.search(queries, k, params=params)
 
-    def _search_within(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _search_within(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """kNN among the `allowed` ids through a FAISS id selector (on the CPU index: GPU indexes take none). An
         approximate index can come back short when few items match (HNSW walks its graph through items the
         selector refuses; IVF finds too few in the lists it probes): those queries are searched again exactly."""
