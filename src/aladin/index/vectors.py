@@ -100,10 +100,11 @@ class VectorIndex:
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k inner products per query: scores [nq, k] and ids [nq, k], id -1 where there are fewer. With
-        `allowed` (ids), only among those, and k of them whenever that many are live (see `_search_within`)."""
+        `allowed` (live ids: removed ones are not passed), only among those, and k of them whenever that many are
+        (see `_search_within`)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if allowed is not None:
-            return self._search_within(queries, k, np.setdiff1d(allowed, self.tombstones))
+            return self._search_within(queries, k, np.asarray(allowed, np.int64))
         k = max(1, min(k, self.ntotal))
         if not self.ntotal:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
