@@ -146,6 +146,7 @@ def test_a_filter_prints_as_text_that_parses_back_to_it() -> None:
         ("camera=pixel and", "column 17: expected a field"),
         ("width~300", "column 6: expected an operator for width (= != < <= > >=), found '~'"),
         ("width=wide", "column 7: expected a whole number for width, found 'wide'"),
+        ("id>99999999999999999999", "column 4: expected a whole number for id, found '99999999999999999999'"),
         ("gps=maybe", "column 5: expected true or false for gps, found 'maybe'"),
         ("gps<1", "column 4: expected an operator for gps (= !=), found '<'"),
         ("camera pixel", "column 8: expected an operator after camera"),

@@ -59,13 +59,14 @@ OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "~")
 _OPS_OF = {TEXT: OPERATORS, NUMBER: OPERATORS[:-1], DATE: OPERATORS[:-1], BOOL: ("=", "!=")}
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?)?)?)?$")
+_WORD = r"[\w\-:./+]+"  # a value (or field) that needs no quotes
 _EXAMPLE = {TEXT: "text", NUMBER: "a whole number", DATE: "a date like 2020-01-31", BOOL: "true or false"}
 
 
 @dataclass(frozen=True)
 class Compare:
-    """`field op value`; `value` already checked and converted for the field's kind (a (start, end) pair of ISO
-    times for a date)."""
+    """`field op value`; `value` already checked and converted for the field's kind (for a date: the ISO times
+    starting and ending the span it names, and the date as written)."""
 
     field: str
     op: str
@@ -106,7 +107,8 @@ Filter = Compare | And | Or | Not
 
 
 def _quote(value: str) -> str:
-    if value and re.fullmatch(r"[\w\-:./+]+", value) and value.lower() not in ("and", "or", "not"):
+    """`value` as the text form writes it: bare when it reads back as one word, else quoted."""
+    if value and re.fullmatch(_WORD, value) and value.lower() not in ("and", "or", "not"):
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -125,10 +127,11 @@ def _value(field: str, op: str, raw: Any) -> Any:
         if isinstance(raw, str) and raw.lower() in _TRUE + _FALSE:
             return raw.lower() in _TRUE
     elif kind == NUMBER:
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            return raw
+        number = raw if isinstance(raw, int) and not isinstance(raw, bool) else None
         if isinstance(raw, str) and re.fullmatch(r"[+-]?\d+", raw):
-            return int(raw)
+            number = int(raw)
+        if number is not None and abs(number) < 2**63:  # what SQLite holds
+            return number
     elif kind == DATE:
         if isinstance(raw, str) and (span := _date_span(raw)):
             return span
@@ -162,7 +165,7 @@ def _date_span(text: str) -> tuple[str, str, str] | None:
 
 _TOKEN = re.compile(
     r"""\s*(?:(?P<op>==|!=|<=|>=|=|<|>|~)|(?P<paren>[()])|(?P<quoted>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')"""
-    r"""|(?P<word>[\w\-:./+]+)|(?P<bad>\S))"""
+    r"""|(?P<word>""" + _WORD + r""")|(?P<bad>\S))"""
 )
 
 
