@@ -191,9 +191,8 @@ class Searcher:
         if target not in (IMAGES, TEXTS):
             raise AladinError(f"search target must be {IMAGES!r} or {TEXTS!r}, got {target!r}")
         query = self.encode_images([image])
-        return self.search_encoded(target, query, k, rerank if target == TEXTS else 0, where, milvus_filter)[
-            0
-        ]
+        rerank = rerank if target == TEXTS else 0
+        return self.search_encoded(target, query, k, rerank, where, milvus_filter)[0]
 
     def rerank_depth(self, rerank: int | None) -> int:
         """The depth a search with `rerank` uses: the model's validated default when None."""
