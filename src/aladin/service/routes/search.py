@@ -44,6 +44,16 @@ def query_warning(searcher: Searcher, text: str) -> str | None:
     return f"the query is {count} tokens long, the text encoder reads only the first {limit}: the rest was ignored"
 
 
+#: The `where` parameter of both searches.
+WHERE = Annotated[
+    str | None,
+    Query(
+        description="only photos matching a filter: its text form (taken>=2020-01-01 and camera~Pixel) or its "
+        'JSON form ({"taken": {">=": "2020-01-01"}, "camera": {"~": "Pixel"}}); see the README'
+    ),
+]
+
+
 def parse_where(where: str | None, limit: int) -> Filter | None:
     """The `where` parameter as a filter (`aladin.index.filters`): its JSON form when it starts with { or [, else
     its text form; a bad one is a 400 naming the column or JSON path."""
@@ -107,20 +117,13 @@ def router(state: ServiceState) -> APIRouter:
             "setting chosen on validation)",
         ),
     ]
-    Where = Annotated[
-        str | None,
-        Query(
-            description="only photos matching a filter: its text form (taken>=2020-01-01 and camera~Pixel) or its "
-            'JSON form ({"taken": {">=": "2020-01-01"}, "camera": {"~": "Pixel"}}); see the README'
-        ),
-    ]
 
     @api.get("/search")
     async def search_text(
         q: Annotated[str, Query(description="the text to find images for")],
         k: K = 10,
         rerank: Rerank = None,
-        where: Where = None,
+        where: WHERE = None,
     ) -> SearchOut:
         """Text → images; `warning` says when the query was longer than the text encoder reads."""
         text = state.query(q)
@@ -138,7 +141,7 @@ def router(state: ServiceState) -> APIRouter:
         target: Literal["images", "texts"] = "images",
         k: K = 10,
         rerank: Rerank = None,
-        where: Where = None,
+        where: WHERE = None,
     ) -> SearchOut:
         """Image → similar images, or image → captions (target=texts, re-ranked like text search)."""
         chosen = parse_where(where, config.max_query_chars)
