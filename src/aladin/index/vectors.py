@@ -11,6 +11,10 @@ import numpy as np
 from aladin.errors import AladinError, CheckpointError
 from aladin.index.config import IndexConfig
 
+#: Share of an HNSW index at or under which a filtered search scores the matching vectors directly: cheaper
+#: than a graph walk through mostly refused nodes, which then comes back short anyway.
+EXACT_SHARE = 0.02
+
 
 def new_faiss_index(cfg: IndexConfig, dim: int) -> faiss.Index:
     """An empty index for `cfg.factory`. IVF keeps the caller's ids itself (and can remove them); Flat and HNSW
@@ -123,6 +127,8 @@ class VectorIndex:
         if not len(allowed) or not self.ntotal:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
         selector = faiss.IDSelectorBatch(allowed)
+        if "HNSW" in self.cfg.factory and len(allowed) <= EXACT_SHARE * self.ntotal:
+            return self._exact_within(queries, k, allowed, selector)  # the graph walk would mostly be wasted
         if self.cfg.nlist:
             params = faiss.SearchParametersIVF(sel=selector, nprobe=self.cfg.nprobe)
         elif "HNSW" in self.cfg.factory:
