@@ -84,6 +84,7 @@ def test_removed_items_stay_out_of_a_filtered_search_on_hnsw(
     index.remove(rare[:15])  # HNSW cannot delete them: tombstones, which the filter's ids must not bring back
     hits = searcher(index, model).search_text(QUERIES[0], k=10, rerank=0, where="folder=rare")
     assert sorted(h.id for h in hits) == rare[15:]
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)  # best first
 
 
 def test_captions_are_filtered_through_their_image(built: SearchIndex, model: AladinModel) -> None:
