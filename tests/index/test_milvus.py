@@ -139,16 +139,18 @@ def test_filtered_search_on_folder_and_ids(tmp_path: Path, model: AladinModel, t
     write_images(tmp_path / "pics" / "city", 4, first_seed=10)
     index = build_index(tmp_path / "pics", model, tmp_path / "index", milvus(), progress=False)
     s = searcher(index, model, text_encoder)
-    beach = s.search_text("a red circle", k=10, rerank=10, where='folder == "beach"')
+    beach = s.search_text("a red circle", k=10, rerank=10, milvus_filter='folder == "beach"')
     assert {h.id for h in beach} == {0, 1, 2, 3} and all(h.external_id.startswith("beach/") for h in beach)
-    some = s.search_text("a red circle", k=10, rerank=0, where='folder == "city" and image_id >= 6')
+    some = s.search_text("a red circle", k=10, rerank=0, milvus_filter='folder == "city" and image_id >= 6')
     assert {h.id for h in some} == {6, 7}
-    assert s.search_text("a red circle", k=10, where='external_id like "beach/img001%"')[0].id == 1
+    assert s.search_text("a red circle", k=10, milvus_filter='external_id like "beach/img001%"')[0].id == 1
     with pytest.raises(AladinError, match="filter 'colour == 1'"):
-        s.search_text("a red circle", where="colour == 1")
+        s.search_text("a red circle", milvus_filter="colour == 1")
     faiss_index = build_index(tmp_path / "pics", model, tmp_path / "faiss", progress=False)
     with pytest.raises(AladinError, match="needs an index on the milvus backend"):
-        searcher(faiss_index, model, text_encoder).search_text("a red circle", where='folder == "beach"')
+        searcher(faiss_index, model, text_encoder).search_text(
+            "a red circle", milvus_filter='folder == "beach"'
+        )
 
 
 def test_migration_round_trip_keeps_results_ids_and_removals(
@@ -245,3 +247,23 @@ def test_cli_build_search_filter_remove_and_migrate(
     back = ("search", "a red circle", "--index", str(tmp_path / "back"), "--model", model, "--json")
     ranked = [[(h["id"], round(h["score"], 5)) for h in json.loads(run(*q))["hits"]] for q in (back, search)]
     assert ranked[0] == ranked[1] and len(ranked[0]) == 5
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW8"])
+def test_where_on_milvus_fills_k_with_matching_items_when_matches_are_rare(
+    tmp_path: Path, model: AladinModel, text_encoder, factory: str
+) -> None:
+    write_images(tmp_path / "pics" / "common", 190)
+    write_images(tmp_path / "pics" / "rare", 10, first_seed=190)  # 5% of the photos match
+    index = build_index(tmp_path / "pics", model, tmp_path / "index", milvus(factory=factory), progress=False)
+    rare = {i for i, r in index.meta.images(index.meta.ids(IMAGES)).items() if "/rare/" in r.path}
+    s = searcher(index, model, text_encoder)
+    for query in QUERIES:
+        assert len(rare & {h.id for h in s.search_text(query, k=5, rerank=0)}) < 5  # a post-filter: too few
+        hits = s.search_text(query, k=5, rerank=0, where="folder=rare")
+        assert len(hits) == 5 and {h.id for h in hits} <= rare
+        both = s.search_text(
+            query, k=5, where={"folder": "rare"}, milvus_filter=f"image_id >= {min(rare) + 7}"
+        )
+        assert {h.id for h in both} == {i for i in rare if i >= min(rare) + 7}  # the expression still applies
+    assert s.search_text(QUERIES[0], k=5, where="folder=nowhere") == []

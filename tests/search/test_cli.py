@@ -190,3 +190,18 @@ def test_a_relative_model_path_is_recorded_so_search_finds_it_from_anywhere(
     capsys.readouterr()
     run(["search", "dog", "--index", str(tmp_path / "work" / "index"), "--k", "2", "--json"])
     assert len(output_json(capsys)["hits"]) == 2
+
+
+def test_search_where_filters_on_any_backend_and_names_the_column_of_bad_syntax(
+    workspace: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--index", workspace["index"], "--model", workspace["model"], "--json"]
+    run(
+        ["search", "a red circle", *common, "--k", "5", "--where", "id>=5 or path~img001"]
+    )  # HNSW: an id selector
+    assert sorted(hit["id"] for hit in output_json(capsys)["hits"]) == [1, 5, 6, 7]
+    image = str(Path(workspace["data"]) / "images" / "img002.png")
+    run(["search", "--image", image, "--target", "texts", *common, "--k", "4", "--where", "id=3"])
+    assert [hit["image_id"] for hit in output_json(capsys)["hits"]] == [3, 3]  # captions through their image
+    with pytest.raises(AladinError, match=r"^filter 'id>=5 or': column 9: expected a field"):
+        run(["search", "a red circle", *common, "--where", "id>=5 or"])

@@ -157,3 +157,25 @@ def test_serve_takes_the_batching_flags() -> None:
         ServiceConfig().max_batch,
         ServiceConfig().max_wait_ms,
     )
+
+
+def test_searches_with_different_filters_never_share_a_batch(
+    batching: TestClient, unbatched: TestClient
+) -> None:
+    filters = ["id<3", "id>=9", "id=4 or id=7", ""] * 2
+    texts = [("/api/search", {"q": "red circle", "k": 3, "where": w}, None) for w in filters]
+    images = [
+        ("/api/search/image", {"k": 3, "where": w}, {"file": ("q.png", png(1), "image/png")}) for w in filters
+    ]
+
+    def send(client: TestClient):  # noqa: ANN202
+        return lambda r: (
+            client.get(r[0], params=r[1]) if r[2] is None else client.post(r[0], params=r[1], files=r[2])
+        )
+
+    requests = texts + images
+    sequential = [send(unbatched)(r).json()["hits"] for r in requests]
+    assert {h["id"] for h in sequential[0]} == {0, 1, 2} and {h["id"] for h in sequential[2]} == {4, 7}
+    responses = burst(requests, send(batching))
+    assert batching.get("/stats").json()["queue"]["largest_batch"] > 1
+    assert_same_hits([r.json()["hits"] for r in responses], sequential)

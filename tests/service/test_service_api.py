@@ -241,3 +241,22 @@ def test_the_server_shows_only_what_a_build_would_index(
             response = client.get(url)
             assert response.status_code == 415 and "not an image" in response.json()["detail"], url
         assert client.get(f"/api/items/{(changed + 1) % 3}/image").status_code == 200
+
+
+def test_where_filters_text_and_image_search_in_either_form(client: TestClient, searcher: Searcher) -> None:
+    text = client.get("/api/search", params={"q": "red circle", "k": 5, "where": "id<3 or path~img011"})
+    assert text.status_code == 200 and sorted(h["id"] for h in text.json()["hits"]) == [0, 1, 2, 11]
+    assert [h["id"] for h in text.json()["hits"]] == [
+        h.id for h in searcher.search_text("red circle", 5, where="id<3 or path~img011")
+    ]
+    as_json = client.get("/api/search", params={"q": "red circle", "where": '{"id": {">=": 10}}'})
+    assert sorted(h["id"] for h in as_json.json()["hits"]) == [10, 11]
+    captions = upload(client, png(picture(4)), target="texts", k=3, where="id=4")
+    assert [h["image_id"] for h in captions.json()["hits"]] == [4, 4]  # its two captions, no more
+    for where, message in [
+        ("id<", "filter 'id<': column 4: expected a whole number after <, found the end"),
+        ('{"id": {"<": "x"}}', "where.id['<']: expected a whole number for id, got 'x'"),
+        ('{"id": ', "where: not valid JSON"),
+    ]:
+        bad = client.get("/api/search", params={"q": "red circle", "where": where})
+        assert bad.status_code == 400 and bad.json()["detail"].startswith(message), bad.json()

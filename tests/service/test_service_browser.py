@@ -163,3 +163,40 @@ def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(
     monkeypatch.setenv("CI", ci)
     with pytest.raises(outcome, match="chromium"):
         chromium_or_skip()
+
+
+def test_the_filter_box_narrows_the_hits_and_names_a_bad_filter(server: str) -> None:
+    executable = chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(server)
+            page.locator("#query").fill("red circle on the left")
+            page.locator("#where").fill("id>=9 or path~img002")
+            page.keyboard.press("Enter")
+            results = page.locator("#results .result")
+            expect(results).to_have_count(4)
+            assert sorted(int(r.get_attribute("data-id")) for r in results.all()) == [2, 9, 10, 11]
+            assert "where=id%3E%3D9" in page.url  # the address names the filtered search, to share it
+
+            page.locator("#where").fill("taken>=2020-01-01")  # these pictures record no date
+            page.keyboard.press("Enter")
+            expect(page.locator("#status")).to_contain_text("0 results")
+            expect(results).to_have_count(0)
+
+            page.locator("#where").fill("camera~")
+            page.keyboard.press("Enter")
+            expect(page.locator("#status")).to_have_class("error")
+            expect(page.locator("#status")).to_contain_text("400: filter 'camera~': column 8: expected text")
+
+            page.goto(f"{server}/?q=red%20circle&where=id%3C2")  # a shared link brings its filter along
+            expect(page.locator("#where")).to_have_value("id<2")
+            expect(results).to_have_count(2)
+        finally:
+            browser.close()
+    assert not errors, errors

@@ -102,8 +102,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--ef-search", type=int, help="override the index's HNSW efSearch")
     p.add_argument(
         "--filter",
-        help="only items whose metadata match, e.g. 'folder == \"beach\"' (fields: image_id, external_id, path, "
-        "folder; milvus backend)",
+        help="only items whose Milvus fields match an expression, e.g. 'folder == \"beach\"' (fields: image_id, "
+        "external_id, path, folder; milvus backend; --where works on both)",
+    )
+    p.add_argument(
+        "--where",
+        help="only photos matching a filter, e.g. 'taken>=2020-01-01 and camera~Pixel' (fields: taken, camera, "
+        "make, model, gps, orientation, width, height, type, folder, path, id; = != < <= > >= ~ (contains); "
+        "and, or, not, parentheses; see the README)",
     )
     p.add_argument(
         "--skip-checksums", action="store_true", help="check file sizes only when loading (faster)"
@@ -270,12 +276,15 @@ def _migrate(args: argparse.Namespace) -> None:
 def _search(args: argparse.Namespace) -> None:
     from rich.console import Console
 
+    from aladin.index.filters import parse_filter
     from aladin.model.aladin import AladinModel
     from aladin.pipeline import resolve_device
     from aladin.search.searcher import QueryTruncatedWarning, Searcher
 
     if (args.query is None) == (args.image is None):
         raise AladinError("search: give either a text query or --image PATH")
+    # a filter with bad syntax fails before the model loads
+    where = None if args.where is None else parse_filter(args.where)
     device = resolve_device(args.device)
     model = None if args.model is None else AladinModel.from_pretrained(args.model, device)
     searcher = Searcher.open(args.index, model, device, verify_checksums=not args.skip_checksums)
@@ -284,11 +293,9 @@ def _search(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", QueryTruncatedWarning)
         if args.image is not None:
-            hits = searcher.search_image(
-                args.image, args.k, args.rerank, target=args.target, where=args.filter
-            )
+            hits = searcher.search_image(args.image, args.k, args.rerank, args.target, where, args.filter)
         else:
-            hits = searcher.search_text(args.query, args.k, args.rerank, where=args.filter)
+            hits = searcher.search_text(args.query, args.k, args.rerank, where, args.filter)
     for warning in caught:
         print(f"aladin: warning: {warning.message}", file=sys.stderr)
     query = args.query if args.image is None else args.image

@@ -111,9 +111,12 @@ class VectorBackend(ABC):
         """The update failed: forget the staged changes."""
 
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int, where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k inner products per query, among rows matching `where` (a filter on `row_fields`) if given:
-        scores [nq, k'] and ids [nq, k'], id -1 where there are fewer."""
+    def search(
+        self, queries: np.ndarray, k: int, where: str | None = None, ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k inner products per query, among rows matching `where` (a backend expression on `row_fields`; the
+        milvus backend only) and among `ids` (the rows an `aladin.index.filters` filter chose), if given: scores
+        [nq, k'] and ids [nq, k'], id -1 where there are fewer. With `ids`, k' = k whenever k of them are live."""
 
     @abstractmethod
     def fetch(self, ids: np.ndarray) -> np.ndarray:

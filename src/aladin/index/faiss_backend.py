@@ -93,13 +93,15 @@ class FaissBackend(VectorBackend):
     def discard(self) -> None:
         self._added, self._removed, self._staged = [], np.zeros(0, np.int64), None
 
-    def search(self, queries: np.ndarray, k: int, where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, where: str | None = None, ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if where:
             raise AladinError(
-                "filtered search needs an index on the milvus backend (FAISS holds no metadata fields); "
-                "move it there with `aladin index migrate`"
+                "a Milvus filter expression needs an index on the milvus backend (FAISS holds no metadata "
+                "fields): use --where, which works on both, or move the index with `aladin index migrate`"
             )
-        return self.index.search(queries, k)
+        return self.index.search(queries, k, ids)
 
     def fetch(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, np.int64)

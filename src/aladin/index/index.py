@@ -22,6 +22,7 @@ from aladin.encoders.image import ImageEncoder
 from aladin.errors import AladinError, CheckpointError
 from aladin.index.backend import VectorBackend, backend_class
 from aladin.index.config import INDEX_FORMAT_VERSION, IndexConfig, saved_index_config
+from aladin.index.filters import Filter
 from aladin.index.manifest import (
     MANIFEST_NAME,
     read_manifest,
@@ -184,11 +185,22 @@ class SearchIndex:
         return self.collections[kind]
 
     def search(
-        self, kind: str, queries: np.ndarray, k: int, where: str | None = None
+        self,
+        kind: str,
+        queries: np.ndarray,
+        k: int,
+        milvus_filter: str | None = None,
+        where: Filter | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """First stage: top-k global-vector inner products per query ([nq, k] scores and ids, -1 = none), among
-        the items matching `where` (a Milvus filter on image_id, external_id, path, folder; milvus backend only)."""
-        return self.collection(kind).vectors.search(queries, k, where)
+        the items matching `milvus_filter` (a Milvus expression on image_id, external_id, path, folder; milvus
+        backend only) and `where` (`aladin.index.filters`, any backend: k hits whenever k items match)."""
+        vectors = self.collection(kind).vectors
+        if where is None:
+            return vectors.search(queries, k, milvus_filter)
+        chosen = self.meta.matching(kind, where)
+        everything = len(chosen) == self.meta.count(kind)  # no need to pass them all on
+        return vectors.search(queries, k, milvus_filter, None if everything else chosen)
 
     def lookup(self, kind: str, ids: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Second stage input: the items' stored regions (or words), padded, and their mask."""

@@ -15,19 +15,22 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import astuple, dataclass
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from aladin.errors import AladinError, CheckpointError
+from aladin.index.exif import camera_name, read_facts
+from aladin.index.filters import Filter, to_sql
 
 IMAGES, TEXTS = "images", "texts"
 
 _SCHEMA = """
 CREATE TABLE images (
     id INTEGER PRIMARY KEY, path TEXT NOT NULL, external_id TEXT NOT NULL,
-    captions TEXT NOT NULL, deleted INTEGER NOT NULL DEFAULT 0
+    captions TEXT NOT NULL, deleted INTEGER NOT NULL DEFAULT 0,
+    taken TEXT, make TEXT, model TEXT, gps INTEGER, orientation INTEGER, width INTEGER, height INTEGER
 );
 CREATE TABLE texts (
     id INTEGER PRIMARY KEY, image_id INTEGER NOT NULL REFERENCES images(id),
@@ -37,6 +40,17 @@ CREATE INDEX texts_by_image ON texts(image_id);
 """
 _SETTINGS = "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
 _ROOT, _ROOT_FROM_INDEX = "image_root", "image_root_from_index"
+#: The photo facts (`aladin.index.exif.PhotoFacts`) kept per image; indexes written before them have none
+#: (NULL: unknown), and their next version gains the columns.
+_FACTS = {
+    "taken": "TEXT",
+    "make": "TEXT",
+    "model": "TEXT",
+    "gps": "INTEGER",
+    "orientation": "INTEGER",
+    "width": "INTEGER",
+    "height": "INTEGER",
+}
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,24 @@ class Metadata:
     def __init__(self, connection: sqlite3.Connection, image_root: Path | None = None):
         self.connection = connection
         self.image_root = image_root
+        self._facts_view()
+
+    def _facts_view(self) -> None:
+        """The temporary view `image_facts` filters run on (`aladin.index.filters`): per image its facts (NULL in
+        a database written before they were kept), folder name, file type and full path (posix)."""
+        c = self.connection
+        c.create_function("aladin_path", 1, lambda p: Path(self.resolve(p)).as_posix())
+        c.create_function("aladin_folder", 1, lambda p: _posix(p).parent.name, deterministic=True)
+        c.create_function("aladin_type", 1, lambda p: _posix(p).suffix[1:].lower(), deterministic=True)
+        c.create_function("aladin_camera", 2, camera_name, deterministic=True)
+        held = {row[1] for row in c.execute("PRAGMA main.table_info(images)")}
+        facts = ", ".join(f"{n if n in held else 'NULL'} AS {n}" for n in _FACTS)
+        camera = "aladin_camera(make, model)" if {"make", "model"} <= held else "NULL"
+        c.execute(
+            "CREATE TEMP VIEW image_facts AS SELECT id, deleted, aladin_path(path) AS path, "
+            f"aladin_folder(path) AS folder, aladin_type(path) AS type, {facts}, {camera} AS camera "
+            "FROM main.images"
+        )
 
     @classmethod
     def empty(cls) -> Metadata:
@@ -180,6 +212,19 @@ class Metadata:
         rows = self._rows("SELECT id FROM texts WHERE deleted = 0 AND image_id IN ({marks})", image_ids)
         return np.array(sorted(row[0] for row in rows), dtype=np.int64)
 
+    def matching(self, table: str, where: Filter) -> np.ndarray:
+        """Live ids of `table` whose image matches the filter `where` (a caption through the image it describes),
+        ascending: the set a filtered search runs in."""
+        sql, params = to_sql(where)
+        query = (
+            f"SELECT id FROM image_facts WHERE deleted = 0 AND ({sql}) ORDER BY id"
+            if _table(table) == IMAGES
+            else "SELECT id FROM texts WHERE deleted = 0 AND image_id IN "
+            f"(SELECT id FROM image_facts WHERE deleted = 0 AND ({sql})) ORDER BY id"
+        )
+        rows = self.connection.execute(query, params).fetchall()
+        return np.array([row[0] for row in rows], dtype=np.int64)
+
     def count(self, table: str, deleted: bool = False) -> int:
         query = f"SELECT count(*) FROM {_table(table)} WHERE deleted = ?"
         return int(self.connection.execute(query, (int(deleted),)).fetchone()[0])
@@ -198,6 +243,10 @@ class Metadata:
             self.connection.backup(target)
             with target:
                 target.execute(_SETTINGS)
+                held = {row[1] for row in target.execute("PRAGMA table_info(images)")}
+                for name, kind in _FACTS.items():  # a database from before the facts gains their columns
+                    if name not in held:
+                        target.execute(f"ALTER TABLE images ADD COLUMN {name} {kind}")
                 if self.image_root is not None:  # the root as found now: re-recorded after a move
                     from_index = os.path.relpath(self.image_root, os.path.abspath(path.parent))
                     target.executemany(
@@ -205,9 +254,11 @@ class Metadata:
                         [(_ROOT, str(self.image_root)), (_ROOT_FROM_INDEX, from_index)],
                     )
                 target.executemany(
-                    "INSERT INTO images (id, path, external_id, captions) VALUES (?, ?, ?, ?)",
+                    f"INSERT INTO images (id, path, external_id, captions, {', '.join(_FACTS)}) "
+                    f"VALUES (?, ?, ?, ?, {', '.join('?' * len(_FACTS))})",
                     [
                         (i, self._stored(r.path), r.external_id, json.dumps(list(r.captions)))
+                        + astuple(read_facts(r.path))
                         for i, r in images
                     ],
                 )
@@ -238,6 +289,10 @@ def _find_root(connection: sqlite3.Connection, index_dir: Path) -> Path | None:
         if moved.is_dir():
             return moved
     return recorded
+
+
+def _posix(path: str) -> PurePosixPath:
+    return PurePosixPath(path.replace("\\", "/"))
 
 
 def _table(name: str) -> str:

@@ -227,17 +227,22 @@ class MilvusBackend(VectorBackend):
         elif self.cfg.hnsw_m:
             self._search_params = {"ef": ef_search}
 
-    def search(self, queries: np.ndarray, k: int, where: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, where: str | None = None, ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        k = max(1, min(k, MAX_K))
+        allowed = None if ids is None else np.asarray(ids, np.int64)
+        k = max(1, min(k, MAX_K) if allowed is None else min(k, MAX_K, len(allowed)))
         scores = np.full((len(queries), k), -np.inf, np.float32)
-        ids = np.full((len(queries), k), -1, np.int64)
-        if self.collection is None or not len(queries):
-            return scores, ids
+        found_ids = np.full((len(queries), k), -1, np.int64)
+        if self.collection is None or not len(queries) or (allowed is not None and not len(allowed)):
+            return scores, found_ids
         params = dict(self._search_params)
         if "ef" in params:
             params["ef"] = max(params["ef"], k)  # Milvus refuses ef below k
         expr = f"id < {self.bound}" + (f" and ({where})" if where else "")
+        if allowed is not None:  # the filter's ids: Milvus searches inside them (exactly when few match)
+            expr += f" and id in [{','.join(map(str, allowed.tolist()))}]"
         try:
             found = self.client.search(
                 self.collection,
@@ -250,12 +255,16 @@ class MilvusBackend(VectorBackend):
         except _pymilvus().MilvusException as exc:
             what = f"filter {where!r}" if where else f"milvus {self.label}: search"
             raise AladinError(f"{what}: {_message(exc)}") from exc
+        chosen = None if allowed is None else set(allowed.tolist())
         for q, hits in enumerate(found):
-            # checked here too: a filter such as "x) or (y" could otherwise escape the bound in the expression
-            visible = [hit for hit in hits if hit["id"] < self.bound]
+            # checked here too: a filter such as "x) or (y" could otherwise escape the bound and ids in the
+            # expression
+            visible = [
+                hit for hit in hits if hit["id"] < self.bound and (chosen is None or hit["id"] in chosen)
+            ]
             for j, hit in enumerate(visible):
-                ids[q, j], scores[q, j] = hit["id"], hit["distance"]
-        return scores, ids
+                found_ids[q, j], scores[q, j] = hit["id"], hit["distance"]
+        return scores, found_ids
 
     def fetch(self, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, np.int64)

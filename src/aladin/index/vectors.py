@@ -11,6 +11,10 @@ import numpy as np
 from aladin.errors import AladinError, CheckpointError
 from aladin.index.config import IndexConfig
 
+#: Share of an HNSW index at or under which a filtered search scores the matching vectors directly: cheaper
+#: than a graph walk through mostly refused nodes, which then comes back short anyway.
+EXACT_SHARE = 0.02
+
 
 def new_faiss_index(cfg: IndexConfig, dim: int) -> faiss.Index:
     """An empty index for `cfg.factory`. IVF keeps the caller's ids itself (and can remove them); Flat and HNSW
@@ -96,9 +100,15 @@ class VectorIndex:
     def write(self, path: Path) -> None:
         faiss.write_index(self.cpu, str(path))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k inner products per query: scores [nq, k] and ids [nq, k], id -1 where there are fewer."""
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k inner products per query: scores [nq, k] and ids [nq, k], id -1 where there are fewer. With
+        `allowed` (live ids: removed ones are not passed), only among those, and k of them whenever that many are
+        (see `_search_within`)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed is not None:
+            return self._search_within(queries, k, np.asarray(allowed, np.int64))
         k = max(1, min(k, self.ntotal))
         if not self.ntotal:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
@@ -106,3 +116,47 @@ class VectorIndex:
         if self._selector:
             params = faiss.SearchParametersHNSW(sel=self._selector[1], efSearch=self.cfg.ef_search)
         return self._search.search(queries, k, params=params)
+
+    def _search_within(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """kNN among the `allowed` ids through a FAISS id selector (on the CPU index: GPU indexes take none). An
+        approximate index can come back short when few items match (HNSW walks its graph through items the
+        selector refuses; IVF finds too few in the lists it probes): those queries are searched again exactly."""
+        k = max(1, min(k, len(allowed)))
+        if not len(allowed) or not self.ntotal:
+            return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        selector = faiss.IDSelectorBatch(allowed)
+        if "HNSW" in self.cfg.factory and len(allowed) <= EXACT_SHARE * self.ntotal:
+            return self._exact_within(queries, k, allowed, selector)  # the graph walk would mostly be wasted
+        if self.cfg.nlist:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.cfg.nprobe)
+        elif "HNSW" in self.cfg.factory:
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.cfg.ef_search, k))
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        scores, ids = self.cpu.search(queries, k, params=params)
+        short = (ids >= 0).sum(axis=1) < k
+        if short.any():
+            scores[short], ids[short] = self._exact_within(queries[short], k, allowed, selector)
+        return scores, ids
+
+    def _exact_within(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray, selector: faiss.IDSelector
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k among `allowed`: IVF probing every list, otherwise the stored vectors of those ids scored
+        directly (Flat and HNSW keep theirs in full, in the index wrapped by the id map)."""
+        if self.cfg.nlist:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self.cfg.nlist)
+            return self.cpu.search(queries, k, params=params)
+        wrapper = faiss.downcast_index(self.cpu)
+        id_map = faiss.vector_to_array(wrapper.id_map)
+        positions = np.flatnonzero(np.isin(id_map, allowed))
+        vectors = faiss.downcast_index(wrapper.index).reconstruct_batch(positions)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        every = queries @ vectors.T
+        top = np.argsort(-every, axis=1, kind="stable")[:, :k]
+        scores[:, : top.shape[1]] = np.take_along_axis(every, top, axis=1)
+        ids[:, : top.shape[1]] = id_map[positions][top]
+        return scores, ids

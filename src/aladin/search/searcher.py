@@ -18,11 +18,15 @@ from aladin.encoders.image import ImageEncoder, build_image_encoder
 from aladin.encoders.text import TextEncoder, build_text_encoder
 from aladin.errors import AladinError
 from aladin.index.encoding import model_device
+from aladin.index.filters import Filter, as_filter
 from aladin.index.index import SearchIndex, check_model, model_for_index
 from aladin.index.metadata import IMAGES, TEXTS, id_array
 from aladin.model.aladin import AladinModel
 from aladin.model.alignment import paired_region_word_scores, region_word_scores
 from aladin.search.explain import Explanation, explain_pair
+
+#: A search filter as callers give it: parsed, its text form, or its JSON form (`aladin.index.filters`).
+Where = Filter | str | dict[str, Any] | list[Any] | None
 
 
 class QueryTruncatedWarning(UserWarning):
@@ -147,18 +151,30 @@ class Searcher:
 
     # ---- searching ------------------------------------------------------------------------------
     def search_text(
-        self, query: str, k: int = 10, rerank: int | None = None, where: str | None = None
+        self,
+        query: str,
+        k: int = 10,
+        rerank: int | None = None,
+        where: Where = None,
+        milvus_filter: str | None = None,
     ) -> list[Hit]:
         """Text → images: kNN for the top `rerank` (at least k), re-ranked by the alignment head; rerank=0: kNN only,
         None: the model's validated setting (`Searcher.rerank`).
-        `where` keeps only items whose metadata match (e.g. 'folder == "beach"'; milvus backend)."""
-        return self.search_texts([query], k, rerank, where)[0]
+        `where` keeps only images that match a filter (`aladin.index.filters`: its text form, e.g.
+        "taken>=2020-01-01 and camera~Pixel", its JSON form, or a parsed `Filter`), on any backend;
+        `milvus_filter` only those whose Milvus fields match an expression (e.g. 'folder == "beach"')."""
+        return self.search_texts([query], k, rerank, where, milvus_filter)[0]
 
     def search_texts(
-        self, queries: Sequence[str], k: int = 10, rerank: int | None = None, where: str | None = None
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        rerank: int | None = None,
+        where: Where = None,
+        milvus_filter: str | None = None,
     ) -> list[list[Hit]]:
         """`search_text` for many queries, encoded, searched and re-ranked in batches."""
-        return self.search_encoded(IMAGES, self.encode_texts(queries), k, rerank, where)
+        return self.search_encoded(IMAGES, self.encode_texts(queries), k, rerank, where, milvus_filter)
 
     def search_image(
         self,
@@ -166,15 +182,17 @@ class Searcher:
         k: int = 10,
         rerank: int | None = None,
         target: str = IMAGES,
-        where: str | None = None,
+        where: Where = None,
+        milvus_filter: str | None = None,
     ) -> list[Hit]:
         """Image → similar images (kNN over global vectors: the alignment head scores regions against words, so
         there is nothing to re-rank with and `rerank` is not used), or image → captions (target="texts"),
-        re-ranked like text search."""
+        re-ranked like text search. `where` and `milvus_filter` as in `search_text` (captions through their image)."""
         if target not in (IMAGES, TEXTS):
             raise AladinError(f"search target must be {IMAGES!r} or {TEXTS!r}, got {target!r}")
         query = self.encode_images([image])
-        return self.search_encoded(target, query, k, rerank if target == TEXTS else 0, where)[0]
+        rerank = rerank if target == TEXTS else 0
+        return self.search_encoded(target, query, k, rerank, where, milvus_filter)[0]
 
     def rerank_depth(self, rerank: int | None) -> int:
         """The depth a search with `rerank` uses: the model's validated default when None."""
@@ -182,16 +200,23 @@ class Searcher:
 
     @torch.inference_mode()
     def search_encoded(
-        self, kind: str, queries: EncodedQueries, k: int, rerank: int | None, where: str | None = None
+        self,
+        kind: str,
+        queries: EncodedQueries,
+        k: int,
+        rerank: int | None,
+        where: Where = None,
+        milvus_filter: str | None = None,
     ) -> list[list[Hit]]:
         """Both stages for encoded queries against `kind` ("images" for text queries, "texts" for image ones);
-        the kNN stage only considers items matching the filter `where` when one is given. Re-ranked candidates
-        are ordered by the alignment score plus `fusion` × their kNN score."""
+        the kNN stage only considers items matching the filters when given, so re-ranking sees only those.
+        Re-ranked candidates are ordered by the alignment score plus `fusion` × their kNN score."""
         rerank = self.rerank_depth(rerank)
         if k < 1 or rerank < 0:
             raise AladinError(f"need k >= 1 and rerank >= 0, got k={k}, rerank={rerank}")
         depth = max(k, rerank)
-        scores, ids = self.index.search(kind, queries.global_vectors.float().cpu().numpy(), depth, where)
+        vectors = queries.global_vectors.float().cpu().numpy()
+        scores, ids = self.index.search(kind, vectors, depth, milvus_filter, as_filter(where))
         found = ids >= 0
         candidates = [ids[q][found[q]] for q in range(len(queries))]
         first = [scores[q][found[q]] for q in range(len(queries))]

@@ -1,5 +1,6 @@
 """Text → images and image → images or captions."""
 
+import json
 from collections.abc import Sequence
 from functools import partial
 from typing import Annotated, Literal
@@ -8,7 +9,8 @@ from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 from PIL import Image
 
 from aladin.data.images import ImageTooLarge, decode_image_bytes
-from aladin.errors import DataError
+from aladin.errors import AladinError, DataError
+from aladin.index.filters import Filter, filter_from_json
 from aladin.index.metadata import IMAGES, TEXTS
 from aladin.search.searcher import Hit, Searcher
 from aladin.service.guard import too_big
@@ -42,17 +44,49 @@ def query_warning(searcher: Searcher, text: str) -> str | None:
     return f"the query is {count} tokens long, the text encoder reads only the first {limit}: the rest was ignored"
 
 
+#: The `where` parameter of both searches.
+WHERE = Annotated[
+    str | None,
+    Query(
+        description="only photos matching a filter: its text form (taken>=2020-01-01 and camera~Pixel) or its "
+        'JSON form ({"taken": {">=": "2020-01-01"}, "camera": {"~": "Pixel"}}); see the README'
+    ),
+]
+
+
+def parse_where(where: str | None, limit: int) -> Filter | None:
+    """The `where` parameter as a filter (`aladin.index.filters`): its JSON form when it starts with { or [, else
+    its text form; a bad one is a 400 naming the column or JSON path."""
+    if where is None or not where.strip():
+        return None
+    if len(where) > limit:
+        raise HTTPException(400, f"where: {len(where)} characters; the limit is {limit}")
+    try:
+        return filter_from_json(json.loads(where) if where.lstrip()[0] in "{[" else where)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(400, f"where: not valid JSON ({exc})") from None
+    except AladinError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
 def text_searches(
-    k: int, rerank: int | None, searcher: Searcher, texts: Sequence[str]
+    k: int, rerank: int | None, searcher: Searcher, texts: Sequence[str], where: Filter | None = None
 ) -> list[tuple[int, list[Hit], str | None]]:
-    """Text searches sharing k and re-rank setting, as one batch: what each would get alone, with its warning."""
+    """Text searches sharing k, re-rank setting and filter, as one batch: what each would get alone, with its
+    warning."""
     depth = searcher.rerank_depth(rerank)
-    found = searcher.search_encoded(IMAGES, searcher.encode_texts(texts), k, depth)
+    found = searcher.search_encoded(IMAGES, searcher.encode_texts(texts), k, depth, where)
     return [(depth, hits, query_warning(searcher, text)) for text, hits in zip(texts, found, strict=True)]
 
 
 def image_searches(
-    target: str, k: int, rerank: int | None, max_pixels: int, searcher: Searcher, uploads: Sequence[bytes]
+    target: str,
+    k: int,
+    rerank: int | None,
+    max_pixels: int,
+    searcher: Searcher,
+    uploads: Sequence[bytes],
+    where: Filter | None = None,
 ) -> list[tuple[int, list[Hit]] | HTTPException]:
     """Image uploads sharing target, k and re-rank setting, as one batch (`Searcher.search_image` for many): an
     upload that cannot be decoded gets its own 4xx, the others their hits."""
@@ -64,7 +98,9 @@ def image_searches(
         except HTTPException as exc:
             decoded.append(exc)
     images = [image for image in decoded if isinstance(image, Image.Image)]
-    found = iter(searcher.search_encoded(target, searcher.encode_images(images), k, depth) if images else [])
+    found = iter(
+        searcher.search_encoded(target, searcher.encode_images(images), k, depth, where) if images else []
+    )
     return [image if isinstance(image, HTTPException) else (depth, next(found)) for image in decoded]
 
 
@@ -84,12 +120,16 @@ def router(state: ServiceState) -> APIRouter:
 
     @api.get("/search")
     async def search_text(
-        q: Annotated[str, Query(description="the text to find images for")], k: K = 10, rerank: Rerank = None
+        q: Annotated[str, Query(description="the text to find images for")],
+        k: K = 10,
+        rerank: Rerank = None,
+        where: WHERE = None,
     ) -> SearchOut:
         """Text → images; `warning` says when the query was longer than the text encoder reads."""
         text = state.query(q)
+        chosen = parse_where(where, config.max_query_chars)
         depth, hits, warning = await state.on_model_batched(
-            ("text", k, rerank), partial(text_searches, k, rerank), text
+            ("text", k, rerank, str(chosen)), partial(text_searches, k, rerank, where=chosen), text
         )
         return SearchOut(
             query=q, target="images", rerank=depth, hits=[hit_out(h) for h in hits], warning=warning
@@ -101,8 +141,10 @@ def router(state: ServiceState) -> APIRouter:
         target: Literal["images", "texts"] = "images",
         k: K = 10,
         rerank: Rerank = None,
+        where: WHERE = None,
     ) -> SearchOut:
         """Image → similar images, or image → captions (target=texts, re-ranked like text search)."""
+        chosen = parse_where(where, config.max_query_chars)
         if target == TEXTS and not state.live.current().searcher.index.has_texts:
             raise HTTPException(400, "this index holds no captions (build it with --with-texts)")
         data = await file.read(config.max_upload_bytes + 1)
@@ -111,7 +153,9 @@ def router(state: ServiceState) -> APIRouter:
         if not data:
             raise HTTPException(400, "the upload is empty")
         depth, hits = await state.on_model_batched(
-            ("image", target, k, rerank), partial(image_searches, target, k, rerank, config.max_pixels), data
+            ("image", target, k, rerank, str(chosen)),
+            partial(image_searches, target, k, rerank, config.max_pixels, where=chosen),
+            data,
         )
         name = file.filename or "upload"
         return SearchOut(query=name, target=target, rerank=depth, hits=[hit_out(h) for h in hits])

@@ -32,6 +32,12 @@ function rerankParam() {
   return $("#rerank").checked ? "" : "&rerank=0";
 }
 
+// The filter box (see the README for its syntax): empty means every photo.
+function whereParam() {
+  const where = $("#where").value.trim();
+  return where ? `&where=${encodeURIComponent(where)}` : "";
+}
+
 async function runSearch(url, options, label) {
   const status = $("#status");
   const search = ++state.search; // a slower, older search must not overwrite a newer one's results
@@ -56,8 +62,9 @@ function searchText(event) {
   event?.preventDefault();
   state.query = $("#query").value;
   const q = encodeURIComponent(state.query);
-  history.replaceState(null, "", `?q=${q}`);
-  return runSearch(`/api/search?q=${q}&k=${RESULTS}${rerankParam()}`, {}, `“${shorten(state.query)}”`);
+  history.replaceState(null, "", `?q=${q}${whereParam()}`);
+  const url = `/api/search?q=${q}&k=${RESULTS}${rerankParam()}${whereParam()}`;
+  return runSearch(url, {}, `“${shorten(state.query)}”`);
 }
 
 function searchUpload() {
@@ -66,7 +73,7 @@ function searchUpload() {
   const form = new FormData();
   form.append("file", file);
   state.query = "";
-  const url = `/api/search/image?target=${$("#target").value}&k=${RESULTS}${rerankParam()}`;
+  const url = `/api/search/image?target=${$("#target").value}&k=${RESULTS}${rerankParam()}${whereParam()}`;
   return runSearch(url, { method: "POST", body: form }, shorten(file.name));
 }
 
@@ -244,7 +251,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#close").addEventListener("click", () => dialog.close());
   dialog.addEventListener("close", () => state.opener?.focus());
   showStats();
-  const query = new URLSearchParams(location.search).get("q");
+  const params = new URLSearchParams(location.search);
+  $("#where").value = params.get("where") ?? "";
+  const query = params.get("q");
   if (query) {
     $("#query").value = query;
     searchText();
