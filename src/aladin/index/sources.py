@@ -28,7 +28,7 @@ from aladin.encoders.cache import CachedSplit, load_split
 from aladin.encoders.image import ImageEncoder, RegionBatch
 from aladin.encoders.text import TextEncoder, TokenBatch
 from aladin.errors import AladinError, DataError
-from aladin.index.metadata import ImageRecord, external_id_for
+from aladin.index.metadata import FileState, ImageRecord, external_id_for
 
 logger = logging.getLogger("aladin.index")
 
@@ -111,6 +111,8 @@ class IndexSource(ABC):
     skipped: list[Skipped]
     #: Uses the frozen image/text encoders (False when the features are cached).
     needs_encoders = True
+    #: The `FileState` of each item, recorded for `index sync` (empty: the source does not track its files).
+    file_states: list[FileState] = []
 
     @property
     def captions(self) -> list[tuple[int, str]]:
@@ -172,6 +174,7 @@ class ImageFolderSource(_PictureSource):
         self.name = str(root)
         files, self.skipped = find_images([self.root])
         self.items = [ImageRecord(str(path), external_id_for(self.root, path)) for path in files]
+        self.file_states = [FileState.of(path) for path in files]  # before encoding: later changes show
 
 
 class DatasetSource(_PictureSource):
