@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from index_fixtures import ToyImageEncoder, picture, tiny_model, write_images
+from index_fixtures import ToyImageEncoder, ToyTextEncoder, picture, tiny_model, write_images
 from PIL import Image
 
 from aladin.cli.main import main
@@ -25,6 +25,7 @@ from aladin.index import IMAGES, IndexConfig, SearchIndex, build_index
 from aladin.index.manifest import MANIFEST_NAME, sha256_file
 from aladin.index.sync import SyncReport, plan_sync, sync_folder, watch_folder
 from aladin.model.aladin import AladinModel
+from aladin.search import Searcher
 
 CFG = IndexConfig(batch_size=4)
 
@@ -341,3 +342,25 @@ def test_watch_syncs_as_files_change_and_stops_on_request(tmp_path: Path, model:
         "img001.png",
         "img002.png",
     ]
+
+
+def test_on_milvus_a_moved_file_is_found_by_its_new_folder_and_keeps_its_vector(
+    tmp_path: Path, model: AladinModel, text_encoder: ToyTextEncoder
+) -> None:
+    pytest.importorskip("milvus_lite")
+    pictures = tmp_path / "pics"
+    write_images(pictures / "beach", 3)
+    write_images(pictures / "city", 3, first_seed=10)
+    cfg = IndexConfig(backend="milvus", batch_size=4)
+    index = build_index(pictures, model, tmp_path / "index", cfg, progress=False)
+    vector = index.collection(IMAGES).vectors.fetch(np.array([1]))
+    (pictures / "beach" / "img001.png").rename(pictures / "city" / "moved.png")
+
+    assert len(sync_folder(index, pictures, image_encoder=CountingEncoder()).plan.moved) == 1
+
+    index = _reload(index, model)
+    s = Searcher(index, model, text_encoder, ToyImageEncoder(model.config.image_encoder))
+    city = s.search_text("a red circle", k=10, rerank=0, where='folder == "city"')
+    assert {h.id: h.external_id for h in city}[1] == "city/moved.png"
+    assert 1 not in {h.id for h in s.search_text("a red circle", k=10, rerank=0, where='folder == "beach"')}
+    assert np.array_equal(index.collection(IMAGES).vectors.fetch(np.array([1])), vector)
