@@ -364,3 +364,26 @@ def test_on_milvus_a_moved_file_is_found_by_its_new_folder_and_keeps_its_vector(
     assert {h.id: h.external_id for h in city}[1] == "city/moved.png"
     assert 1 not in {h.id for h in s.search_text("a red circle", k=10, rerank=0, where='folder == "beach"')}
     assert np.array_equal(index.collection(IMAGES).vectors.fetch(np.array([1])), vector)
+
+
+def test_a_file_deleted_while_the_sync_looks_at_the_folder_counts_as_gone(
+    tmp_path: Path, model: AladinModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aladin.index.sync as sync_module
+
+    photos = tmp_path / "photos"
+    write_images(photos, 3)
+    index = _build(photos, tmp_path / "index", model)
+    write_images(photos, 1, first_seed=9)
+    os.utime(photos / "img001.png", ns=(1, 1))  # to be hashed, as the new file is
+    scan = sync_module.scan_image_folder
+
+    def listed_then_deleted(folder: Path) -> tuple[list[Path], list]:
+        found = scan(folder)
+        (photos / "img001.png").unlink()
+        (photos / "img009.png").unlink()
+        return found
+
+    monkeypatch.setattr(sync_module, "scan_image_folder", listed_then_deleted)
+    plan = plan_sync(index, photos)
+    assert [os.path.basename(p) for _, p in plan.removed] == ["img001.png"] and not plan.added

@@ -91,20 +91,21 @@ def plan_sync(index: SearchIndex, folder: str | Path) -> SyncPlan:
     files, skipped = scan_image_folder(folder)
     plan = SyncPlan(folder, skipped=skipped)
     indexed = index.meta.live_files()
-    unknown: list[str] = []  # files whose content must be hashed to tell
+    present: set[str] = set()
     for path in map(str, files):
         known = indexed.get(path)
-        if known is not None and known[1] is not None and known[1].same_stat(os.stat(path)):
+        try:
+            if known is None or known[1] is None or not known[1].same_stat(os.stat(path)):
+                plan.states[path] = FileState.of(path)  # its content tells what it is
+        except OSError:  # deleted (or made unreadable) since the folder was listed: as if it were not there
             continue
-        unknown.append(path)
-    listed = {str(f) for f in files}
-    gone = {path: known for path, known in indexed.items() if path not in listed}
+        present.add(path)
+    gone = {path: known for path, known in indexed.items() if path not in present}
     by_hash: dict[str, list[tuple[int, str]]] = {}
     for path, (image_id, state) in sorted(gone.items()):
         if state is not None:
             by_hash.setdefault(state.sha256, []).append((image_id, path))
-    for path in unknown:
-        state = plan.states[path] = FileState.of(path)
+    for path, state in plan.states.items():
         known = indexed.get(path)
         if known is not None:
             image_id, recorded = known
@@ -203,7 +204,7 @@ def watch_folder(
             if disk_generation(index.directory) != index.generation:  # changed by another command
                 index = SearchIndex.load(index.directory, index.model, verify_checksums=False)
             on_sync(sync_folder(index, folder, image_encoder))
-        except AladinError as exc:
+        except (AladinError, OSError) as exc:
             logger.error("aladin: sync of %s failed: %s (tried again at the next change)", folder, exc)
 
     once()
