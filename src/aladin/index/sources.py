@@ -173,8 +173,15 @@ class ImageFolderSource(_PictureSource):
         self.root = Path(os.path.abspath(root))
         self.name = str(root)
         files, self.skipped = find_images([self.root])
-        self.items = [ImageRecord(str(path), external_id_for(self.root, path)) for path in files]
-        self.file_states = [FileState.of(path) for path in files]  # before encoding: later changes show
+        self.items, self.file_states = [], []
+        for path in files:
+            try:
+                state = FileState.of(path)  # before encoding: a later change shows at the next sync
+            except OSError as exc:  # deleted or made unreadable since the folder was listed
+                self.skipped.append(Skipped(str(path), f"cannot be read ({exc.strerror})"))
+                continue
+            self.items.append(ImageRecord(str(path), external_id_for(self.root, path)))
+            self.file_states.append(state)
 
 
 class DatasetSource(_PictureSource):
