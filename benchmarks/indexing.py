@@ -2,6 +2,7 @@
 
     python benchmarks/indexing.py [--photos 32 --batch-size 8 --repeats 2]
     python benchmarks/indexing.py --rsum [--upscale 2400 --limit 0]
+    python benchmarks/indexing.py --sync [--sync-photos 10000]
 
 It makes its own photo sets under --work (kept for later runs): the 240-px set is COCO photos as they are (or
 generated textures when ../shared/data/coco is absent); the camera sets are the same pictures enlarged to
@@ -15,7 +16,13 @@ loop), interleaved, in one run: ratios, not absolute speeds, are the result.
 bundled model, as it is (its 240-px photos are too small for draft mode to shrink: the pixels are compared) and
 enlarged to camera size (--upscale px on the long side, grain as above), where draft mode decodes at 1/4.
 
-Writes benchmarks/results/indexing.{json,md} (--rsum: indexing_rsum.{json,md}).
+--sync: `aladin index sync` against a full build, in one run: --sync-photos synthetic 64-px JPEGs are indexed
+(the full build, timed), then 1% of them are removed, 1% renamed and 1% new ones added, and the sync is timed
+(index load included, as the command does it). Where building them all takes too long, --sync-rebuild-sample S
+times the build on S of them and scales it (see `sync_check`).
+
+Writes benchmarks/results/indexing.{json,md} (--rsum: indexing_rsum.{json,md}); --sync writes its part of
+indexing.{json,md} and keeps the throughput rows there (and they keep it).
 """
 
 from __future__ import annotations
@@ -46,12 +53,14 @@ from aladin.data.dataset import Dataset, ImageItem  # noqa: E402
 from aladin.data.images import load_image  # noqa: E402
 from aladin.data.readers import load_dataset  # noqa: E402
 from aladin.encoders.cache import extract_features  # noqa: E402
-from aladin.encoders.image import ImageEncoder, build_image_encoder  # noqa: E402
+from aladin.encoders.image import ImageEncoder, RegionBatch, build_image_encoder  # noqa: E402
 from aladin.encoders.text import build_text_encoder  # noqa: E402
 from aladin.fileio import atomic_write, write_json  # noqa: E402
 from aladin.index.builder import build_index  # noqa: E402
 from aladin.index.config import IndexConfig  # noqa: E402
+from aladin.index.index import SearchIndex  # noqa: E402
 from aladin.index.sources import find_images  # noqa: E402
+from aladin.index.sync import sync_folder  # noqa: E402
 from aladin.model.aladin import AladinModel  # noqa: E402
 from aladin.model.pretrained import default_model_dir  # noqa: E402
 
@@ -326,6 +335,160 @@ def rsum_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def small_photos(folder: Path, first: int, count: int) -> list[Path]:
+    """`count` distinct 64-px JPEGs (smooth random colours), named by number from `first`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(first, first + count):
+        rng = np.random.default_rng(i)
+        coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize(
+            (64, 64), Image.BICUBIC
+        )
+        paths.append(folder / f"photo-{i:05d}.jpg")
+        coarse.save(paths[-1], quality=85)
+    return paths
+
+
+class StandInEncoder(ImageEncoder):
+    """Regions shaped like `real`'s (one real picture's, with noise) at no cost: fills a large index quickly
+    when only the sync on it is timed. Pictures are still decoded, as the real encoder would have them."""
+
+    def __init__(self, real: ImageEncoder, picture: Path):
+        self.config, self.decode_size, self.read_ahead = real.config, real.decode_size, real.read_ahead
+        self._template = real.encode([load_image(picture, real.decode_size)])
+        self._rng = torch.Generator().manual_seed(0)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self._template.regions.shape[-1])
+
+    @property
+    def num_regions(self) -> int:
+        return int(self._template.regions.shape[1])
+
+    def encode(self, images: list[Image.Image]) -> RegionBatch:
+        n, t = len(images), self._template
+        noise = torch.randn((n, *t.regions.shape[1:]), generator=self._rng)
+        return RegionBatch(
+            t.regions.expand(n, -1, -1) + noise, t.boxes.expand(n, -1, -1), t.region_mask.expand(n, -1)
+        )
+
+
+def sync_check(args: argparse.Namespace) -> dict[str, Any]:
+    """A full build of --sync-photos small photos, then a sync after 1% were added, removed and renamed.
+
+    With --sync-rebuild-sample S < N, the N-photo index is filled by `StandInEncoder` (untimed) and the full
+    rebuild is timed on the first S photos with the real encoder, then scaled by N / S: encoding, which is
+    linear in the number of photos, is nearly all of a build. The sync is always timed for real on N photos."""
+    n = args.sync_photos
+    sample = args.sync_rebuild_sample or n
+    work = Path(args.work) / f"sync-{n}"
+    shutil.rmtree(work, ignore_errors=True)
+    model = AladinModel.from_pretrained(default_model_dir()).eval()
+    encoder = build_image_encoder(model.config.image_encoder)
+    photos = small_photos(work / "photos", 0, n)
+    cfg = IndexConfig()  # `aladin index build`'s defaults
+
+    def build(folder: Path, out: Path, image_encoder: ImageEncoder) -> float:
+        started = time.perf_counter()
+        build_index(folder, model, out, cfg, image_encoder=image_encoder, progress=False)
+        return time.perf_counter() - started
+
+    build(small_photos(work / "warm-up", 0, 8)[0].parent, work / "warm-up-index", encoder)
+    load_before = os.getloadavg()[1]
+    if sample < n:
+        (work / "sample").mkdir()
+        for path in photos[:sample]:
+            shutil.copyfile(path, work / "sample" / path.name)
+        sample_s = build(work / "sample", work / "sample-index", encoder)
+        build(work / "photos", work / "index", StandInEncoder(encoder, photos[0]))
+        build_s = sample_s * n / sample
+    else:
+        build_s = sample_s = build(work / "photos", work / "index", encoder)
+    step = max(1, n // 100)
+    for path in photos[:step]:
+        path.unlink()
+    for path in photos[step : 2 * step]:
+        path.rename(path.with_name(f"renamed-{path.name}"))
+    small_photos(work / "photos", n, step)
+    started = time.perf_counter()
+    index = SearchIndex.load(work / "index", model, verify_checksums=False)  # as `aladin index sync` loads it
+    report = sync_folder(index, work / "photos", image_encoder=encoder)
+    sync_s = time.perf_counter() - started
+    plan = report.plan
+    counts = {"added": len(plan.added), "removed": len(plan.removed), "moved": len(plan.moved)}
+    if counts != {"added": step, "removed": step, "moved": step} or plan.changed or len(index) != n:
+        sys.exit(f"sync did not do what was changed: {report.summary()}, {len(index)} images")
+    shutil.rmtree(work)
+    return {
+        "photos": n,
+        "rebuild_timed_on": sample,
+        "rebuild_sample_seconds": sample_s,
+        "changed_each": step,
+        "batch_size": cfg.batch_size,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_5min": [load_before, os.getloadavg()[1]],
+        "build_seconds": build_s,
+        "sync_seconds": sync_s,
+        "sync_over_build": sync_s / build_s,
+        "sync_summary": report.summary(),
+    }
+
+
+def sync_markdown(r: dict[str, Any]) -> str:
+    ratio = r["sync_over_build"]
+    return "\n".join(
+        [
+            f"## Sync vs full rebuild: {r['photos']} synthetic 64-px photos, bundled model",
+            "",
+            f"One run: a full `index build` (batches of {r['batch_size']}), then {r['changed_each']} photos "
+            f"(1%) removed, {r['changed_each']} renamed and {r['changed_each']} added, and `index sync` "
+            f"(index load included). {r['cpus']} CPUs (5-minute load average {r['load_average_5min'][0]:.1f} "
+            f"before, {r['load_average_5min'][1]:.1f} after), torch on {r['torch_threads']} threads.",
+            "",
+            "| photos | full build s | photos/s | sync s | sync / build | sync did |",
+            "|---:|---:|---:|---:|---:|---|",
+            f"| {r['photos']} | {r['build_seconds']:.1f} | {r['photos'] / r['build_seconds']:.2f} | "
+            f"{r['sync_seconds']:.2f} | {100 * ratio:.2f}% | {r['sync_summary']} |",
+            "",
+            *(
+                [
+                    f"The full build was timed on the first {r['rebuild_timed_on']} photos "
+                    f"({r['rebuild_sample_seconds']:.1f} s) and scaled to {r['photos']}; the {r['photos']}-photo "
+                    "index was filled with stand-in regions of the same shape, and the sync on it is timed for real.",
+                    "",
+                ]
+                if r["rebuild_timed_on"] < r["photos"]
+                else []
+            ),
+            f"Target: a sync takes ≤ 5% of a full rebuild: {100 * ratio:.2f}% "
+            f"({'met' if ratio <= 0.05 else 'missed'}).",
+            "",
+        ]
+    )
+
+
+_SYNC_HEADING = "## Sync vs full rebuild"
+
+
+def write_indexing(out: Path, key: str | None, result: dict[str, Any], markdown: str) -> None:
+    """indexing.{json,md} with one part replaced (`key` "sync", or None for the throughput rows), the other
+    kept as the last run left it."""
+    path, md_path = out / "indexing.json", out / "indexing.md"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old_md = md_path.read_text() if md_path.is_file() else ""
+    throughput_md, _, sync_md = old_md.partition(_SYNC_HEADING)
+    if key is None:
+        data = {**result, **({"sync": old["sync"]} if "sync" in old else {})}
+        text = markdown + (_SYNC_HEADING + sync_md if sync_md else "")
+    else:
+        data = {**old, key: result}
+        text = throughput_md.rstrip("\n") + "\n\n" + markdown
+    write_json(path, data)
+    atomic_write(md_path, lambda tmp: tmp.write_text(text))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=32, help="photos per set")
@@ -339,13 +502,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rsum", action="store_true", help="compare the bundled model's test rsum instead")
     parser.add_argument("--upscale", type=int, default=2400, help="--rsum: long side of the enlarged photos")
     parser.add_argument("--limit", type=int, default=0, help="--rsum: the first N test photos only (0: all)")
+    parser.add_argument("--sync", action="store_true", help="time `index sync` against a full build instead")
+    parser.add_argument("--sync-photos", type=int, default=10_000, help="--sync: photos in the index")
+    parser.add_argument(
+        "--sync-rebuild-sample",
+        type=int,
+        default=0,
+        help="--sync: time the full rebuild on this many photos and scale it (0: build all of them for real)",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
-    name, result = ("indexing_rsum", rsum_check(args)) if args.rsum else ("indexing", throughput(args))
-    markdown = rsum_markdown(result) if args.rsum else throughput_markdown(result)
     out = Path(args.out)
-    write_json(out / f"{name}.json", result)
-    atomic_write(out / f"{name}.md", lambda tmp: tmp.write_text(markdown))
+    if args.rsum:
+        result = rsum_check(args)
+        markdown = rsum_markdown(result)
+        write_json(out / "indexing_rsum.json", result)
+        atomic_write(out / "indexing_rsum.md", lambda tmp: tmp.write_text(markdown))
+    elif args.sync:
+        result = sync_check(args)
+        markdown = sync_markdown(result)
+        write_indexing(out, "sync", result, markdown)
+    else:
+        result = throughput(args)
+        markdown = throughput_markdown(result)
+        write_indexing(out, None, result, markdown)
     print(markdown)
     print(json.dumps(result, indent=1)[:2000])
     return 0

@@ -124,3 +124,28 @@ def test_a_truncated_store_replaced_by_a_good_copy_is_reopened(live: TestClient,
     )  # a new inode: the old mapping still sees the truncated file, so it must be reopened
     response = live.get("/api/explain", params={"q": "red", "id": 2})
     assert response.status_code == 200 and len(response.json()["similarity"]) == 1
+
+
+def test_a_generation_written_by_sync_is_served_without_restart(
+    tmp_path: Path, model: AladinModel, text_encoder: ToyTextEncoder
+) -> None:
+    from aladin.index.sync import sync_folder
+
+    photos = write_images(tmp_path / "photos", 4)[0].parent
+    first = build_index(photos, model, tmp_path / "index", IndexConfig(), progress=False)
+    with TestClient(
+        create_app(Searcher(first, model, text_encoder), EVERY_REQUEST), base_url=LOCAL
+    ) as client:
+        before = client.get("/stats").json()
+        (photos / "img001.png").rename(photos / "beach.png")
+        (photos / "img002.png").unlink()
+        write_images(photos, 1, first_seed=30)
+        writer = SearchIndex.load(first.directory, model)  # another process, as `aladin index sync` would be
+        sync_folder(writer, photos, image_encoder=ToyImageEncoder(model.config.image_encoder))
+
+        after = client.get("/stats").json()
+        assert after["generation"] == before["generation"] + 1 and after["images"] == before["images"]
+        assert client.get("/api/items/1").json()["external_id"] == "beach.png"  # moved: same id
+        assert closest(thumbnail_of(client, 1)[0], range(40)) == 1
+        assert client.get("/api/items/2").status_code == 404
+        assert client.get("/api/items/4").json()["external_id"] == "img030.png"

@@ -1,4 +1,4 @@
-"""`aladin index build|add|remove|info|migrate` and `aladin search`: flags → the index/search API → a table or JSON.
+"""`aladin index build|add|sync|remove|info|migrate` and `aladin search`: flags → the index/search API → a table or JSON.
 
 `register(subparsers)` adds the commands to the `aladin` parser; each sets `func`, so `args.func(args)` runs it.
 """
@@ -10,6 +10,7 @@ import json
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aladin.cli.models import add_model_flags, load_model, warn_missing_files
@@ -22,7 +23,7 @@ if TYPE_CHECKING:  # rich is imported by the handlers: `aladin --help` stays lig
 
 
 def register(subparsers: Any) -> None:
-    """Add `index build|add|remove|info|migrate` and `search` to an argparse subparsers object."""
+    """Add `index build|add|sync|remove|info|migrate` and `search` to an argparse subparsers object."""
     defaults = IndexConfig()
     index = subparsers.add_parser("index", help="build and maintain a search index")
     commands = index.add_subparsers(dest="index_command", required=True)
@@ -60,6 +61,18 @@ def register(subparsers: Any) -> None:
     add_model_flags(p)
     _add_strict_flag(p)
     p.set_defaults(func=_add)
+
+    p = commands.add_parser(
+        "sync",
+        help="make an index hold exactly the images of its folder, encoding only new and changed files",
+    )
+    p.add_argument("folder", help="the folder of images the index was built from")
+    p.add_argument("--index", required=True, help="index folder (built from FOLDER when it holds none yet)")
+    add_model_flags(p)
+    p.add_argument("--dry-run", action="store_true", help="print what would change and write nothing")
+    p.add_argument("--watch", action="store_true", help="keep syncing as files change (Ctrl-C stops)")
+    _add_strict_flag(p)
+    p.set_defaults(func=_sync)
 
     p = commands.add_parser("remove", help="remove images (and their captions) from an index")
     p.add_argument("index", help="index folder")
@@ -214,6 +227,57 @@ def _add(args: argparse.Namespace) -> None:
     console = Console()
     console.print(f"{report.summary()}; the index now holds {len(index)} images", markup=False)
     _print_skipped(console, [s.to_json() for s in report.skipped])
+
+
+def _sync(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from aladin.index.index import SearchIndex
+    from aladin.index.manifest import MANIFEST_NAME
+    from aladin.index.sync import SyncReport, sync_folder, watch_folder
+
+    console = Console()
+    if args.dry_run and args.watch:
+        raise AladinError("sync: --dry-run and --watch do not go together")
+    exists = (Path(args.index) / MANIFEST_NAME).is_file()
+    if not exists and args.dry_run:
+        console.print(f"{args.index} holds no index: sync would build one of {args.folder}", markup=False)
+        return
+    if not exists:
+        _build_for_sync(args, console)
+    index = SearchIndex.load(args.index, load_model(args, args.index), verify_checksums=False)
+
+    def show(report: SyncReport) -> None:
+        said = "would change" if args.dry_run else f"synced (version {report.generation})"
+        console.print(f"{said}: {report.summary()}; {report.images} images indexed", markup=False)
+        for line in report.plan.lines() if args.dry_run else ():
+            console.print(f"  {line}", markup=False, soft_wrap=True)
+        for bad in report.unreadable:
+            console.print(f"  left out {bad}", markup=False, soft_wrap=True)
+
+    if not args.watch:
+        show(sync_folder(index, args.folder, dry_run=args.dry_run, strict=args.strict, progress=True))
+        return
+    console.print(f"watching {args.folder} (Ctrl-C stops)", markup=False)
+    try:
+        watch_folder(index, args.folder, show)
+    except KeyboardInterrupt:
+        console.print("stopped watching; the index holds the last completed sync", markup=False)
+
+
+def _build_for_sync(args: argparse.Namespace, console: Console) -> None:
+    """`sync` into an empty folder is a build with the default settings."""
+    from aladin.index.builder import build_index
+    from aladin.model.pretrained import default_model_dir
+
+    index = build_index(
+        args.folder,
+        load_model(args),
+        args.index,
+        checkpoint=str(args.model or default_model_dir()),
+        strict=args.strict,
+    )
+    console.print(f"built an index of {len(index)} images from {args.folder}", markup=False)
 
 
 def _remove(args: argparse.Namespace) -> None:

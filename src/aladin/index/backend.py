@@ -97,6 +97,11 @@ class VectorBackend(ABC):
     def remove(self, ids: np.ndarray) -> None:
         """Stage removing `ids` for the next `save`."""
 
+    def relabel(self, ids: np.ndarray, fields: list[dict[str, Any]]) -> None:
+        """Stage new `row_fields` for live `ids` (their file moved; the vectors stay) for the next `save`.
+        Backends that hold no fields have nothing to do."""
+        return None
+
     @abstractmethod
     def save(self, directory: Path, generation: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """Make the staged changes durable before the manifest switch; returns this side's manifest keys and the

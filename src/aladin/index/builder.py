@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from aladin.index.config import INDEX_FORMAT_VERSION, IndexConfig
 from aladin.index.encoding import embed_images, embed_texts, model_device
 from aladin.index.index import SearchIndex
 from aladin.index.manifest import MANIFEST_NAME
-from aladin.index.metadata import IMAGES, TEXTS, ImageRecord, TextRecord
+from aladin.index.metadata import IMAGES, TEXTS, FileState, ImageRecord, TextRecord
 from aladin.index.sources import (
     IndexSource,
     external_id_for,
@@ -47,6 +47,7 @@ from aladin.index.sources import (
     warn_skipped,
 )
 from aladin.index.store import EncodedChunk
+from aladin.index.update import IndexUpdate
 from aladin.model.aladin import AladinModel
 
 BUILDING_DIR = ".building"
@@ -175,6 +176,8 @@ class IndexBuilder:
                 if batch["kept"]:
                     ids = up.add_images(EncodedChunk.load(path), [source.items[i] for i in batch["kept"]])
                     image_ids.update(zip(batch["kept"], ids.tolist(), strict=True))
+                    if source.file_states:
+                        up.record_files(ids.tolist(), [source.file_states[i] for i in batch["kept"]])
             for i, path in enumerate(_chunk_files(shard_dirs, TEXTS, chunks[TEXTS])):
                 chunk = EncodedChunk.load(path)
                 part = captions[i * self.cfg.batch_size :][: len(chunk)]
@@ -321,9 +324,7 @@ def add_images(
     A file already indexed (same path, live) is left as it is, never added twice; files that cannot be indexed
     are left out with a warning and listed in the manifest (`strict`: the first one stops before any change).
     """
-    model = index.model
-    if model is None:
-        raise AladinError(f"{index.directory}: to add images, load the index with the model that built it")
+    encoding_model(index)  # refused before any file is read
     files, skipped = find_images(paths)
     warn_skipped(skipped, strict)
     seen = index.meta.live_paths()
@@ -335,21 +336,51 @@ def add_images(
     old_skipped = index.manifest.get(SKIPPED, [])
     if not new and _merge_skipped(old_skipped, files, skipped) == old_skipped:
         return AddReport([], already, skipped)  # nothing changes: no new version
+    states = [FileState.of(path) for path in new]  # before decoding: a later change shows at the next sync
+    with index.update() as up:
+        ids, bad = encode_files(up, new, states, image_encoder, strict, "add" if progress else None)
+        skipped.extend(bad)
+        up.manifest_entries[SKIPPED] = _merge_skipped(old_skipped, files, skipped)
+    return AddReport(ids, already, skipped)
+
+
+def encode_files(
+    up: IndexUpdate,
+    paths: Sequence[str],
+    states: Sequence[FileState],
+    image_encoder: ImageEncoder | None = None,
+    strict: bool = False,
+    progress: str | None = None,
+) -> tuple[list[int], list[Skipped]]:
+    """Encode image files into update `up`, named like `build` names them, each with its file state (taken
+    before decoding); returns the new ids and the files that could not be read. `progress`: the bar's label."""
+    index = up.index
+    model = encoding_model(index)
     encoder = image_encoder or build_image_encoder(model.config.image_encoder, model_device(model))
     size = index.config.batch_size
-    batches = [new[start : start + size] for start in range(0, len(new), size)]
+    starts = range(0, len(paths), size)
+    batches = [list(paths[start : start + size]) for start in starts]
     ids: list[int] = []
-    with index.update() as up, tqdm(total=len(new), desc="add", unit="image", disable=not progress) as bar:
-        for batch, (images, kept, bad) in zip(
-            batches, read_image_batches(batches, encoder, strict), strict=True
+    skipped: list[Skipped] = []
+    with tqdm(total=len(paths), desc=progress, unit="image", disable=progress is None) as bar:
+        for start, batch, (images, kept, bad) in zip(
+            starts, batches, read_image_batches(batches, encoder, strict), strict=True
         ):
             skipped.extend(bad)
             if images:
                 records = [ImageRecord(batch[i], external_id_for(index.image_root, batch[i])) for i in kept]
-                ids.extend(up.add_images(embed_images(model, encoder.encode(images)), records).tolist())
+                added = up.add_images(embed_images(model, encoder.encode(images)), records).tolist()
+                up.record_files(added, [states[start + i] for i in kept])
+                ids.extend(added)
             bar.update(len(batch))
-        up.manifest_entries[SKIPPED] = _merge_skipped(old_skipped, files, skipped)
-    return AddReport(ids, already, skipped)
+    return ids, skipped
+
+
+def encoding_model(index: SearchIndex) -> AladinModel:
+    """The model images are encoded with: the one the index was loaded with."""
+    if index.model is None:
+        raise AladinError(f"{index.directory}: to add images, load the index with the model that built it")
+    return index.model
 
 
 def _merge_skipped(

@@ -11,6 +11,7 @@ as they were stored (absolute, or relative to the working directory).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -39,6 +40,13 @@ CREATE TABLE texts (
 CREATE INDEX texts_by_image ON texts(image_id);
 """
 _SETTINGS = "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+# What each image file looked like when it was encoded (see `FileState`), for `aladin index sync`. Databases
+# written before it existed have no such table: the next version written from one adds it (the migration),
+# and until then their images read as of unknown state.
+_FILES = """CREATE TABLE IF NOT EXISTS files (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id),
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL
+);"""
 _ROOT, _ROOT_FROM_INDEX = "image_root", "image_root_from_index"
 #: The photo facts (`aladin.index.exif.PhotoFacts`) kept per image; indexes written before them have none
 #: (NULL: unknown), and their next version gains the columns.
@@ -60,6 +68,28 @@ class ImageRecord:
     path: str
     external_id: str
     captions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FileState:
+    """An image file as it was when encoded: size and mtime tell cheaply that it may have changed, the content
+    hash confirms it (and recognises the file again after a move or rename)."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: str | Path) -> FileState:
+        """The state of the file at `path` now: stat first, so that a change during hashing shows next time."""
+        st = os.stat(path)
+        with open(path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        return cls(st.st_size, st.st_mtime_ns, digest)
+
+    def same_stat(self, st: os.stat_result) -> bool:
+        """Whether `st` (an `os.stat` of the file) shows the size and mtime recorded: then it is unchanged."""
+        return (self.size, self.mtime_ns) == (st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -136,7 +166,7 @@ class Metadata:
     @classmethod
     def empty(cls) -> Metadata:
         connection = sqlite3.connect(":memory:", check_same_thread=False)
-        connection.executescript(_SCHEMA + _SETTINGS)
+        connection.executescript(_SCHEMA + _SETTINGS + _FILES)
         return cls(connection)
 
     @classmethod
@@ -173,6 +203,27 @@ class Metadata:
         missing = [path for path in paths if not os.path.isfile(path)]
         root = self.image_root or (os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else "")
         return MissingFiles(missing, len(paths), str(root))
+
+    def live_files(self) -> dict[str, tuple[int, FileState | None]]:
+        """Absolute file path → (id, recorded `FileState`, None if unknown) of every live image."""
+        query = (
+            "SELECT i.id, i.path, f.size, f.mtime_ns, f.sha256 FROM images i "
+            "LEFT JOIN files f ON f.image_id = i.id WHERE i.deleted = 0"
+        )
+        try:
+            rows = self.connection.execute(query).fetchall()
+        except sqlite3.OperationalError:  # written before file states were recorded
+            rows = [
+                (*row, None, None, None)
+                for row in self.connection.execute("SELECT id, path FROM images WHERE deleted = 0")
+            ]
+        return {
+            os.path.abspath(self.resolve(path)): (
+                i,
+                None if digest is None else FileState(size, mtime, digest),
+            )
+            for i, path, size, mtime, digest in rows
+        }
 
     def close(self) -> None:
         self.connection.close()
@@ -236,13 +287,17 @@ class Metadata:
         texts: Sequence[tuple[int, TextRecord]],
         removed_images: np.ndarray,
         removed_texts: np.ndarray,
+        moved: Sequence[tuple[int, ImageRecord]] = (),
+        files: Sequence[tuple[int, FileState]] = (),
     ) -> None:
-        """Write the next version to `path`: this database plus the changes (this one stays as it is)."""
+        """Write the next version to `path`: this database plus the changes (this one stays as it is). `moved`:
+        images whose file moved (new path and external id, same id); `files`: the file state of images."""
         target = sqlite3.connect(path)
         try:
             self.connection.backup(target)
             with target:
                 target.execute(_SETTINGS)
+                target.execute(_FILES)
                 held = {row[1] for row in target.execute("PRAGMA table_info(images)")}
                 for name, kind in _FACTS.items():  # a database from before the facts gains their columns
                     if name not in held:
@@ -266,10 +321,21 @@ class Metadata:
                     "INSERT INTO texts (id, image_id, caption) VALUES (?, ?, ?)",
                     [(i, r.image_id, r.caption) for i, r in texts],
                 )
+                target.executemany(
+                    "UPDATE images SET path = ?, external_id = ? WHERE id = ?",
+                    [(self._stored(r.path), r.external_id, i) for i, r in moved],
+                )
+                target.executemany(
+                    "INSERT OR REPLACE INTO files (image_id, size, mtime_ns, sha256) VALUES (?, ?, ?, ?)",
+                    [(i, f.size, f.mtime_ns, f.sha256) for i, f in files],
+                )
                 for table, removed in ((IMAGES, removed_images), (TEXTS, removed_texts)):
                     target.executemany(
                         f"UPDATE {table} SET deleted = 1 WHERE id = ?", [(int(i),) for i in removed]
                     )
+                target.executemany(
+                    "DELETE FROM files WHERE image_id = ?", [(int(i),) for i in removed_images]
+                )
         finally:
             target.close()
 

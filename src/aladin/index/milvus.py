@@ -120,6 +120,7 @@ class MilvusBackend(VectorBackend):
         self.bound = bound  # ids below this are committed; search returns nothing else
         self._added: list[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]] = []
         self._removed = np.zeros(0, np.int64)
+        self._relabeled: list[tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]] = []
         self._staged_bound = bound
         self._pending: dict[str, str] | None = None  # properties of the collection to create on save
         self._search_params: dict[str, Any] = {}
@@ -296,6 +297,11 @@ class MilvusBackend(VectorBackend):
     def remove(self, ids: np.ndarray) -> None:
         self._removed = np.union1d(self._removed, np.asarray(ids, np.int64))
 
+    def relabel(self, ids: np.ndarray, fields: list[dict[str, Any]]) -> None:
+        """Rows keep their id and vector; `save` upserts them with the new fields (row by row atomic: a failed
+        switch leaves some with the new fields, which the next sync writes again)."""
+        self._relabeled.append((np.asarray(ids, np.int64), self.fetch(ids), fields))
+
     def save(self, directory: Path, generation: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """Sweep leftovers of failed updates, apply removals, insert and flush (sealed, indexed segments keep
         search fast); nothing new is visible to search before `commit` raises the id bound."""
@@ -306,18 +312,31 @@ class MilvusBackend(VectorBackend):
         for start in range(0, len(self._removed), BATCH):
             self._call("delete", self.client.delete, name, ids=self._removed[start : start + BATCH].tolist())
         for ids, vectors, fields in self._added:
-            for start in range(0, len(ids), BATCH):
-                stop = start + BATCH
-                rows = [
-                    {"id": int(i), "vector": v, **f}
-                    for i, v, f in zip(ids[start:stop], vectors[start:stop], fields[start:stop], strict=True)
-                ]
-                self._call("insert", self.client.insert, name, rows)
+            self._write_rows("insert", self.client.insert, name, ids, vectors, fields)
             if len(ids):
                 self._staged_bound = max(self._staged_bound, int(ids.max()) + 1)
+        for ids, vectors, fields in self._relabeled:
+            self._write_rows("upsert", self.client.upsert, name, ids, vectors, fields)
         self._call("flush", self.client.flush, name)
         self._call("load", self.client.load_collection, name)
         return {"vectors": None, "collection": name}, {}
+
+    def _write_rows(
+        self,
+        what: str,
+        fn: Any,
+        name: str,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        fields: list[dict[str, Any]],
+    ) -> None:
+        for start in range(0, len(ids), BATCH):
+            stop = start + BATCH
+            rows = [
+                {"id": int(i), "vector": v, **f}
+                for i, v, f in zip(ids[start:stop], vectors[start:stop], fields[start:stop], strict=True)
+            ]
+            self._call(what, fn, name, rows)
 
     def commit(self) -> None:
         self.bound = self._staged_bound
@@ -326,6 +345,7 @@ class MilvusBackend(VectorBackend):
     def discard(self) -> None:
         """Forget the staged changes; rows already written stay invisible (above the bound) until swept."""
         self._added, self._removed, self._staged_bound = [], np.zeros(0, np.int64), self.bound
+        self._relabeled = []
 
     def _create_collection(self, generation: int) -> str:
         """A new collection for this version; a leftover of an interrupted build of the same index folder is

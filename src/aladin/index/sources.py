@@ -28,7 +28,7 @@ from aladin.encoders.cache import CachedSplit, load_split
 from aladin.encoders.image import ImageEncoder, RegionBatch
 from aladin.encoders.text import TextEncoder, TokenBatch
 from aladin.errors import AladinError, DataError
-from aladin.index.metadata import ImageRecord, external_id_for
+from aladin.index.metadata import FileState, ImageRecord, external_id_for
 
 logger = logging.getLogger("aladin.index")
 
@@ -111,6 +111,8 @@ class IndexSource(ABC):
     skipped: list[Skipped]
     #: Uses the frozen image/text encoders (False when the features are cached).
     needs_encoders = True
+    #: The `FileState` of each item, recorded for `index sync` (empty: the source does not track its files).
+    file_states: list[FileState] = []
 
     @property
     def captions(self) -> list[tuple[int, str]]:
@@ -171,7 +173,15 @@ class ImageFolderSource(_PictureSource):
         self.root = Path(os.path.abspath(root))
         self.name = str(root)
         files, self.skipped = find_images([self.root])
-        self.items = [ImageRecord(str(path), external_id_for(self.root, path)) for path in files]
+        self.items, self.file_states = [], []
+        for path in files:
+            try:
+                state = FileState.of(path)  # before encoding: a later change shows at the next sync
+            except OSError as exc:  # deleted or made unreadable since the folder was listed
+                self.skipped.append(Skipped(str(path), f"cannot be read ({exc.strerror})"))
+                continue
+            self.items.append(ImageRecord(str(path), external_id_for(self.root, path)))
+            self.file_states.append(state)
 
 
 class DatasetSource(_PictureSource):

@@ -22,7 +22,7 @@ from aladin.index.manifest import (
     write_manifest,
     writer_lock,
 )
-from aladin.index.metadata import IMAGES, TEXTS, ImageRecord, TextRecord, id_array
+from aladin.index.metadata import IMAGES, TEXTS, FileState, ImageRecord, TextRecord, id_array
 from aladin.index.store import EncodedChunk, SegmentWriter
 
 if TYPE_CHECKING:
@@ -49,6 +49,8 @@ class IndexUpdate:
         self._images: dict[int, ImageRecord] = {}
         self._texts: list[tuple[int, TextRecord]] = []
         self._removed = {kind: np.zeros(0, np.int64) for kind in (IMAGES, TEXTS)}
+        self._moved: dict[int, ImageRecord] = {}
+        self._files: dict[int, FileState] = {}
         #: Other manifest entries this version sets (e.g. the files a build or add left out): published with it,
         #: never seen in memory before the commit.
         self.manifest_entries: dict[str, Any] = {}
@@ -139,6 +141,31 @@ class IndexUpdate:
         self._removed[IMAGES] = np.union1d(self._removed[IMAGES], ids)
         self._removed[TEXTS] = np.union1d(self._removed[TEXTS], self.index.meta.texts_of(ids.tolist()))
 
+    def move_image(self, image_id: int, record: ImageRecord) -> None:
+        """Stage a new path and external id for a live image whose file moved: its vectors stay as they are."""
+        if self.index.meta.missing(IMAGES, [image_id]) or image_id in self._removed[IMAGES]:
+            raise AladinError(f"{self.index.directory}: no image with id {image_id} to move")
+        self._moved[int(image_id)] = record
+
+    def record_files(self, ids: Sequence[int], states: Sequence[FileState]) -> None:
+        """Stage the file state (`FileState`) of images, staged here or already indexed, for `index sync`."""
+        self._files.update(zip(map(int, ids), states, strict=True))
+
+    def _relabel_moved(self, kind: str) -> None:
+        """Give the backend of `kind` the new `row_fields` of moved images (and of their captions)."""
+        if not self._moved:
+            return
+        moved = sorted(self._moved)
+        if kind == IMAGES:
+            owners = [(i, i) for i in moved]
+        else:
+            texts = self.index.meta.texts(self.index.meta.texts_of(moved).tolist())
+            owners = [(t, texts[t].image_id) for t in sorted(texts)]
+        if owners:
+            ids = np.array([item for item, _ in owners], np.int64)
+            fields = [row_fields(owner, self._moved[owner]) for _, owner in owners]
+            self.index.collection(kind).vectors.relabel(ids, fields)
+
     def _discard(self) -> None:
         for writer in self._writers.values():
             writer.discard()
@@ -181,6 +208,7 @@ class IndexUpdate:
                 start += len(ids)
             if len(self._removed[kind]):
                 current.vectors.remove(self._removed[kind])
+            self._relabel_moved(kind)
             keys, records = current.vectors.save(directory, self.generation)
             entry.update(keys)
             files.update(records)
@@ -205,7 +233,13 @@ class IndexUpdate:
         files[meta] = publish_with(
             directory / meta,
             lambda tmp: index.meta.write_version(
-                tmp, list(self._images.items()), self._texts, self._removed[IMAGES], self._removed[TEXTS]
+                tmp,
+                list(self._images.items()),
+                self._texts,
+                self._removed[IMAGES],
+                self._removed[TEXTS],
+                sorted(self._moved.items()),
+                sorted(self._files.items()),
             ),
         )
         manifest = {
