@@ -43,18 +43,25 @@ def query_warning(searcher: Searcher, text: str) -> str | None:
 
 
 def text_searches(
-    k: int, rerank: int | None, searcher: Searcher, texts: Sequence[str]
+    k: int, rerank: int | None, searcher: Searcher, texts: Sequence[str], collapse: bool = False
 ) -> list[tuple[int, list[Hit], str | None]]:
-    """Text searches sharing k and re-rank setting, as one batch: what each would get alone, with its warning."""
+    """Text searches sharing k, re-rank and collapse settings, as one batch: what each would get alone, with its
+    warning."""
     depth = searcher.rerank_depth(rerank)
-    found = searcher.search_encoded(IMAGES, searcher.encode_texts(texts), k, depth)
+    found = searcher.search_encoded(IMAGES, searcher.encode_texts(texts), k, depth, collapse=collapse)
     return [(depth, hits, query_warning(searcher, text)) for text, hits in zip(texts, found, strict=True)]
 
 
 def image_searches(
-    target: str, k: int, rerank: int | None, max_pixels: int, searcher: Searcher, uploads: Sequence[bytes]
+    target: str,
+    k: int,
+    rerank: int | None,
+    max_pixels: int,
+    searcher: Searcher,
+    uploads: Sequence[bytes],
+    collapse: bool = False,
 ) -> list[tuple[int, list[Hit]] | HTTPException]:
-    """Image uploads sharing target, k and re-rank setting, as one batch (`Searcher.search_image` for many): an
+    """Image uploads sharing target, k, re-rank and collapse settings, as one batch (`Searcher.search_image` for many): an
     upload that cannot be decoded gets its own 4xx, the others their hits."""
     depth = searcher.rerank_depth(rerank) if target == TEXTS else 0
     decoded: list[Image.Image | HTTPException] = []
@@ -64,7 +71,11 @@ def image_searches(
         except HTTPException as exc:
             decoded.append(exc)
     images = [image for image in decoded if isinstance(image, Image.Image)]
-    found = iter(searcher.search_encoded(target, searcher.encode_images(images), k, depth) if images else [])
+    found = iter(
+        searcher.search_encoded(target, searcher.encode_images(images), k, depth, collapse=collapse)
+        if images
+        else []
+    )
     return [image if isinstance(image, HTTPException) else (depth, next(found)) for image in decoded]
 
 
@@ -81,15 +92,22 @@ def router(state: ServiceState) -> APIRouter:
             "setting chosen on validation)",
         ),
     ]
+    Collapse = Annotated[
+        bool,
+        Query(description="one hit per group of near-duplicate images, its `similar` counting the others"),
+    ]
 
     @api.get("/search")
     async def search_text(
-        q: Annotated[str, Query(description="the text to find images for")], k: K = 10, rerank: Rerank = None
+        q: Annotated[str, Query(description="the text to find images for")],
+        k: K = 10,
+        rerank: Rerank = None,
+        collapse: Collapse = False,
     ) -> SearchOut:
         """Text → images; `warning` says when the query was longer than the text encoder reads."""
         text = state.query(q)
         depth, hits, warning = await state.on_model_batched(
-            ("text", k, rerank), partial(text_searches, k, rerank), text
+            ("text", k, rerank, collapse), partial(text_searches, k, rerank, collapse=collapse), text
         )
         return SearchOut(
             query=q, target="images", rerank=depth, hits=[hit_out(h) for h in hits], warning=warning
@@ -101,8 +119,10 @@ def router(state: ServiceState) -> APIRouter:
         target: Literal["images", "texts"] = "images",
         k: K = 10,
         rerank: Rerank = None,
+        collapse: Collapse = False,
     ) -> SearchOut:
-        """Image → similar images, or image → captions (target=texts, re-ranked like text search)."""
+        """Image → similar images, or image → captions (target=texts, re-ranked like text search); `collapse`
+        applies to image hits."""
         if target == TEXTS and not state.live.current().searcher.index.has_texts:
             raise HTTPException(400, "this index holds no captions (build it with --with-texts)")
         data = await file.read(config.max_upload_bytes + 1)
@@ -111,7 +131,9 @@ def router(state: ServiceState) -> APIRouter:
         if not data:
             raise HTTPException(400, "the upload is empty")
         depth, hits = await state.on_model_batched(
-            ("image", target, k, rerank), partial(image_searches, target, k, rerank, config.max_pixels), data
+            ("image", target, k, rerank, collapse),
+            partial(image_searches, target, k, rerank, config.max_pixels, collapse=collapse),
+            data,
         )
         name = file.filename or "upload"
         return SearchOut(query=name, target=target, rerank=depth, hits=[hit_out(h) for h in hits])
