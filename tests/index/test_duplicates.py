@@ -162,6 +162,7 @@ def test_image_search_collapses_too_and_a_new_version_regroups(
     searcher = searcher_for(index)
     hits = searcher.search_image(folder / "p0.jpg", k=3, collapse=True)
     assert len(hits) == 3 and names(index, [hits[0].id]) == ["p0.jpg"] and hits[0].similar == 3
+    assert not any(name.startswith("p0_") for name in names(index, [h.id for h in hits]))  # collapsed into p0
     ids = index.meta.ids("images").tolist()
     copies = [i for i, name in zip(ids, names(index, ids), strict=True) if name.startswith("p0_")]
     index.remove(copies)  # the group of p0 is gone with its copies: the cached groups are of the old version
