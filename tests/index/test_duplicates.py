@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -220,3 +221,18 @@ def test_search_collapse_from_the_command_line(tmp_path: Path, capsys: pytest.Ca
     assert sum(h["similar"] for h in hits) > 0
     run_cli([*query[:-1], "--collapse"])
     assert "similar" in capsys.readouterr().out  # the table's column
+
+
+def test_an_index_written_before_duplicates_existed_groups_and_collapses(tmp_path: Path) -> None:
+    legacy = Path(__file__).resolve().parents[1] / "fixtures" / "legacy" / "index"
+    shutil.copytree(legacy, tmp_path / "legacy")  # nothing the test does may change the fixture
+    model = AladinModel.from_pretrained(tmp_path / "legacy" / "model", "cpu")
+    loose = DuplicateConfig(threshold=-1.0)  # every image a near-duplicate of every other: one group
+    searcher = Searcher.open(
+        tmp_path / "legacy" / "index", model, text_encoder=ToyTextEncoder(), duplicates=loose
+    )
+    total = len(searcher.index)
+    assert [len(g.members) for g in find_duplicates(searcher.index, loose)] == [total]
+    assert len(searcher.search_text("a red circle", k=4, rerank=0)) == 4
+    hits = searcher.search_text("a red circle", k=4, rerank=0, collapse=True)
+    assert len(hits) == 1 and hits[0].similar == total - 1
