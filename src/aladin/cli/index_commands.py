@@ -350,7 +350,8 @@ def _duplicates(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"threshold": args.threshold, "groups": [g.to_json() for g in groups]}, indent=2))
         return
-    table = Table(title=f"{len(groups)} groups of near-duplicates (cosine >= {args.threshold})")
+    plural = "" if len(groups) == 1 else "s"
+    table = Table(title=f"{len(groups)} group{plural} of near-duplicates (cosine >= {args.threshold})")
     for column in ("group", "id", "similarity", "path"):
         table.add_column(column, justify="left" if column == "path" else "right")
     for number, group in enumerate(groups, start=1):
