@@ -13,6 +13,7 @@ from index_fixtures import ToyImageEncoder, ToyTextEncoder, built, dataset, mode
 from service_limits import LIMITS, LOCAL  # noqa: E402
 
 from aladin.index import SearchIndex  # noqa: E402
+from aladin.index.config import DuplicateConfig  # noqa: E402
 from aladin.model.aladin import AladinModel  # noqa: E402
 from aladin.search import Searcher  # noqa: E402
 from aladin.service.app import create_app  # noqa: E402
@@ -20,7 +21,12 @@ from aladin.service.app import create_app  # noqa: E402
 
 @pytest.fixture
 def searcher(built: SearchIndex, model: AladinModel, text_encoder: ToyTextEncoder) -> Searcher:  # noqa: F811
-    return Searcher(built, model, text_encoder, ToyImageEncoder(model.config.image_encoder))
+    # The toy model's vectors are nearly parallel (distinct pictures reach cosine 0.997): only identical pictures
+    # are near-duplicates, so that a collapsed search (the page's) keeps the distinct ones apart.
+    duplicates = DuplicateConfig(threshold=0.9999)
+    return Searcher(
+        built, model, text_encoder, ToyImageEncoder(model.config.image_encoder), duplicates=duplicates
+    )
 
 
 @pytest.fixture

@@ -200,3 +200,30 @@ def test_the_filter_box_narrows_the_hits_and_names_a_bad_filter(server: str) -> 
         finally:
             browser.close()
     assert not errors, errors
+
+
+def test_the_page_collapses_near_duplicates_with_a_badge(
+    server: str, searcher: Searcher, dataset: Path
+) -> None:
+    executable = chromium_or_skip()
+    from playwright.sync_api import expect, sync_playwright
+
+    for n in range(2):  # two byte-identical copies of one picture join the index: one group of 3
+        shutil.copyfile(dataset / "images" / "img000.png", dataset / "images" / f"img000-copy{n}.png")
+    searcher.index.add(sorted((dataset / "images").glob("img000-copy*.png")), searcher.image_encoder)
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{server}/?q=red%20circle")
+            expect(page.locator("#results .result")).to_have_count(12)  # 14 images, 12 distinct
+            badge = page.locator("#results .result .similar")
+            expect(badge).to_have_count(1)
+            expect(badge).to_have_text("2 similar")
+            label = badge.locator("xpath=..").locator(".label").inner_text()
+            assert label.startswith("img000")
+        finally:
+            browser.close()
+    assert not errors, errors

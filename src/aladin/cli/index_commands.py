@@ -1,4 +1,5 @@
-"""`aladin index build|add|sync|remove|info|migrate` and `aladin search`: flags → the index/search API → a table or JSON.
+"""`aladin index build|add|sync|remove|info|migrate|duplicates` and `aladin search`: flags → the index/search API → a
+table or JSON.
 
 `register(subparsers)` adds the commands to the `aladin` parser; each sets `func`, so `args.func(args)` runs it.
 """
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aladin.cli.models import add_model_flags, load_model, warn_missing_files
 from aladin.errors import AladinError
-from aladin.index.config import BACKENDS, REGION_DTYPES, IndexConfig
+from aladin.index.config import BACKENDS, REGION_DTYPES, DuplicateConfig, IndexConfig
 
 if TYPE_CHECKING:  # rich is imported by the handlers: `aladin --help` stays light
     from rich.console import Console
@@ -23,7 +24,7 @@ if TYPE_CHECKING:  # rich is imported by the handlers: `aladin --help` stays lig
 
 
 def register(subparsers: Any) -> None:
-    """Add `index build|add|sync|remove|info|migrate` and `search` to an argparse subparsers object."""
+    """Add `index build|add|sync|remove|info|migrate|duplicates` and `search` to an argparse subparsers object."""
     defaults = IndexConfig()
     index = subparsers.add_parser("index", help="build and maintain a search index")
     commands = index.add_subparsers(dest="index_command", required=True)
@@ -93,6 +94,8 @@ def register(subparsers: Any) -> None:
     _add_backend_flags(p)
     p.set_defaults(func=_migrate)
 
+    _add_duplicates_parser(commands)
+
     p = subparsers.add_parser("search", help="search an index with a text (or --image)")
     p.add_argument("query", nargs="?", help="the text to search images for")
     p.add_argument("--image", help="search with this image instead of a text")
@@ -126,6 +129,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--skip-checksums", action="store_true", help="check file sizes only when loading (faster)"
+    )
+    p.add_argument(
+        "--collapse",
+        action="store_true",
+        help="one hit per group of near-duplicate images (its 'similar' column counts the others)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_search)
@@ -357,20 +365,23 @@ def _search(args: argparse.Namespace) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", QueryTruncatedWarning)
         if args.image is not None:
-            hits = searcher.search_image(args.image, args.k, args.rerank, args.target, where, args.filter)
+            hits = searcher.search_image(
+                args.image, args.k, args.rerank, args.target, where, args.filter, args.collapse
+            )
         else:
-            hits = searcher.search_text(args.query, args.k, args.rerank, where, args.filter)
+            hits = searcher.search_text(args.query, args.k, args.rerank, where, args.filter, args.collapse)
     for warning in caught:
         print(f"aladin: warning: {warning.message}", file=sys.stderr)
     query = args.query if args.image is None else args.image
     if args.json:
         print(json.dumps({"query": query, "hits": [hit.to_json() for hit in hits]}, indent=2))
         return
-    Console().print(_hits_table(query, hits))
+    Console().print(_hits_table(query, hits, args.collapse))
 
 
-def _hits_table(query: str, hits: list[Any]) -> Table:
-    """The results as a table titled by the query (its start, for a long one)."""
+def _hits_table(query: str, hits: list[Any], collapse: bool = False) -> Table:
+    """The results as a table titled by the query (its start, for a long one); collapsed: with the count of
+    near-duplicates each hit stands for."""
     from rich.table import Table
 
     shown = query if len(query) <= 80 else query[:77] + "..."
@@ -379,9 +390,45 @@ def _hits_table(query: str, hits: list[Any]) -> Table:
         table.add_column(column, justify="right")
     table.add_column("external id")
     table.add_column("caption" if hits and hits[0].caption else "path")
+    if collapse:
+        table.add_column("similar", justify="right")
     for rank, hit in enumerate(hits, start=1):
         knn = "" if hit.first_stage_score is None else f"{hit.first_stage_score:.4f}"
-        table.add_row(
-            str(rank), str(hit.id), f"{hit.score:.4f}", knn, hit.external_id, hit.caption or hit.path
-        )
+        row = [str(rank), str(hit.id), f"{hit.score:.4f}", knn, hit.external_id, hit.caption or hit.path]
+        table.add_row(*row, *([str(hit.similar)] if collapse else []))
     return table
+
+
+def _add_duplicates_parser(commands: Any) -> None:
+    p = commands.add_parser("duplicates", help="list groups of near-duplicate images in an index")
+    p.add_argument("--index", required=True, help="index folder")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DuplicateConfig().threshold,
+        help="least cosine of two images' vectors that makes them near-duplicates (higher: stricter)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_duplicates)
+
+
+def _duplicates(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from aladin.index.duplicates import find_duplicates
+
+    groups = find_duplicates(args.index, DuplicateConfig(threshold=args.threshold))
+    if args.json:
+        print(json.dumps({"threshold": args.threshold, "groups": [g.to_json() for g in groups]}, indent=2))
+        return
+    plural = "" if len(groups) == 1 else "s"
+    table = Table(title=f"{len(groups)} group{plural} of near-duplicates (cosine >= {args.threshold})")
+    for column in ("group", "id", "similarity", "path"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for number, group in enumerate(groups, start=1):
+        for member in group.members:
+            keep = " (best)" if member is group.best else ""
+            table.add_row(str(number), str(member.id), f"{member.similarity:.4f}", member.path + keep)
+        table.add_section()
+    Console().print(table)

@@ -15,6 +15,8 @@ _WHERE = {
     "INDEX_FORMAT_VERSION": "config",
     "REGION_DTYPES": "config",
     "IndexConfig": "config",
+    "DuplicateConfig": "config",
+    "find_duplicates": "duplicates",
     "IndexUpdate": "update",
     "SearchIndex": "index",
     "SyncPlan": "sync",

@@ -103,3 +103,32 @@ def saved_index_config(data: dict[str, Any], where: str) -> IndexConfig:
     """A manifest's `index_config`: absent fields take the defaults, except the store, which takes the one such
     an index was built with (later segments must match the first, whatever today's default)."""
     return config_from_dict(IndexConfig, {"region_dtype": LEGACY_REGION_DTYPE, **data}, where)
+
+
+#: Which vector of an image is compared: the matching head's global vector ("global") or the mean of its stored
+#: region rows ("regions"); benchmarks/duplicates.py measures both on COCO photos.
+FEATURES = ("global", "regions")
+
+
+@dataclass(frozen=True)
+class DuplicateConfig:
+    """`threshold`: the least cosine that links two photos as near-duplicates; `feature`: see `FEATURES`;
+    `neighbours`: how many nearest images each image is compared with (global feature: the index's kNN).
+
+    Both defaults are the bundled model's, chosen by benchmarks/duplicates.py on the COCO train photos and their
+    generated copies (best pair F1: 0.994 at 0.85 with the global vectors, 0.975 at best with pooled regions;
+    results/duplicates.md). Another model's vectors may need another threshold."""
+
+    threshold: float = 0.85
+    feature: str = "global"
+    neighbours: int = 32
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 1:
+            raise AladinError(f"duplicates neighbours: expected at least 1, got {self.neighbours}")
+        if not -1.0 <= float(self.threshold) <= 1.0:
+            raise AladinError(f"duplicates threshold: expected a cosine in [-1, 1], got {self.threshold}")
+        if self.feature not in FEATURES:
+            raise AladinError(
+                f"duplicates feature: expected one of {', '.join(FEATURES)}, got {self.feature!r}"
+            )

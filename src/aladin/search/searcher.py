@@ -17,6 +17,8 @@ from aladin.data.images import load_image
 from aladin.encoders.image import ImageEncoder, build_image_encoder
 from aladin.encoders.text import TextEncoder, build_text_encoder
 from aladin.errors import AladinError
+from aladin.index.config import DuplicateConfig
+from aladin.index.duplicates import GroupIndex, duplicate_groups
 from aladin.index.encoding import model_device
 from aladin.index.filters import Filter, as_filter
 from aladin.index.index import SearchIndex, check_model, model_for_index
@@ -44,6 +46,7 @@ class Hit:
     external_id: str
     image_id: int
     caption: str | None = None  # set for caption hits
+    similar: int = 0  # collapsed search: how many near-duplicates of this image its hit stands for
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,6 +63,11 @@ class EncodedQueries:
     def __len__(self) -> int:
         return len(self.global_vectors)
 
+    def subset(self, rows: Sequence[int]) -> EncodedQueries:
+        """Only these queries (to search again those that need more candidates)."""
+        pick = torch.as_tensor(list(rows), dtype=torch.long, device=self.global_vectors.device)
+        return EncodedQueries(self.global_vectors[pick], self.rows[pick], self.mask[pick])
+
 
 class Searcher:
     """Searches `index` with the model that built it (checked); encoders default to those the model names."""
@@ -71,6 +79,7 @@ class Searcher:
         text_encoder: TextEncoder | None = None,
         image_encoder: ImageEncoder | None = None,
         pair_batch: int = 2048,
+        duplicates: DuplicateConfig | None = None,
     ):
         check_model(index.manifest, model, index.directory)
         self.index = index
@@ -79,6 +88,8 @@ class Searcher:
         #: re-rank score.
         self.rerank = model.rerank
         self.pair_batch = pair_batch
+        #: What counts as a near-duplicate when a search collapses them.
+        self.duplicates = duplicates or DuplicateConfig()
         self._text_encoder = text_encoder
         self._image_encoder = image_encoder
 
@@ -157,13 +168,15 @@ class Searcher:
         rerank: int | None = None,
         where: Where = None,
         milvus_filter: str | None = None,
+        collapse: bool = False,
     ) -> list[Hit]:
         """Text → images: kNN for the top `rerank` (at least k), re-ranked by the alignment head; rerank=0: kNN only,
         None: the model's validated setting (`Searcher.rerank`).
         `where` keeps only images that match a filter (`aladin.index.filters`: its text form, e.g.
         "taken>=2020-01-01 and camera~Pixel", its JSON form, or a parsed `Filter`), on any backend;
-        `milvus_filter` only those whose Milvus fields match an expression (e.g. 'folder == "beach"')."""
-        return self.search_texts([query], k, rerank, where, milvus_filter)[0]
+        `milvus_filter` only those whose Milvus fields match an expression (e.g. 'folder == "beach"').
+        `collapse`: one hit per group of near-duplicates (see `search_encoded`)."""
+        return self.search_texts([query], k, rerank, where, milvus_filter, collapse)[0]
 
     def search_texts(
         self,
@@ -172,9 +185,12 @@ class Searcher:
         rerank: int | None = None,
         where: Where = None,
         milvus_filter: str | None = None,
+        collapse: bool = False,
     ) -> list[list[Hit]]:
         """`search_text` for many queries, encoded, searched and re-ranked in batches."""
-        return self.search_encoded(IMAGES, self.encode_texts(queries), k, rerank, where, milvus_filter)
+        return self.search_encoded(
+            IMAGES, self.encode_texts(queries), k, rerank, where, milvus_filter, collapse
+        )
 
     def search_image(
         self,
@@ -184,15 +200,17 @@ class Searcher:
         target: str = IMAGES,
         where: Where = None,
         milvus_filter: str | None = None,
+        collapse: bool = False,
     ) -> list[Hit]:
         """Image → similar images (kNN over global vectors: the alignment head scores regions against words, so
         there is nothing to re-rank with and `rerank` is not used), or image → captions (target="texts"),
-        re-ranked like text search. `where` and `milvus_filter` as in `search_text` (captions through their image)."""
+        re-ranked like text search. `where` and `milvus_filter` as in `search_text` (captions through their image);
+        `collapse` applies to image hits only."""
         if target not in (IMAGES, TEXTS):
             raise AladinError(f"search target must be {IMAGES!r} or {TEXTS!r}, got {target!r}")
         query = self.encode_images([image])
         rerank = rerank if target == TEXTS else 0
-        return self.search_encoded(target, query, k, rerank, where, milvus_filter)[0]
+        return self.search_encoded(target, query, k, rerank, where, milvus_filter, collapse)[0]
 
     def rerank_depth(self, rerank: int | None) -> int:
         """The depth a search with `rerank` uses: the model's validated default when None."""
@@ -207,27 +225,57 @@ class Searcher:
         rerank: int | None,
         where: Where = None,
         milvus_filter: str | None = None,
+        collapse: bool = False,
     ) -> list[list[Hit]]:
         """Both stages for encoded queries against `kind` ("images" for text queries, "texts" for image ones);
         the kNN stage only considers items matching the filters when given, so re-ranking sees only those.
-        Re-ranked candidates are ordered by the alignment score plus `fusion` × their kNN score."""
+        Re-ranked candidates are ordered by the alignment score plus `fusion` × their kNN score.
+
+        `collapse` (image hits): near-duplicates (`aladin.index.duplicates`) collapse to their best-ranked image,
+        whose `similar` counts the others; more candidates are fetched until k groups are found or none are left."""
         rerank = self.rerank_depth(rerank)
         if k < 1 or rerank < 0:
             raise AladinError(f"need k >= 1 and rerank >= 0, got k={k}, rerank={rerank}")
-        depth = max(k, rerank)
+        groups = duplicate_groups(self.index, self.duplicates) if collapse and kind == IMAGES else None
+        restrict = (milvus_filter, as_filter(where))
+        results: list[list[Hit]] = [[] for _ in range(len(queries))]
+        pending, depth = list(range(len(queries))), max(k, rerank)
+        while pending:
+            ranked = self._ranked(kind, queries.subset(pending), depth, rerank, restrict)
+            unfinished = []
+            for q, (ids, score, knn) in zip(pending, ranked, strict=True):
+                keep = np.arange(len(ids)) if groups is None else groups.first_of_each(ids)
+                if len(keep) < k and len(ids) == depth:  # too few groups, and more candidates exist
+                    unfinished.append(q)
+                    continue
+                keep = keep[:k]
+                results[q] = self._hits(kind, ids[keep], score[keep], knn[keep], groups)
+            pending, depth = unfinished, depth * 2
+        return results
+
+    def _ranked(
+        self,
+        kind: str,
+        queries: EncodedQueries,
+        depth: int,
+        rerank: int,
+        restrict: tuple[str | None, Filter | None],
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The top `depth` kNN candidates of each query among the items `restrict` (milvus_filter, where) allows,
+        re-ranked when `rerank`: (ids, scores, kNN scores) in ranked order."""
         vectors = queries.global_vectors.float().cpu().numpy()
-        scores, ids = self.index.search(kind, vectors, depth, milvus_filter, as_filter(where))
+        scores, ids = self.index.search(kind, vectors, depth, *restrict)
         found = ids >= 0
         candidates = [ids[q][found[q]] for q in range(len(queries))]
         first = [scores[q][found[q]] for q in range(len(queries))]
         if not rerank:
-            return [self._hits(kind, c[:k], f[:k], f[:k]) for c, f in zip(candidates, first, strict=True)]
+            return [(c, f, f) for c, f in zip(candidates, first, strict=True)]
         aligned = self._align(kind, queries, candidates)
         results = []
         for cand, knn, score in zip(candidates, first, aligned, strict=True):
             score = score + self.rerank.fusion * knn if self.rerank.fusion else score
-            order = np.argsort(-score, kind="stable")[:k]
-            results.append(self._hits(kind, cand[order], score[order], knn[order]))
+            order = np.argsort(-score, kind="stable")
+            results.append((cand[order], score[order], knn[order]))
         return results
 
     @torch.inference_mode()
@@ -312,7 +360,14 @@ class Searcher:
             out[pairs] = pair.float().cpu().numpy()
         return np.split(out, np.cumsum(counts)[:-1])
 
-    def _hits(self, kind: str, ids: np.ndarray, scores: np.ndarray, first: np.ndarray | None) -> list[Hit]:
+    def _hits(
+        self,
+        kind: str,
+        ids: np.ndarray,
+        scores: np.ndarray,
+        first: np.ndarray | None,
+        groups: GroupIndex | None = None,
+    ) -> list[Hit]:
         ids = [int(i) for i in ids]
         if kind == TEXTS:
             texts = self.index.meta.texts(ids)
@@ -330,6 +385,7 @@ class Searcher:
                 external_id=images[owners[i]].external_id,
                 image_id=owners[i],
                 caption=captions.get(i),
+                similar=0 if groups is None else groups.similar(i),
             )
             for n, i in enumerate(ids)
         ]

@@ -16,6 +16,7 @@ class HitOut(BaseModel):
     caption: str | None
     thumbnail: str
     image: str  # the full-size original
+    similar: int = 0  # collapsed search: near-duplicates of this image left out of the list
 
 
 class SearchOut(BaseModel):

@@ -52,6 +52,9 @@ WHERE = Annotated[
         'JSON form ({"taken": {">=": "2020-01-01"}, "camera": {"~": "Pixel"}}); see the README'
     ),
 ]
+COLLAPSE = Annotated[
+    bool, Query(description="one hit per group of near-duplicate images, its `similar` counting the others")
+]
 
 
 def parse_where(where: str | None, limit: int) -> Filter | None:
@@ -70,12 +73,17 @@ def parse_where(where: str | None, limit: int) -> Filter | None:
 
 
 def text_searches(
-    k: int, rerank: int | None, searcher: Searcher, texts: Sequence[str], where: Filter | None = None
+    k: int,
+    rerank: int | None,
+    searcher: Searcher,
+    texts: Sequence[str],
+    where: Filter | None = None,
+    collapse: bool = False,
 ) -> list[tuple[int, list[Hit], str | None]]:
-    """Text searches sharing k, re-rank setting and filter, as one batch: what each would get alone, with its
-    warning."""
+    """Text searches sharing k, re-rank setting, filter and collapse setting, as one batch: what each would get
+    alone, with its warning."""
     depth = searcher.rerank_depth(rerank)
-    found = searcher.search_encoded(IMAGES, searcher.encode_texts(texts), k, depth, where)
+    found = searcher.search_encoded(IMAGES, searcher.encode_texts(texts), k, depth, where, collapse=collapse)
     return [(depth, hits, query_warning(searcher, text)) for text, hits in zip(texts, found, strict=True)]
 
 
@@ -87,8 +95,9 @@ def image_searches(
     searcher: Searcher,
     uploads: Sequence[bytes],
     where: Filter | None = None,
+    collapse: bool = False,
 ) -> list[tuple[int, list[Hit]] | HTTPException]:
-    """Image uploads sharing target, k and re-rank setting, as one batch (`Searcher.search_image` for many): an
+    """Image uploads sharing target, k, re-rank and collapse settings, as one batch (`Searcher.search_image` for many): an
     upload that cannot be decoded gets its own 4xx, the others their hits."""
     depth = searcher.rerank_depth(rerank) if target == TEXTS else 0
     decoded: list[Image.Image | HTTPException] = []
@@ -99,7 +108,9 @@ def image_searches(
             decoded.append(exc)
     images = [image for image in decoded if isinstance(image, Image.Image)]
     found = iter(
-        searcher.search_encoded(target, searcher.encode_images(images), k, depth, where) if images else []
+        searcher.search_encoded(target, searcher.encode_images(images), k, depth, where, collapse=collapse)
+        if images
+        else []
     )
     return [image if isinstance(image, HTTPException) else (depth, next(found)) for image in decoded]
 
@@ -124,12 +135,15 @@ def router(state: ServiceState) -> APIRouter:
         k: K = 10,
         rerank: Rerank = None,
         where: WHERE = None,
+        collapse: COLLAPSE = False,
     ) -> SearchOut:
         """Text → images; `warning` says when the query was longer than the text encoder reads."""
         text = state.query(q)
         chosen = parse_where(where, config.max_query_chars)
         depth, hits, warning = await state.on_model_batched(
-            ("text", k, rerank, str(chosen)), partial(text_searches, k, rerank, where=chosen), text
+            ("text", k, rerank, str(chosen), collapse),
+            partial(text_searches, k, rerank, where=chosen, collapse=collapse),
+            text,
         )
         return SearchOut(
             query=q, target="images", rerank=depth, hits=[hit_out(h) for h in hits], warning=warning
@@ -142,8 +156,10 @@ def router(state: ServiceState) -> APIRouter:
         k: K = 10,
         rerank: Rerank = None,
         where: WHERE = None,
+        collapse: COLLAPSE = False,
     ) -> SearchOut:
-        """Image → similar images, or image → captions (target=texts, re-ranked like text search)."""
+        """Image → similar images, or image → captions (target=texts, re-ranked like text search); `collapse`
+        applies to image hits."""
         chosen = parse_where(where, config.max_query_chars)
         if target == TEXTS and not state.live.current().searcher.index.has_texts:
             raise HTTPException(400, "this index holds no captions (build it with --with-texts)")
@@ -153,8 +169,8 @@ def router(state: ServiceState) -> APIRouter:
         if not data:
             raise HTTPException(400, "the upload is empty")
         depth, hits = await state.on_model_batched(
-            ("image", target, k, rerank, str(chosen)),
-            partial(image_searches, target, k, rerank, config.max_pixels, where=chosen),
+            ("image", target, k, rerank, str(chosen), collapse),
+            partial(image_searches, target, k, rerank, config.max_pixels, where=chosen, collapse=collapse),
             data,
         )
         name = file.filename or "upload"

@@ -6,6 +6,7 @@ const $ = (selector) => document.querySelector(selector);
 const RESULTS = 24;
 const HEAT_CELLS = 48;
 const TITLE_CHARS = 80; // a longer query is cut short in the results title
+const COLLAPSE = "&collapse=true"; // near-duplicate photos show as one result with an "N similar" badge
 const state = { query: "", opener: null, imageId: null, image: null, explanation: null, word: 0, request: 0, search: 0 };
 
 function setStatus(element, text, isError = false) {
@@ -63,7 +64,7 @@ function searchText(event) {
   state.query = $("#query").value;
   const q = encodeURIComponent(state.query);
   history.replaceState(null, "", `?q=${q}${whereParam()}`);
-  const url = `/api/search?q=${q}&k=${RESULTS}${rerankParam()}${whereParam()}`;
+  const url = `/api/search?q=${q}&k=${RESULTS}${rerankParam()}${whereParam()}${COLLAPSE}`;
   return runSearch(url, {}, `“${shorten(state.query)}”`);
 }
 
@@ -73,7 +74,7 @@ function searchUpload() {
   const form = new FormData();
   form.append("file", file);
   state.query = "";
-  const url = `/api/search/image?target=${$("#target").value}&k=${RESULTS}${rerankParam()}${whereParam()}`;
+  const url = `/api/search/image?target=${$("#target").value}&k=${RESULTS}${rerankParam()}${whereParam()}${COLLAPSE}`;
   return runSearch(url, { method: "POST", body: form }, shorten(file.name));
 }
 
@@ -95,6 +96,10 @@ function renderHit(hit) {
   img.alt = "";
   img.loading = "lazy";
   button.append(img, element("span", "score", hit.score.toFixed(3)), element("span", "label", name));
+  if (hit.similar) {
+    button.append(similarBadge(hit.similar));
+    button.setAttribute("aria-label", `${name}, and ${hit.similar} similar, score ${hit.score.toFixed(3)}: explain the match`);
+  }
   button.addEventListener("click", () => openDetail(hit, button));
   const full = element("a", "full-size", "full size");
   full.href = hit.image;
@@ -259,3 +264,10 @@ document.addEventListener("DOMContentLoaded", () => {
     searchText();
   }
 });
+
+// A collapsed result stands for near-duplicates of its photo that the list leaves out.
+function similarBadge(count) {
+  const badge = element("span", "similar", `${count} similar`);
+  badge.title = `${count} near-duplicate photo${count === 1 ? "" : "s"} not shown`;
+  return badge;
+}
