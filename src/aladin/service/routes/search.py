@@ -115,6 +115,16 @@ def image_searches(
     return [image if isinstance(image, HTTPException) else (depth, next(found)) for image in decoded]
 
 
+async def read_upload(file: UploadFile, limit: int) -> bytes:
+    """The uploaded bytes, refused with a 413 past `limit` (reading at most one byte more) or a 400 when empty."""
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, too_big(len(data), limit))
+    if not data:
+        raise HTTPException(400, "the upload is empty")
+    return data
+
+
 def router(state: ServiceState) -> APIRouter:
     config = state.config
     api = APIRouter(prefix="/api", tags=["search"])
@@ -163,11 +173,7 @@ def router(state: ServiceState) -> APIRouter:
         chosen = parse_where(where, config.max_query_chars)
         if target == TEXTS and not state.live.current().searcher.index.has_texts:
             raise HTTPException(400, "this index holds no captions (build it with --with-texts)")
-        data = await file.read(config.max_upload_bytes + 1)
-        if len(data) > config.max_upload_bytes:
-            raise HTTPException(413, too_big(len(data), config.max_upload_bytes))
-        if not data:
-            raise HTTPException(400, "the upload is empty")
+        data = await read_upload(file, config.max_upload_bytes)
         depth, hits = await state.on_model_batched(
             ("image", target, k, rerank, str(chosen), collapse),
             partial(image_searches, target, k, rerank, config.max_pixels, where=chosen, collapse=collapse),
