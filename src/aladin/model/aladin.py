@@ -14,6 +14,7 @@ from torch import nn
 from aladin.checkpoint import config_schema_version, load_state_strict, read_checkpoint, save_checkpoint
 from aladin.config import AladinConfig, config_to_dict, model_config_from_saved
 from aladin.migrations import SCHEMA_VERSION
+from aladin.model.calibration import Calibration, load_calibration
 from aladin.model.layers import LogitScale, SequenceEncoder, masked_mean
 from aladin.model.rerank import RerankSetting
 
@@ -154,6 +155,8 @@ class AladinModel(nn.Module):
             self.text_matching = MatchingHead(m.embed_dim, m.global_dim, **student)
         self.matching_scale = LogitScale()
         self.info: dict[str, Any] = {}
+        #: Served score → P(true match), fitted on validation (None: hits carry no confidence).
+        self.calibration: Calibration | None = None
 
     # ---- encoding -------------------------------------------------------------------------------
     def image_features(self, regions: torch.Tensor) -> torch.Tensor:
@@ -255,6 +258,7 @@ class AladinModel(nn.Module):
         model = cls(config)
         load_state_strict(model, state, Path(directory) / "model.safetensors")
         model.info = info
+        model.calibration = load_calibration(directory, model.fingerprint, model.rerank.fusion)
         return model.to(map_location).eval()
 
     def fingerprint(self) -> str:
