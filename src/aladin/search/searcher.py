@@ -22,7 +22,11 @@ from aladin.index.index import SearchIndex, check_model, model_for_index
 from aladin.index.metadata import IMAGES, TEXTS, id_array
 from aladin.model.aladin import AladinModel
 from aladin.model.alignment import paired_region_word_scores, region_word_scores
+from aladin.model.calibration import IMAGE_TO_TEXT, TEXT_TO_IMAGE
 from aladin.search.explain import Explanation, explain_pair
+
+#: The searches a calibration covers, by (query modality, kind searched): the curve's direction.
+CALIBRATED_SEARCHES = {("text", IMAGES): TEXT_TO_IMAGE, ("image", TEXTS): IMAGE_TO_TEXT}
 
 
 class QueryTruncatedWarning(UserWarning):
@@ -40,6 +44,9 @@ class Hit:
     external_id: str
     image_id: int
     caption: str | None = None  # set for caption hits
+    #: P(a true match) from the model's calibration; None when the model has none or the search is not one it
+    #: was fitted for (image → image).
+    confidence: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +59,8 @@ class EncodedQueries:
     global_vectors: torch.Tensor  # [nq, G]
     rows: torch.Tensor  # [nq, L, E]
     mask: torch.Tensor  # [nq, L]
+    #: "text" or "image": which calibration curve a search with these queries uses.
+    modality: str = ""
 
     def __len__(self) -> int:
         return len(self.global_vectors)
@@ -132,7 +141,7 @@ class Searcher:
         wordless = [q for q, n in zip(queries, emb.word_mask.sum(dim=1).tolist(), strict=True) if n == 0]
         if wordless:
             raise AladinError(f"query {wordless[0]!r} has no words the model can score")
-        return EncodedQueries(emb.global_vector, emb.words, emb.word_mask)
+        return EncodedQueries(emb.global_vector, emb.words, emb.word_mask, "text")
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[str | Path | Image.Image]) -> EncodedQueries:
@@ -143,7 +152,7 @@ class Searcher:
         pictures = [img if isinstance(img, Image.Image) else load_image(img, size) for img in images]
         batch = self.image_encoder.encode(pictures).to(model_device(self.model))
         emb = self.model.encode_image(batch.regions, batch.boxes, batch.region_mask)
-        return EncodedQueries(emb.global_vector, emb.regions, emb.region_mask)
+        return EncodedQueries(emb.global_vector, emb.regions, emb.region_mask, "image")
 
     # ---- searching ------------------------------------------------------------------------------
     def search_text(
@@ -195,15 +204,27 @@ class Searcher:
         found = ids >= 0
         candidates = [ids[q][found[q]] for q in range(len(queries))]
         first = [scores[q][found[q]] for q in range(len(queries))]
+        direction = CALIBRATED_SEARCHES.get((queries.modality, kind))
         if not rerank:
-            return [self._hits(kind, c[:k], f[:k], f[:k]) for c, f in zip(candidates, first, strict=True)]
+            return [
+                self._hits(kind, c[:k], f[:k], f[:k], self._confidence(direction, False, f[:k]))
+                for c, f in zip(candidates, first, strict=True)
+            ]
         aligned = self._align(kind, queries, candidates)
         results = []
         for cand, knn, score in zip(candidates, first, aligned, strict=True):
             score = score + self.rerank.fusion * knn if self.rerank.fusion else score
             order = np.argsort(-score, kind="stable")[:k]
-            results.append(self._hits(kind, cand[order], score[order], knn[order]))
+            confidence = self._confidence(direction, True, score[order])
+            results.append(self._hits(kind, cand[order], score[order], knn[order], confidence))
         return results
+
+    def _confidence(self, direction: str | None, reranked: bool, scores: np.ndarray) -> np.ndarray | None:
+        """P(true match) of served scores, where the model's calibration covers this search."""
+        calibration = self.model.calibration
+        if calibration is None or direction is None:
+            return None
+        return calibration.confidence(direction, reranked, scores)
 
     @torch.inference_mode()
     def rerank_text(self, query: str, ids: Sequence[int]) -> list[Hit]:
@@ -287,7 +308,14 @@ class Searcher:
             out[pairs] = pair.float().cpu().numpy()
         return np.split(out, np.cumsum(counts)[:-1])
 
-    def _hits(self, kind: str, ids: np.ndarray, scores: np.ndarray, first: np.ndarray | None) -> list[Hit]:
+    def _hits(
+        self,
+        kind: str,
+        ids: np.ndarray,
+        scores: np.ndarray,
+        first: np.ndarray | None,
+        confidence: np.ndarray | None = None,
+    ) -> list[Hit]:
         ids = [int(i) for i in ids]
         if kind == TEXTS:
             texts = self.index.meta.texts(ids)
@@ -305,6 +333,26 @@ class Searcher:
                 external_id=images[owners[i]].external_id,
                 image_id=owners[i],
                 caption=captions.get(i),
+                confidence=None if confidence is None else round(float(confidence[n]), 4),
             )
             for n, i in enumerate(ids)
         ]
+
+
+def keep_confident(hits: list[Hit], min_score: float | None, model: AladinModel) -> list[Hit]:
+    """The hits whose confidence is at least `min_score` (all of them when None); refused when the model has no
+    calibration, or `min_score` is not a probability."""
+    if min_score is None:
+        return hits
+    if not 0.0 <= min_score <= 1.0:
+        raise AladinError(f"min score {min_score:g}: expected a probability between 0 and 1")
+    if model.calibration is None:
+        raise AladinError(
+            "min score: this model has no calibration, so its hits have no confidence to cut on "
+            "(fit one with `aladin calibrate`)"
+        )
+    if any(hit.confidence is None for hit in hits):
+        raise AladinError(
+            "min score: the calibration covers text → image and image → text searches, not image → image"
+        )
+    return [hit for hit in hits if hit.confidence is not None and hit.confidence >= min_score]

@@ -16,6 +16,7 @@ class HitOut(BaseModel):
     caption: str | None
     thumbnail: str
     image: str  # the full-size original
+    confidence: float | None = None  # P(true match), calibrated; null when the model has no calibration
 
 
 class SearchOut(BaseModel):

@@ -10,7 +10,7 @@ from PIL import Image
 from aladin.data.images import ImageTooLarge, decode_image_bytes
 from aladin.errors import DataError
 from aladin.index.metadata import IMAGES, TEXTS
-from aladin.search.searcher import Hit, Searcher
+from aladin.search.searcher import Hit, Searcher, keep_confident
 from aladin.service.guard import too_big
 from aladin.service.schemas import SearchOut, hit_out
 from aladin.service.state import ServiceState
@@ -82,15 +82,29 @@ def router(state: ServiceState) -> APIRouter:
         ),
     ]
 
+    MinScore = Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=1,
+            description="only hits whose confidence (calibrated P(true match)) is at least this; refused when "
+            "the model has no calibration",
+        ),
+    ]
+
     @api.get("/search")
     async def search_text(
-        q: Annotated[str, Query(description="the text to find images for")], k: K = 10, rerank: Rerank = None
+        q: Annotated[str, Query(description="the text to find images for")],
+        k: K = 10,
+        rerank: Rerank = None,
+        min_score: MinScore = None,
     ) -> SearchOut:
         """Text → images; `warning` says when the query was longer than the text encoder reads."""
         text = state.query(q)
         depth, hits, warning = await state.on_model_batched(
             ("text", k, rerank), partial(text_searches, k, rerank), text
         )
+        hits = confident(hits, min_score)
         return SearchOut(
             query=q, target="images", rerank=depth, hits=[hit_out(h) for h in hits], warning=warning
         )
@@ -101,6 +115,7 @@ def router(state: ServiceState) -> APIRouter:
         target: Literal["images", "texts"] = "images",
         k: K = 10,
         rerank: Rerank = None,
+        min_score: MinScore = None,
     ) -> SearchOut:
         """Image → similar images, or image → captions (target=texts, re-ranked like text search)."""
         if target == TEXTS and not state.live.current().searcher.index.has_texts:
@@ -114,6 +129,11 @@ def router(state: ServiceState) -> APIRouter:
             ("image", target, k, rerank), partial(image_searches, target, k, rerank, config.max_pixels), data
         )
         name = file.filename or "upload"
+        hits = confident(hits, min_score)
         return SearchOut(query=name, target=target, rerank=depth, hits=[hit_out(h) for h in hits])
+
+    def confident(hits: list[Hit], min_score: float | None) -> list[Hit]:
+        """`keep_confident` with the serving model (a cut it cannot make is a 400, as every AladinError)."""
+        return keep_confident(hits, min_score, state.live.current().searcher.model)
 
     return api
