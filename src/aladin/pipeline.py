@@ -30,7 +30,12 @@ from aladin.config import (
 from aladin.data import Dataset
 from aladin.encoders.cache import FeatureCache, extract_features, load_split
 from aladin.errors import AladinError
-from aladin.evaluate.calibration import calibration_report, fit_calibration, plot_reliability
+from aladin.evaluate.calibration import (
+    calibration_report,
+    fit_calibration,
+    plot_reliability,
+    split_description,
+)
 from aladin.evaluate.metrics import ScorerResult
 from aladin.evaluate.pointing import PointingResult, pointing_markdown, synthetic_targets
 from aladin.evaluate.report import plot_recall_curves, print_results, results_markdown, write_results_json
@@ -278,9 +283,7 @@ def calibrate(
     model = AladinModel.from_pretrained(model_dir)
     model.calibration = None  # refitting: the old file is replaced, whatever it held
     feats, _ = _load_tensors(Path(cache_dir), split, model.config)
-    fitted = fit_calibration(
-        model, feats, f"{split} split: {feats.num_images} images, {feats.num_captions} captions"
-    )
+    fitted = fit_calibration(model, feats, split_description(split, feats))
     fitted.save(model_dir)
     console = console or Console(width=max(Console().width, 130))
     for key, curve in sorted(fitted.curves.items()):

@@ -63,6 +63,11 @@ def served_samples(model: AladinModel, feats: FeatureTensors, top_k: int = TOP_K
     return out
 
 
+def split_description(split: str, feats: FeatureTensors) -> str:
+    """What a calibration records it was fitted on."""
+    return f"{split} split: {feats.num_images} images, {feats.num_captions} captions"
+
+
 @torch.inference_mode()
 def fit_calibration(
     model: AladinModel, feats: FeatureTensors, fitted_on: str, top_k: int = TOP_K

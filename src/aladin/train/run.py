@@ -13,7 +13,7 @@ import torch
 
 from aladin import distributed
 from aladin.config import AladinConfig, RecipeConfig, TrainConfig
-from aladin.evaluate.calibration import fit_calibration
+from aladin.evaluate.calibration import fit_calibration, split_description
 from aladin.evaluate.scorers import choose_rerank
 from aladin.fileio import read_json
 from aladin.model import AladinModel
@@ -129,9 +129,7 @@ def record_calibration(run: TrainingRun, checkpoint: Path) -> None:
     served score depends on): `calibration.json` in its folder."""
     if not (checkpoint / CALIBRATION_FILE).is_file():
         student = AladinModel.from_pretrained(checkpoint, run.device)
-        feats = run.val_feats
-        where = f"validation split: {feats.num_images} images, {feats.num_captions} captions"
-        calibration = fit_calibration(student, feats, where)
+        calibration = fit_calibration(student, run.val_feats, split_description("val", run.val_feats))
         distributed.on_main_process(lambda: calibration.save(checkpoint))
 
 
