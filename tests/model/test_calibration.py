@@ -164,6 +164,8 @@ def test_a_file_that_is_not_json_is_refused(tmp_path):
     (tmp_path / "ckpt" / CALIBRATION_FILE).write_text("{not json")
     with pytest.raises(Exception, match="calibration.json: not valid JSON"):
         AladinModel.from_pretrained(tmp_path / "ckpt")
+    # what `aladin calibrate` loads to replace it
+    assert AladinModel.from_pretrained(tmp_path / "ckpt", calibrated=False).calibration is None
 
 
 def test_a_curve_maps_scores_outside_its_breakpoints_to_its_ends():

@@ -250,15 +250,19 @@ class AladinModel(nn.Module):
         )
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> AladinModel:
-        """Load a checkpoint folder, refusing other format versions or weights that do not match the config."""
+    def from_pretrained(
+        cls, directory: str | Path, map_location: str | torch.device = "cpu", calibrated: bool = True
+    ) -> AladinModel:
+        """Load a checkpoint folder, refusing other format versions or weights that do not match the config;
+        with its calibration.json unless `calibrated` is False (to refit one that no longer fits)."""
         raw, state, info = read_checkpoint(directory, CHECKPOINT_KIND)
         where = f"{Path(directory) / 'config.json'}: config"
         config = model_config_from_saved(raw, config_schema_version(directory), where)
         model = cls(config)
         load_state_strict(model, state, Path(directory) / "model.safetensors")
         model.info = info
-        model.calibration = load_calibration(directory, model.fingerprint, model.rerank.fusion)
+        if calibrated:
+            model.calibration = load_calibration(directory, model.fingerprint, model.rerank.fusion)
         return model.to(map_location).eval()
 
     def fingerprint(self) -> str:

@@ -128,7 +128,7 @@ def record_calibration(run: TrainingRun, checkpoint: Path) -> None:
     """Fit the student's score → P(true match) map on validation, once (after its re-rank setting, which the
     served score depends on): `calibration.json` in its folder."""
     if not (checkpoint / CALIBRATION_FILE).is_file():
-        student = AladinModel.from_pretrained(checkpoint, run.device)
+        student = AladinModel.from_pretrained(checkpoint, run.device, calibrated=False)
         calibration = fit_calibration(student, run.val_feats, split_description("val", run.val_feats))
         distributed.on_main_process(lambda: calibration.save(checkpoint))
 
