@@ -68,6 +68,22 @@ def image_searches(
     return [image if isinstance(image, HTTPException) else (depth, next(found)) for image in decoded]
 
 
+MinScore = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=1,
+        description="only hits whose confidence (calibrated P(true match)) is at least this; refused when the "
+        "model has no calibration",
+    ),
+]
+
+
+def confident(state: ServiceState, hits: list[Hit], min_score: float | None) -> list[Hit]:
+    """`keep_confident` with the serving model (a cut it cannot make is a 400, as every AladinError)."""
+    return keep_confident(hits, min_score, state.live.current().searcher.model)
+
+
 def router(state: ServiceState) -> APIRouter:
     config = state.config
     api = APIRouter(prefix="/api", tags=["search"])
@@ -79,16 +95,6 @@ def router(state: ServiceState) -> APIRouter:
             le=config.max_rerank,
             description="kNN candidates re-ranked by the alignment head (0: none; absent: the model's "
             "setting chosen on validation)",
-        ),
-    ]
-
-    MinScore = Annotated[
-        float | None,
-        Query(
-            ge=0,
-            le=1,
-            description="only hits whose confidence (calibrated P(true match)) is at least this; refused when "
-            "the model has no calibration",
         ),
     ]
 
@@ -104,7 +110,7 @@ def router(state: ServiceState) -> APIRouter:
         depth, hits, warning = await state.on_model_batched(
             ("text", k, rerank), partial(text_searches, k, rerank), text
         )
-        hits = confident(hits, min_score)
+        hits = confident(state, hits, min_score)
         return SearchOut(
             query=q, target="images", rerank=depth, hits=[hit_out(h) for h in hits], warning=warning
         )
@@ -129,11 +135,7 @@ def router(state: ServiceState) -> APIRouter:
             ("image", target, k, rerank), partial(image_searches, target, k, rerank, config.max_pixels), data
         )
         name = file.filename or "upload"
-        hits = confident(hits, min_score)
+        hits = confident(state, hits, min_score)
         return SearchOut(query=name, target=target, rerank=depth, hits=[hit_out(h) for h in hits])
-
-    def confident(hits: list[Hit], min_score: float | None) -> list[Hit]:
-        """`keep_confident` with the serving model (a cut it cannot make is a 400, as every AladinError)."""
-        return keep_confident(hits, min_score, state.live.current().searcher.model)
 
     return api
