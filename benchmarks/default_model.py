@@ -33,7 +33,7 @@ from aladin.encoders.cache import load_split  # noqa: E402
 from aladin.evaluate.calibration import calibration_report, plot_reliability  # noqa: E402
 from aladin.evaluate.report import results_markdown  # noqa: E402
 from aladin.evaluate.scorers import score_linear_baseline  # noqa: E402
-from aladin.fileio import atomic_write, read_json  # noqa: E402
+from aladin.fileio import atomic_write, read_json, write_json  # noqa: E402
 from aladin.model import AladinModel, LinearGlobalModel  # noqa: E402
 from aladin.model.features import FeatureTensors  # noqa: E402
 from aladin.model.pretrained import BUNDLED_ROOT, DEFAULT_MODEL_NAME  # noqa: E402
@@ -100,6 +100,8 @@ def calibrate(cache: Path, shipped: Path) -> str:
     report = calibration_report(model, FeatureTensors.from_arrays(load_split(cache, "test").arrays))
     assert report is not None  # just fitted
     plot_reliability(report, RESULTS / "calibration_bundled.png")
+    curves = {key: {"method": c.method, **c.validation} for key, c in calibration.curves.items()}
+    write_json(RESULTS / "calibration_bundled.json", {"test": report.to_json(), "validation": curves})
     fits = "\n".join(
         f"| {key} | {curve.method} | {curve.validation['cv_ece']['isotonic']:.3f} | "
         f"{curve.validation['cv_ece']['platt']:.3f} |"

@@ -280,9 +280,8 @@ def calibrate(
     """Fit (or refit) the calibration of an existing checkpoint on a cached split (validation: never the split
     it is evaluated on) and save it beside the checkpoint's config.json."""
     model_dir = _student_dir(Path(model_dir))
-    model = AladinModel.from_pretrained(
-        model_dir, calibrated=False
-    )  # the old file is replaced, whatever it held
+    # without the old file, which is replaced whatever it held (it may fit other weights)
+    model = AladinModel.from_pretrained(model_dir, calibrated=False)
     feats, _ = _load_tensors(Path(cache_dir), split, model.config)
     fitted = fit_calibration(model, feats, split_description(split, feats))
     fitted.save(model_dir)
