@@ -6,8 +6,14 @@ table comes from evaluating the run on the test split here.
 The shipped model: --run runs/ablation/student-on-frozen-features---multi-scale-regions--7-7---14-1-seed0
 --cache runs/ablation/caches/image_encoder.multiscale-True
 
-Writes src/aladin/model/bundled/<name>/{config.json, model.safetensors, MODEL_CARD.md}; `aladin index
-build`, `search`, `serve` and `explain` use it when no --model is given.
+Writes src/aladin/model/bundled/<name>/{config.json, model.safetensors, calibration.json, MODEL_CARD.md}; `aladin
+index build`, `search`, `serve` and `explain` use it when no --model is given.
+
+The calibration (served score → P(true match)) is fitted on the shipped weights over the cache's validation split
+and measured on its test split. `--calibrate-only` does just that for the model already shipped (its weights are
+not touched), from a cache holding the val and test splits of the same carve, e.g. one made by
+
+    aladin extract ../shared/data/coco --cache <cache> --val-size 200    (seed 0, as benchmarks/real_data.py)
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from aladin import pipeline  # noqa: E402
 from aladin.config import recipe_from_saved  # noqa: E402
 from aladin.encoders.cache import load_split  # noqa: E402
+from aladin.evaluate.calibration import calibration_report, plot_reliability  # noqa: E402
 from aladin.evaluate.report import results_markdown  # noqa: E402
 from aladin.evaluate.scorers import score_linear_baseline  # noqa: E402
-from aladin.fileio import atomic_write, read_json  # noqa: E402
+from aladin.fileio import atomic_write, read_json, write_json  # noqa: E402
 from aladin.model import AladinModel, LinearGlobalModel  # noqa: E402
 from aladin.model.features import FeatureTensors  # noqa: E402
 from aladin.model.pretrained import BUNDLED_ROOT, DEFAULT_MODEL_NAME  # noqa: E402
@@ -46,6 +53,7 @@ the test split. Licences: the captions are CC BY 4.0 (COCO Consortium); the phot
 own licences (mostly CC BY-NC-SA 2.0, CC BY-NC 2.0, CC BY 2.0) and COCO's terms of use; for research use. No
 image or caption ships with this model.
 
+{calibration}
 ## Configuration
 {recipe} The whole recipe of the run is `recipe.json` beside these weights. Re-ranking as chosen on
 validation: {rerank}.
@@ -80,12 +88,74 @@ def pick_student(run: Path) -> tuple[AladinModel, str]:
     return AladinModel.from_pretrained(best), best.name
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+CALIBRATION_HEADING = "## Calibration"
+
+
+def calibrate(cache: Path, shipped: Path) -> str:
+    """Fit the shipped model's calibration on the cache's validation split, measure it on its test split
+    (ECE, reliability plot in benchmarks/results/) and return the model card's calibration section."""
+    calibration = pipeline.calibrate(cache, shipped, "val")
+    model = AladinModel.from_pretrained(shipped)
+    report = calibration_report(model, FeatureTensors.from_arrays(load_split(cache, "test").arrays))
+    assert report is not None  # just fitted
+    plot_reliability(report, RESULTS / "calibration_bundled.png")
+    curves = {key: {"method": c.method, **c.validation} for key, c in calibration.curves.items()}
+    write_json(RESULTS / "calibration_bundled.json", {"test": report.to_json(), "validation": curves})
+    fits = "\n".join(
+        f"| {key} | {curve.method} | {curve.validation['cv_ece']['isotonic']:.3f} | "
+        f"{curve.validation['cv_ece']['platt']:.3f} |"
+        for key, curve in sorted(calibration.curves.items())
+    )
+    stage = "re-ranked" if report.stage == "reranked" else "kNN"
+    return f"""{CALIBRATION_HEADING}
+Searches give each hit a confidence: the probability that it is a true match, mapped from its served score by a
+monotone curve fitted on the validation split ({calibration.fitted_on}; each query's top {calibration.top_k} hits,
+both directions), one curve per direction and per stage (re-ranked or kNN only), each the better of isotonic
+regression and Platt scaling by 2-fold cross-validated expected calibration error (ECE, {report.bins} equal-width
+bins) on validation:
+
+| curve | chosen | isotonic ECE (val, CV) | Platt ECE (val, CV) |
+|---|---|---:|---:|
+{fits}
+
+On the test split, as searches serve by default ({stage} scores, top {report.top_k} hits per query): ECE
+**{report.ece["both"]:.3f}** over both directions (text → image {report.ece["text_to_image"]:.3f}, image → text
+{report.ece["image_to_text"]:.3f}). A "true match" is COCO's own pairing (a caption's image, an image's own
+captions): other relevant photos count as misses, so confidences are conservative for generic queries.
+"""
+
+
+def with_section(card: str, section: str) -> str:
+    """`card` with its calibration section replaced by `section` (inserted before Configuration when absent)."""
+    start = card.find(CALIBRATION_HEADING)
+    if start < 0:
+        start = end = card.index("## Configuration")
+    else:
+        end = card.index("\n## ", start + 1) + 1
+    return card[:start] + section + "\n" + card[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="a run folder from `aladin train` (with model/)")
+    parser.add_argument("--run", help="a run folder from `aladin train` (with model/)")
     parser.add_argument("--cache", default="runs/real_data/cache", help="the cache the run was trained on")
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME)
+    parser.add_argument(
+        "--calibrate-only",
+        action="store_true",
+        help="only (re)fit and measure the shipped model's calibration and update its card (no --run needed)",
+    )
     args = parser.parse_args(argv)
+    if args.calibrate_only:
+        shipped = BUNDLED_ROOT / args.name
+        section = calibrate(Path(args.cache), shipped)
+        card = with_section((shipped / "MODEL_CARD.md").read_text(), section)
+        atomic_write(shipped / "MODEL_CARD.md", lambda tmp: tmp.write_text(card))
+        print(section)
+        return 0
+    if args.run is None:
+        parser.error("--run is required (unless --calibrate-only)")
     run, cache = Path(args.run), Path(args.cache)
     recipe = recipe_from_saved(read_json(run / "recipe.json"), str(run / "recipe.json"))
     pipeline.train(cache, run, recipe)  # reuses every finished stage; records what older runs lack
@@ -102,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = {split: read_json(cache / split / "meta.json") for split in ("train", "val", "test")}
     k, fusion = model.rerank.default_depth, model.rerank.fusion
     student_loss = "plain InfoNCE" if picked == pipeline.INFONCE_STUDENT_DIR else recipe.matching.loss
+    calibration = calibrate(cache, out)
     card = CARD.format(
         name=args.name,
+        calibration=calibration,
         size_mb=(out / "model.safetensors").stat().st_size / 2**20,
         train_images=meta["train"]["num_images"],
         val_images=meta["val"]["num_images"],

@@ -30,6 +30,12 @@ from aladin.config import (
 from aladin.data import Dataset
 from aladin.encoders.cache import FeatureCache, extract_features, load_split
 from aladin.errors import AladinError
+from aladin.evaluate.calibration import (
+    calibration_report,
+    fit_calibration,
+    plot_reliability,
+    split_description,
+)
 from aladin.evaluate.metrics import ScorerResult
 from aladin.evaluate.pointing import PointingResult, pointing_markdown, synthetic_targets
 from aladin.evaluate.report import plot_recall_curves, print_results, results_markdown, write_results_json
@@ -43,6 +49,7 @@ from aladin.evaluate.scorers import (
 from aladin.fileio import atomic_write, read_json, write_json
 from aladin.migrations import stored_version
 from aladin.model import AladinModel, LinearGlobalModel
+from aladin.model.calibration import CALIBRATION_FILE, Calibration
 from aladin.model.features import FeatureTensors, embed_split
 from aladin.model.rerank import has_setting
 from aladin.train.run import (
@@ -251,12 +258,43 @@ def evaluate(
     if zero_training is not None:
         results.append(zero_training)
     title = f"{split} split: {feats.num_images} images, {feats.num_captions} captions"
+    console = console or Console(width=max(Console().width, 130))
     if not quiet:
         # wide enough for the scorer names even when stdout is not a terminal (logs, CI)
-        print_results(results, title, console=console or Console(width=max(Console().width, 130)))
+        print_results(results, title, console=console)
     meta = {"split": split, "rerank_k": k, "rerank_fusion": fusion, "run_dir": str(run_dir)}
-    _write_results(results, title, meta, Path(out_dir) if out_dir else run_dir / f"eval-{split}")
+    out_dir = Path(out_dir) if out_dir else run_dir / f"eval-{split}"
+    calibration = calibration_report(model, feats)
+    if calibration is not None:
+        meta["calibration"] = calibration.to_json()
+        plot_reliability(calibration, out_dir / "reliability.png")
+    if not quiet:
+        console.print(calibration.line() if calibration else "no calibration: hits carry no confidence")
+    _write_results(results, title, meta, out_dir, calibration.line() if calibration else "")
     return results
+
+
+def calibrate(
+    cache_dir: str | Path, model_dir: str | Path, split: str = "val", console: Console | None = None
+) -> Calibration:
+    """Fit (or refit) the calibration of an existing checkpoint on a cached split (validation: never the split
+    it is evaluated on) and save it beside the checkpoint's config.json."""
+    model_dir = _student_dir(Path(model_dir))
+    # without the old file, which is replaced whatever it held (it may fit other weights)
+    model = AladinModel.from_pretrained(model_dir, calibrated=False)
+    feats, _ = _load_tensors(Path(cache_dir), split, model.config)
+    fitted = fit_calibration(model, feats, split_description(split, feats))
+    fitted.save(model_dir)
+    console = console or Console(width=max(Console().width, 130))
+    for key, curve in sorted(fitted.curves.items()):
+        cv = curve.validation["cv_ece"]
+        console.print(
+            f"{key}: {curve.method} (cross-validated ECE on {split}: isotonic {cv['isotonic']:.3f}, "
+            f"Platt {cv['platt']:.3f}; {curve.validation['positives']} true matches in "
+            f"{curve.validation['samples']} hits)"
+        )
+    console.print(f"saved {model_dir / CALIBRATION_FILE}")
+    return fitted
 
 
 def _student_dir(run_dir: Path) -> Path:
@@ -268,10 +306,13 @@ def _student_dir(run_dir: Path) -> Path:
     raise AladinError(f"{run_dir}: neither a run folder (with {MODEL_DIR}/) nor a model checkpoint")
 
 
-def _write_results(results: list[ScorerResult], title: str, meta: dict[str, Any], out_dir: Path) -> None:
-    """results.json, results.md and recall.png in `out_dir`."""
+def _write_results(
+    results: list[ScorerResult], title: str, meta: dict[str, Any], out_dir: Path, note: str = ""
+) -> None:
+    """results.json, results.md (with `note` below the table) and recall.png in `out_dir`."""
     write_results_json(out_dir / "results.json", results, meta)
-    atomic_write(out_dir / "results.md", lambda tmp: tmp.write_text(results_markdown(results, title)))
+    markdown = results_markdown(results, title) + (f"\n{note}\n" if note else "")
+    atomic_write(out_dir / "results.md", lambda tmp: tmp.write_text(markdown))
     plot_recall_curves(results, out_dir / "recall.png")
 
 

@@ -218,3 +218,46 @@ def test_the_pointing_game_joins_the_evaluation_results(cache, tmp_path):
     assert len({g["words"] for g in games}) == 1 and games[0]["words"] >= 8 * 5
     assert all(0 <= g["hits"] <= g["words"] and 0 < g["chance"] < 0.5 for g in games)
     assert "pointing game" in (run / "eval-test" / "results.md").read_text()
+
+
+def test_training_fits_a_calibration_that_evaluate_measures(cache, tmp_path):
+    import numpy as np
+
+    from aladin.encoders.cache import load_split
+    from aladin.evaluate.calibration import served_samples
+    from aladin.model import AladinModel
+    from aladin.model.calibration import CALIBRATION_FILE, expected_calibration_error
+    from aladin.model.features import FeatureTensors
+
+    run = tmp_path / "run"
+    pipeline.train(cache, run, _recipe(train_infonce_student=False))
+    fitted = json.loads((run / "model" / CALIBRATION_FILE).read_text())
+    assert fitted["fitted_on"].startswith("val split") and fitted["top_k"] == 10
+    model = AladinModel.from_pretrained(run / "model")
+    assert model.calibration is not None
+    # on the test split, never fitted on, the calibrated kNN score is closer to the truth than the raw one
+    test = FeatureTensors.from_arrays(load_split(cache, "test").arrays)
+    for key, s in served_samples(model, test).items():
+        direction, stage = key.split("/")
+        confidence = model.calibration.confidence(direction, stage == "reranked", s.scores)
+        assert np.all(np.diff(confidence[np.argsort(s.scores)]) >= 0), key  # monotone in the score
+        if stage == "knn":
+            raw = expected_calibration_error(np.clip(s.scores, 0, 1), s.labels)
+            assert expected_calibration_error(confidence, s.labels) < raw, key
+
+    pipeline.evaluate(cache, run, quiet=True)
+    saved = json.loads((run / "eval-test" / "results.json").read_text())["extra"]["calibration"]
+    assert (
+        set(saved["ece"]) == {"text_to_image", "image_to_text", "both"} and saved["bins"] == "10 equal-width"
+    )
+    assert 0 <= saved["ece"]["both"] < 1
+    assert (run / "eval-test" / "reliability.png").stat().st_size > 1000
+    assert "expected calibration error" in (run / "eval-test" / "results.md").read_text()
+
+    # refitted for an existing checkpoint by `aladin calibrate`; a checkpoint without one evaluates without
+    (run / "model" / CALIBRATION_FILE).unlink()
+    pipeline.evaluate(cache, run, quiet=True, out_dir=tmp_path / "uncalibrated")
+    assert "calibration" not in json.loads((tmp_path / "uncalibrated" / "results.json").read_text())["extra"]
+    assert not (tmp_path / "uncalibrated" / "reliability.png").exists()
+    pipeline.calibrate(cache, run)
+    assert json.loads((run / "model" / CALIBRATION_FILE).read_text()) == fitted

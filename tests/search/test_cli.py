@@ -205,3 +205,28 @@ def test_search_where_filters_on_any_backend_and_names_the_column_of_bad_syntax(
     assert [hit["image_id"] for hit in output_json(capsys)["hits"]] == [3, 3]  # captions through their image
     with pytest.raises(AladinError, match=r"^filter 'id>=5 or': column 9: expected a field"):
         run(["search", "a red circle", *common, "--where", "id>=5 or"])
+
+
+def test_min_score_cuts_the_hits_to_confident_ones(
+    workspace: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from calibration_fixtures import calibrate
+
+    from aladin.model.aladin import AladinModel
+
+    search = ["search", "a red circle", "--index", workspace["index"], "--k", "4", "--rerank", "0"]
+    with pytest.raises(AladinError, match="no calibration"):
+        run([*search, "--model", workspace["model"], "--min-score", "0.5"])
+    model = tmp_path / "calibrated"
+    shutil.copytree(workspace["model"], model)
+    calibrate(AladinModel.from_pretrained(model)).save(model)
+    run([*search, "--model", str(model), "--json"])
+    confidences = [h["confidence"] for h in output_json(capsys)["hits"]]
+    assert len(confidences) == 4 and None not in confidences
+    cut = sorted(confidences)[2]
+    run([*search, "--model", str(model), "--json", "--min-score", str(cut)])
+    assert [h["confidence"] for h in output_json(capsys)["hits"]] == [c for c in confidences if c >= cut]
+    run([*search, "--model", str(model), "--min-score", str(cut)])
+    assert "confidence" in capsys.readouterr().out
+    run([*search, "--model", str(model), "--min-score", "1"])
+    assert "no confident match" in capsys.readouterr().out

@@ -158,3 +158,35 @@ def test_a_jpeg_query_is_decoded_as_the_build_decodes_it(
     as_built = searcher.encode_images([load_image(photo, (8, 8))])
     assert torch.equal(searcher.encode_images([photo]).rows, as_built.rows)
     assert not torch.equal(searcher.encode_images([load_image(photo)]).rows, as_built.rows)  # full decode
+
+
+def test_hits_carry_the_confidence_of_the_curve_for_their_search(searcher: Searcher, dataset: Path) -> None:
+    from calibration_fixtures import calibrate, expected_confidence
+
+    from aladin.search.searcher import keep_confident
+
+    assert all(h.confidence is None for h in searcher.search_text("red circle", k=4))  # no calibration
+    calibrate(searcher.model)
+    searches = {
+        "text_to_image/reranked": searcher.search_text("red circle", k=4, rerank=8),
+        "text_to_image/knn": searcher.search_text("red circle", k=4, rerank=0),
+        "image_to_text/reranked": searcher.search_image(
+            dataset / "images" / "img003.png", 4, 6, target=TEXTS
+        ),
+        "image_to_text/knn": searcher.search_image(dataset / "images" / "img003.png", 4, 0, target=TEXTS),
+    }
+    for key, hits in searches.items():
+        assert [h.confidence for h in hits] == [expected_confidence(key, h.score) for h in hits], key
+    similar = searcher.search_image(dataset / "images" / "img003.png", k=3)
+    assert all(h.confidence is None for h in similar)  # image → image: no ground truth to calibrate on
+    hits = searches["text_to_image/reranked"]
+    cut = sorted(h.confidence for h in hits)[1]
+    assert keep_confident(hits, cut, searcher.model) == [h for h in hits if h.confidence >= cut]
+    assert len(keep_confident(hits, cut, searcher.model)) == 3
+    with pytest.raises(AladinError, match="not image → image"):
+        keep_confident(similar, 0.5, searcher.model)
+    with pytest.raises(AladinError, match="between 0 and 1"):
+        keep_confident(hits, 1.5, searcher.model)
+    searcher.model.calibration = None
+    with pytest.raises(AladinError, match="no calibration"):
+        keep_confident(hits, 0.5, searcher.model)

@@ -260,3 +260,24 @@ def test_where_filters_text_and_image_search_in_either_form(client: TestClient, 
     ]:
         bad = client.get("/api/search", params={"q": "red circle", "where": where})
         assert bad.status_code == 400 and bad.json()["detail"].startswith(message), bad.json()
+
+
+def test_min_score_cuts_the_hits_and_needs_a_calibration(client: TestClient, searcher: Searcher) -> None:
+    from calibration_fixtures import calibrate
+
+    params = {"q": "red circle", "k": 5}
+    answer = client.get("/api/search", params={**params, "min_score": 0.5})
+    assert answer.status_code == 400 and "no calibration" in answer.json()["detail"]
+    assert all(h["confidence"] is None for h in client.get("/api/search", params=params).json()["hits"])
+    calibrate(searcher.model)
+    hits = client.get("/api/search", params=params).json()["hits"]
+    confidences = [h["confidence"] for h in hits]
+    assert None not in confidences
+    cut = sorted(confidences)[2]
+    kept = client.get("/api/search", params={**params, "min_score": cut}).json()["hits"]
+    assert [h["id"] for h in kept] == [h["id"] for h in hits if h["confidence"] >= cut] and len(kept) == 3
+    assert client.get("/api/search", params={**params, "min_score": 1.5}).status_code == 422
+    image = upload(client, png(picture(4)), k=3, min_score=0.5)  # image → image has no confidence to cut on
+    assert image.status_code == 400 and "image → image" in image.json()["detail"]
+    captions = upload(client, png(picture(4)), k=3, target="texts", min_score=0)
+    assert captions.status_code == 200 and all(h["confidence"] is not None for h in captions.json()["hits"])

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,47 @@ def test_the_page_collapses_near_duplicates_with_a_badge(
             expect(badge).to_have_text("2 similar")
             label = badge.locator("xpath=..").locator(".label").inner_text()
             assert label.startswith("img000")
+        finally:
+            browser.close()
+    assert not errors, errors
+
+
+def test_the_page_shows_each_hit_s_confidence_and_says_when_none_is_confident(
+    server: str, searcher: Searcher
+) -> None:
+    executable = chromium_or_skip()
+    from calibration_fixtures import calibrate
+    from playwright.sync_api import expect, sync_playwright
+
+    calibration = calibrate(searcher.model)
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"{server}/?q=red%20circle%20on%20the%20left")
+            expect(page.locator("#results .result")).to_have_count(12)
+            hits = page.request.get(f"{server}/api/search?q=red%20circle%20on%20the%20left&k=24").json()[
+                "hits"
+            ]
+            shown = page.locator("#results .confidence").all_inner_texts()
+            assert shown == [f"{int(h['confidence'] * 100 + 0.5)}% match" for h in hits]
+
+            # every curve far below 25%: nothing passes the page's min score once one is chosen
+            searcher.model.calibration = type(calibration)(
+                {key: replace(curve, intercept=-40.0) for key, curve in calibration.curves.items()},
+                calibration.fusion,
+                calibration.rerank_depth,
+                calibration.top_k,
+                calibration.model_fingerprint,
+            )
+            page.locator("#min-score").select_option("0.25")
+            expect(page.locator("#status")).to_contain_text("no confident match for “red circle on the left”")
+            expect(page.locator("#results .result")).to_have_count(0)
+            page.locator("#min-score").select_option("0")
+            expect(page.locator("#results .result")).to_have_count(12)
+            expect(page.locator("#results .confidence").first).to_have_text("0% match")
         finally:
             browser.close()
     assert not errors, errors

@@ -136,6 +136,12 @@ def register(subparsers: Any) -> None:
         help="one hit per group of near-duplicate images (its 'similar' column counts the others)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        metavar="P",
+        help="only hits whose confidence (calibrated P(true match), 0..1) is at least P",
+    )
     p.set_defaults(func=_search)
 
 
@@ -351,7 +357,7 @@ def _search(args: argparse.Namespace) -> None:
     from aladin.index.filters import parse_filter
     from aladin.model.aladin import AladinModel
     from aladin.pipeline import resolve_device
-    from aladin.search.searcher import QueryTruncatedWarning, Searcher
+    from aladin.search.searcher import QueryTruncatedWarning, Searcher, keep_confident
 
     if (args.query is None) == (args.image is None):
         raise AladinError("search: give either a text query or --image PATH")
@@ -372,9 +378,13 @@ def _search(args: argparse.Namespace) -> None:
             hits = searcher.search_text(args.query, args.k, args.rerank, where, args.filter, args.collapse)
     for warning in caught:
         print(f"aladin: warning: {warning.message}", file=sys.stderr)
+    hits = keep_confident(hits, args.min_score, searcher.model)
     query = args.query if args.image is None else args.image
     if args.json:
         print(json.dumps({"query": query, "hits": [hit.to_json() for hit in hits]}, indent=2))
+        return
+    if not hits and args.min_score is not None:
+        print(f"no confident match: no hit has a confidence of at least {args.min_score:.0%}")
         return
     Console().print(_hits_table(query, hits, args.collapse))
 
@@ -386,7 +396,7 @@ def _hits_table(query: str, hits: list[Any], collapse: bool = False) -> Table:
 
     shown = query if len(query) <= 80 else query[:77] + "..."
     table = Table(title=f"{shown!r}: top {len(hits)}")
-    for column in ("rank", "id", "score", "kNN score"):
+    for column in ("rank", "id", "score", "kNN score", "confidence"):
         table.add_column(column, justify="right")
     table.add_column("external id")
     table.add_column("caption" if hits and hits[0].caption else "path")
@@ -394,7 +404,16 @@ def _hits_table(query: str, hits: list[Any], collapse: bool = False) -> Table:
         table.add_column("similar", justify="right")
     for rank, hit in enumerate(hits, start=1):
         knn = "" if hit.first_stage_score is None else f"{hit.first_stage_score:.4f}"
-        row = [str(rank), str(hit.id), f"{hit.score:.4f}", knn, hit.external_id, hit.caption or hit.path]
+        confidence = "" if hit.confidence is None else f"{hit.confidence:.0%}"
+        row = [
+            str(rank),
+            str(hit.id),
+            f"{hit.score:.4f}",
+            knn,
+            confidence,
+            hit.external_id,
+            hit.caption or hit.path,
+        ]
         table.add_row(*row, *([str(hit.similar)] if collapse else []))
     return table
 

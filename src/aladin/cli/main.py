@@ -79,6 +79,12 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(json.dumps([r.to_json() for r in results], indent=2))
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    from aladin import pipeline
+
+    pipeline.calibrate(args.cache, args.model, args.split)
+
+
 def _dataset_check(args: argparse.Namespace) -> None:
     from aladin.data.check import check_dataset, format_report
     from aladin.data.readers import load_dataset
@@ -160,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="fit a model's score → P(true match) map on a cached split (its calibration.json)",
+    )
+    p.add_argument("--cache", required=True, help="feature cache the model's encoders extracted")
+    p.add_argument("--model", required=True, help="a model checkpoint folder, or a run folder (its model/)")
+    p.add_argument("--split", default="val", help="the split fitted on (default val; never the test split)")
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser(
         "demo", help="the whole job on the embedded synthetic data, ending in the results table"

@@ -261,3 +261,30 @@ def score_encoder_embeddings(
     start = time.perf_counter()
     scores = img @ txt.T
     return _result(name, scores, scores, _numpy(feats.caption_image), time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def served_top_k(
+    model: AladinModel,
+    image: ImageEmbedding,
+    text: TextEmbedding,
+    k: int,
+    depth: int,
+    fusion: float,
+) -> dict[tuple[int, bool], tuple[torch.Tensor, torch.Tensor]]:
+    """What a search serves for every query of a split, as `Searcher.search_encoded` scores it: per (direction
+    0 text→image / 1 image→text, re-ranked or not), each query's top k items [Q, k] and their served scores
+    [Q, k] — the kNN score alone, or the alignment score plus `fusion` × kNN of the top max(k, depth) kNN
+    candidates."""
+    first_stage = matching_matrix(image, text)
+    shortlists = _shortlists(model, image, text, first_stage, max(k, depth))
+    out = {}
+    for direction in (0, 1):
+        knn = first_stage.T if direction == 0 else first_stage  # [queries, items]
+        top = knn.topk(min(k, knn.shape[1]), dim=1)
+        out[direction, False] = (top.indices, top.values)
+        cand, aligned = shortlists.candidates[direction], shortlists.aligned[direction]
+        served = aligned + fusion * knn.gather(1, cand)
+        best = served.topk(min(k, served.shape[1]), dim=1)
+        out[direction, True] = (cand.gather(1, best.indices), best.values)
+    return out

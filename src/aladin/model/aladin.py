@@ -14,6 +14,7 @@ from torch import nn
 from aladin.checkpoint import config_schema_version, load_state_strict, read_checkpoint, save_checkpoint
 from aladin.config import AladinConfig, config_to_dict, model_config_from_saved
 from aladin.migrations import SCHEMA_VERSION
+from aladin.model.calibration import Calibration, load_calibration
 from aladin.model.layers import LogitScale, SequenceEncoder, masked_mean
 from aladin.model.rerank import RerankSetting
 
@@ -154,6 +155,8 @@ class AladinModel(nn.Module):
             self.text_matching = MatchingHead(m.embed_dim, m.global_dim, **student)
         self.matching_scale = LogitScale()
         self.info: dict[str, Any] = {}
+        #: Served score → P(true match), fitted on validation (None: hits carry no confidence).
+        self.calibration: Calibration | None = None
 
     # ---- encoding -------------------------------------------------------------------------------
     def image_features(self, regions: torch.Tensor) -> torch.Tensor:
@@ -247,14 +250,19 @@ class AladinModel(nn.Module):
         )
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> AladinModel:
-        """Load a checkpoint folder, refusing other format versions or weights that do not match the config."""
+    def from_pretrained(
+        cls, directory: str | Path, map_location: str | torch.device = "cpu", calibrated: bool = True
+    ) -> AladinModel:
+        """Load a checkpoint folder, refusing other format versions or weights that do not match the config;
+        with its calibration.json unless `calibrated` is False (to refit one that no longer fits)."""
         raw, state, info = read_checkpoint(directory, CHECKPOINT_KIND)
         where = f"{Path(directory) / 'config.json'}: config"
         config = model_config_from_saved(raw, config_schema_version(directory), where)
         model = cls(config)
         load_state_strict(model, state, Path(directory) / "model.safetensors")
         model.info = info
+        if calibrated:
+            model.calibration = load_calibration(directory, model.fingerprint, model.rerank.fusion)
         return model.to(map_location).eval()
 
     def fingerprint(self) -> str:

@@ -25,10 +25,13 @@ from aladin.index.index import SearchIndex, check_model, model_for_index
 from aladin.index.metadata import IMAGES, TEXTS, id_array
 from aladin.model.aladin import AladinModel
 from aladin.model.alignment import paired_region_word_scores, region_word_scores
+from aladin.model.calibration import IMAGE_TO_TEXT, TEXT_TO_IMAGE
 from aladin.search.explain import Explanation, explain_pair
 
 #: A search filter as callers give it: parsed, its text form, or its JSON form (`aladin.index.filters`).
 Where = Filter | str | dict[str, Any] | list[Any] | None
+#: The searches a calibration covers, by (query modality, kind searched): the curve's direction.
+CALIBRATED_SEARCHES = {("text", IMAGES): TEXT_TO_IMAGE, ("image", TEXTS): IMAGE_TO_TEXT}
 
 
 class QueryTruncatedWarning(UserWarning):
@@ -47,6 +50,9 @@ class Hit:
     image_id: int
     caption: str | None = None  # set for caption hits
     similar: int = 0  # collapsed search: how many near-duplicates of this image its hit stands for
+    #: P(a true match) from the model's calibration; None when the model has none or the search is not one it
+    #: was fitted for (image → image).
+    confidence: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,6 +65,8 @@ class EncodedQueries:
     global_vectors: torch.Tensor  # [nq, G]
     rows: torch.Tensor  # [nq, L, E]
     mask: torch.Tensor  # [nq, L]
+    #: "text" or "image": which calibration curve a search with these queries uses.
+    modality: str = ""
 
     def __len__(self) -> int:
         return len(self.global_vectors)
@@ -66,7 +74,7 @@ class EncodedQueries:
     def subset(self, rows: Sequence[int]) -> EncodedQueries:
         """Only these queries (to search again those that need more candidates)."""
         pick = torch.as_tensor(list(rows), dtype=torch.long, device=self.global_vectors.device)
-        return EncodedQueries(self.global_vectors[pick], self.rows[pick], self.mask[pick])
+        return EncodedQueries(self.global_vectors[pick], self.rows[pick], self.mask[pick], self.modality)
 
 
 class Searcher:
@@ -147,7 +155,7 @@ class Searcher:
         wordless = [q for q, n in zip(queries, emb.word_mask.sum(dim=1).tolist(), strict=True) if n == 0]
         if wordless:
             raise AladinError(f"query {wordless[0]!r} has no words the model can score")
-        return EncodedQueries(emb.global_vector, emb.words, emb.word_mask)
+        return EncodedQueries(emb.global_vector, emb.words, emb.word_mask, "text")
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[str | Path | Image.Image]) -> EncodedQueries:
@@ -158,7 +166,7 @@ class Searcher:
         pictures = [img if isinstance(img, Image.Image) else load_image(img, size) for img in images]
         batch = self.image_encoder.encode(pictures).to(model_device(self.model))
         emb = self.model.encode_image(batch.regions, batch.boxes, batch.region_mask)
-        return EncodedQueries(emb.global_vector, emb.regions, emb.region_mask)
+        return EncodedQueries(emb.global_vector, emb.regions, emb.region_mask, "image")
 
     # ---- searching ------------------------------------------------------------------------------
     def search_text(
@@ -238,6 +246,7 @@ class Searcher:
             raise AladinError(f"need k >= 1 and rerank >= 0, got k={k}, rerank={rerank}")
         groups = duplicate_groups(self.index, self.duplicates) if collapse and kind == IMAGES else None
         restrict = (milvus_filter, as_filter(where))
+        direction = CALIBRATED_SEARCHES.get((queries.modality, kind))
         results: list[list[Hit]] = [[] for _ in range(len(queries))]
         pending, depth = list(range(len(queries))), max(k, rerank)
         while pending:
@@ -249,7 +258,8 @@ class Searcher:
                     unfinished.append(q)
                     continue
                 keep = keep[:k]
-                results[q] = self._hits(kind, ids[keep], score[keep], knn[keep], groups)
+                confidence = self._confidence(direction, bool(rerank), score[keep])
+                results[q] = self._hits(kind, ids[keep], score[keep], knn[keep], groups, confidence)
             pending, depth = unfinished, depth * 2
         return results
 
@@ -277,6 +287,13 @@ class Searcher:
             order = np.argsort(-score, kind="stable")
             results.append((cand[order], score[order], knn[order]))
         return results
+
+    def _confidence(self, direction: str | None, reranked: bool, scores: np.ndarray) -> np.ndarray | None:
+        """P(true match) of served scores, where the model's calibration covers this search."""
+        calibration = self.model.calibration
+        if calibration is None or direction is None:
+            return None
+        return calibration.confidence(direction, reranked, scores)
 
     @torch.inference_mode()
     def rerank_text(self, query: str, ids: Sequence[int]) -> list[Hit]:
@@ -367,6 +384,7 @@ class Searcher:
         scores: np.ndarray,
         first: np.ndarray | None,
         groups: GroupIndex | None = None,
+        confidence: np.ndarray | None = None,
     ) -> list[Hit]:
         ids = [int(i) for i in ids]
         if kind == TEXTS:
@@ -386,6 +404,26 @@ class Searcher:
                 image_id=owners[i],
                 caption=captions.get(i),
                 similar=0 if groups is None else groups.similar(i),
+                confidence=None if confidence is None else round(float(confidence[n]), 4),
             )
             for n, i in enumerate(ids)
         ]
+
+
+def keep_confident(hits: list[Hit], min_score: float | None, model: AladinModel) -> list[Hit]:
+    """The hits whose confidence is at least `min_score` (all of them when None); refused when the model has no
+    calibration, or `min_score` is not a probability."""
+    if min_score is None:
+        return hits
+    if not 0.0 <= min_score <= 1.0:
+        raise AladinError(f"min score {min_score:g}: expected a probability between 0 and 1")
+    if model.calibration is None:
+        raise AladinError(
+            "min score: this model has no calibration, so its hits have no confidence to cut on "
+            "(fit one with `aladin calibrate`)"
+        )
+    if any(hit.confidence is None for hit in hits):
+        raise AladinError(
+            "min score: the calibration covers text → image and image → text searches, not image → image"
+        )
+    return [hit for hit in hits if hit.confidence is not None and hit.confidence >= min_score]

@@ -17,6 +17,7 @@ class HitOut(BaseModel):
     thumbnail: str
     image: str  # the full-size original
     similar: int = 0  # collapsed search: near-duplicates of this image left out of the list
+    confidence: float | None = None  # P(true match), calibrated; null when the model has no calibration
 
 
 class SearchOut(BaseModel):

@@ -13,9 +13,11 @@ import torch
 
 from aladin import distributed
 from aladin.config import AladinConfig, RecipeConfig, TrainConfig
+from aladin.evaluate.calibration import fit_calibration, split_description
 from aladin.evaluate.scorers import choose_rerank
 from aladin.fileio import read_json
 from aladin.model import AladinModel
+from aladin.model.calibration import CALIBRATION_FILE
 from aladin.model.features import FeatureTensors, embed_split
 from aladin.model.rerank import RerankSetting, depths_to_try, has_setting
 from aladin.train.stages import train_alignment, train_linear_baseline, train_matching
@@ -122,6 +124,15 @@ def record_rerank_choice(run: TrainingRun, checkpoint: Path) -> None:
         distributed.on_main_process(lambda: student.save_pretrained(checkpoint, info))
 
 
+def record_calibration(run: TrainingRun, checkpoint: Path) -> None:
+    """Fit the student's score → P(true match) map on validation, once (after its re-rank setting, which the
+    served score depends on): `calibration.json` in its folder."""
+    if not (checkpoint / CALIBRATION_FILE).is_file():
+        student = AladinModel.from_pretrained(checkpoint, run.device, calibrated=False)
+        calibration = fit_calibration(student, run.val_feats, split_description("val", run.val_feats))
+        distributed.on_main_process(lambda: calibration.save(checkpoint))
+
+
 def run_stages(run: TrainingRun) -> dict[str, dict[str, Any]]:
     """Train every stage of `run.recipe` not yet saved in the run folder; each stage's validation summary."""
     stages: dict[str, dict[str, Any]] = {}
@@ -131,6 +142,7 @@ def run_stages(run: TrainingRun) -> dict[str, dict[str, Any]]:
             spec.fit(run, folder)
         if spec.student:
             record_rerank_choice(run, folder)
+            record_calibration(run, folder)
         stages[spec.label] = fit_info(folder)
     return stages
 

@@ -12,7 +12,7 @@ from aladin.data.images import ImageTooLarge, decode_image_bytes
 from aladin.errors import AladinError, DataError
 from aladin.index.filters import Filter, filter_from_json
 from aladin.index.metadata import IMAGES, TEXTS
-from aladin.search.searcher import Hit, Searcher
+from aladin.search.searcher import Hit, Searcher, keep_confident
 from aladin.service.guard import too_big
 from aladin.service.schemas import SearchOut, hit_out
 from aladin.service.state import ServiceState
@@ -125,6 +125,22 @@ async def read_upload(file: UploadFile, limit: int) -> bytes:
     return data
 
 
+MinScore = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=1,
+        description="only hits whose confidence (calibrated P(true match)) is at least this; refused when the "
+        "model has no calibration",
+    ),
+]
+
+
+def confident(state: ServiceState, hits: list[Hit], min_score: float | None) -> list[Hit]:
+    """`keep_confident` with the serving model (a cut it cannot make is a 400, as every AladinError)."""
+    return keep_confident(hits, min_score, state.live.current().searcher.model)
+
+
 def router(state: ServiceState) -> APIRouter:
     config = state.config
     api = APIRouter(prefix="/api", tags=["search"])
@@ -146,6 +162,7 @@ def router(state: ServiceState) -> APIRouter:
         rerank: Rerank = None,
         where: WHERE = None,
         collapse: COLLAPSE = False,
+        min_score: MinScore = None,
     ) -> SearchOut:
         """Text → images; `warning` says when the query was longer than the text encoder reads."""
         text = state.query(q)
@@ -155,6 +172,7 @@ def router(state: ServiceState) -> APIRouter:
             partial(text_searches, k, rerank, where=chosen, collapse=collapse),
             text,
         )
+        hits = confident(state, hits, min_score)
         return SearchOut(
             query=q, target="images", rerank=depth, hits=[hit_out(h) for h in hits], warning=warning
         )
@@ -167,6 +185,7 @@ def router(state: ServiceState) -> APIRouter:
         rerank: Rerank = None,
         where: WHERE = None,
         collapse: COLLAPSE = False,
+        min_score: MinScore = None,
     ) -> SearchOut:
         """Image → similar images, or image → captions (target=texts, re-ranked like text search); `collapse`
         applies to image hits."""
@@ -180,6 +199,7 @@ def router(state: ServiceState) -> APIRouter:
             data,
         )
         name = file.filename or "upload"
+        hits = confident(state, hits, min_score)
         return SearchOut(query=name, target=target, rerank=depth, hits=[hit_out(h) for h in hits])
 
     return api

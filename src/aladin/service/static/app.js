@@ -51,8 +51,14 @@ async function runSearch(url, options, label) {
     const ms = Math.round(performance.now() - started);
     const how = result.rerank ? "re-ranked" : "kNN only";
     const warning = result.warning ? `. Note: ${result.warning}` : "";
-    setStatus(status, `${result.hits.length} results for ${label} (${how}, ${ms} ms)${warning}`);
-    $("#results").replaceChildren(...result.hits.map(renderHit));
+    const hits = confidentHits(result.hits);
+    if (hits.length === 0 && result.hits.length > 0) {
+      setStatus(status, `no confident match for ${label}: none of the ${result.hits.length} results is a ` +
+        `${$("#min-score").selectedOptions[0].text} or better (${how}, ${ms} ms)${warning}`);
+      return;
+    }
+    setStatus(status, `${hits.length} results for ${label} (${how}, ${ms} ms)${warning}`);
+    $("#results").replaceChildren(...hits.map(renderHit));
   } catch (error) {
     if (search === state.search) setStatus(status, error.message, true);
   }
@@ -90,16 +96,21 @@ function renderHit(hit) {
   const button = element("button", "result");
   button.type = "button";
   button.dataset.id = hit.id;
-  button.setAttribute("aria-label", `${name}, score ${hit.score.toFixed(3)}: explain the match`);
   const img = element("img");
   img.src = hit.thumbnail;
   img.alt = "";
   img.loading = "lazy";
   button.append(img, element("span", "score", hit.score.toFixed(3)), element("span", "label", name));
+  let said = `score ${hit.score.toFixed(3)}`;
+  if (hit.confidence !== null && hit.confidence !== undefined) {
+    said = `${Math.round(hit.confidence * 100)}% match`;
+    button.append(element("span", "confidence", said));
+  }
   if (hit.similar) {
     button.append(similarBadge(hit.similar));
-    button.setAttribute("aria-label", `${name}, and ${hit.similar} similar, score ${hit.score.toFixed(3)}: explain the match`);
+    said = `and ${hit.similar} similar, ${said}`;
   }
+  button.setAttribute("aria-label", `${name}, ${said}: explain the match`);
   button.addEventListener("click", () => openDetail(hit, button));
   const full = element("a", "full-size", "full size");
   full.href = hit.image;
@@ -271,3 +282,14 @@ function similarBadge(count) {
   badge.title = `${count} near-duplicate photo${count === 1 ? "" : "s"} not shown`;
   return badge;
 }
+
+// The page's min score: hits a calibrated model gives a lower confidence are hidden (a model without calibration
+// gives none, and nothing is hidden).
+function confidentHits(hits) {
+  const min = Number($("#min-score").value);
+  return hits.filter((hit) => hit.confidence === null || hit.confidence === undefined || hit.confidence >= min);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#min-score").addEventListener("change", () => (state.query ? searchText() : searchUpload()));
+});
