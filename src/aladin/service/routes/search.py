@@ -3,7 +3,7 @@
 import json
 from collections.abc import Sequence
 from functools import partial
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 from PIL import Image
@@ -13,6 +13,7 @@ from aladin.errors import AladinError, DataError
 from aladin.index.filters import Filter, filter_from_json
 from aladin.index.metadata import IMAGES, TEXTS
 from aladin.search.searcher import Hit, Searcher, keep_confident
+from aladin.service.config import ServiceConfig
 from aladin.service.guard import too_big
 from aladin.service.schemas import SearchOut, hit_out
 from aladin.service.state import ServiceState
@@ -141,11 +142,10 @@ def confident(state: ServiceState, hits: list[Hit], min_score: float | None) -> 
     return keep_confident(hits, min_score, state.live.current().searcher.model)
 
 
-def router(state: ServiceState) -> APIRouter:
-    config = state.config
-    api = APIRouter(prefix="/api", tags=["search"])
-    K = Annotated[int, Query(ge=1, le=config.max_k, description="results to return")]
-    Rerank = Annotated[
+def bounded_parameters(config: ServiceConfig) -> tuple[Any, Any]:
+    """The `k` and `rerank` parameters, bounded by the service config."""
+    k = Annotated[int, Query(ge=1, le=config.max_k, description="results to return")]
+    rerank = Annotated[
         int | None,
         Query(
             ge=0,
@@ -154,6 +154,13 @@ def router(state: ServiceState) -> APIRouter:
             "setting chosen on validation)",
         ),
     ]
+    return k, rerank
+
+
+def router(state: ServiceState) -> APIRouter:
+    config = state.config
+    api = APIRouter(prefix="/api", tags=["search"])
+    K, Rerank = bounded_parameters(config)
 
     @api.get("/search")
     async def search_text(
