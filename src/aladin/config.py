@@ -185,7 +185,9 @@ class ImageEncoderConfig:
         if self.max_tag_tokens is None:
             object.__setattr__(self, "max_tag_tokens", 24 if self.classifier_tags else 16)
         if not isinstance(self.max_tag_tokens, int) or isinstance(self.max_tag_tokens, bool):
-            raise AladinError(f"image_encoder.max_tag_tokens: expected an integer, got {self.max_tag_tokens!r}")
+            raise AladinError(
+                f"image_encoder.max_tag_tokens: expected an integer, got {self.max_tag_tokens!r}"
+            )
         if self.max_tag_tokens < 1:
             raise AladinError(f"image_encoder.max_tag_tokens: must be at least 1, got {self.max_tag_tokens}")
 

@@ -137,6 +137,11 @@ class ImageEncoder(ABC):
         """A fresh trainable copy of the backbone's last layers, or None when nothing is fine-tuned."""
         return None
 
+    def tag_labels(self, images: list[Image.Image]) -> list[list[str]]:
+        """Per image, the tag name of each real tag row `encode` puts after its regions, in order (so an
+        explanation can say which tag a word matched); none unless the encoder names tags."""
+        return [[] for _ in images]
+
 
 #: The box of a tag seen in the whole picture: x1, y1, x2, y2, area.
 WHOLE_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0, 1.0)
@@ -170,6 +175,12 @@ class TagWords:
     def slots(self) -> int:
         return self.encoder.config.max_length
 
+    def owners(self, names: Sequence[str]) -> list[int]:
+        """For each word piece `append` keeps of these tags (joined, then cut to `max_tag_tokens`), the index of
+        the tag it belongs to."""
+        owners = [i for i, name in enumerate(names) for _ in self.encoder.word_pieces(name)]
+        return owners[: self.slots - 2]
+
     def append(
         self,
         batch: RegionBatch,
@@ -187,12 +198,9 @@ class TagWords:
         tag_mask[:, :length] = words.token_mask
         boxes = torch.tensor(WHOLE_IMAGE_BOX, device=device).expand(n, self.slots, 5).clone()
         for i, per_tag in enumerate(tag_boxes or ()):
-            pieces = tag_mask[i].nonzero().flatten()  # the k-th word piece of the joined tags, in order
-            start = 0
-            for name, box in zip(tags[i], per_tag, strict=True):
-                count = len(self.encoder.word_pieces(name))
-                boxes[i, pieces[start : start + count]] = box.to(device)
-                start += count
+            pieces = tag_mask[i].nonzero().flatten().tolist()  # the word pieces of the joined tags, in order
+            for piece, owner in zip(pieces, self.owners(tags[i]), strict=False):
+                boxes[i, piece] = per_tag[owner].to(device)
         region_rows = F.pad(batch.regions, (0, self.feature_dim - self.region_dim))
         return RegionBatch(
             torch.cat([region_rows, tag_rows], dim=1),
@@ -402,7 +410,18 @@ class EfficientNetGridEncoder(ImageEncoder):
         names = [[tag.name for tag in image_tags] for image_tags in tags]
         if self.config.tag_boxes == "image":
             return self._tags.append(batch, names)
-        return self._tags.append(batch, names, [[self._tag_box(tag) for tag in image_tags] for image_tags in tags])
+        return self._tags.append(
+            batch, names, [[self._tag_box(tag) for tag in image_tags] for image_tags in tags]
+        )
+
+    def tag_labels(self, images: list[Image.Image]) -> list[list[str]]:
+        if self._tags is None:
+            return super().tag_labels(images)
+        owners = self._tags.owners
+        return [
+            [image_tags[o].name for o in owners([t.name for t in image_tags])]
+            for image_tags in self.tags(images)
+        ]
 
     def tags(self, images: list[Image.Image]) -> list[list[Tag]]:
         """The classifier tags of `images` (what `encode` appends), e.g. to say which words matched a tag."""
@@ -425,7 +444,9 @@ class EfficientNetGridEncoder(ImageEncoder):
         global_logits = self._classifier(regions[:, -self._fine_cells :].mean(dim=1)).cpu()
         cell_logits = self._classifier(regions[:, : self._tag_cells]).cpu()
         names = imagenet_names()
-        return [select_tags(g, c, names, self.config) for g, c in zip(global_logits, cell_logits, strict=True)]
+        return [
+            select_tags(g, c, names, self.config) for g, c in zip(global_logits, cell_logits, strict=True)
+        ]
 
     def _tag_box(self, tag: Tag) -> torch.Tensor:
         """The box around the cells that named `tag`, or the whole picture for a whole-image tag."""
