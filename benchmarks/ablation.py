@@ -86,6 +86,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "model": {"matching_input": "frozen"},
         "encoders": {"image_encoder": {"multiscale": True}},
     },
+    "student on frozen features + classifier tags": {
+        "model": {"matching_input": "frozen"},
+        "encoders": {"image_encoder": {"multiscale": False, "classifier_tags": True}},
+    },
+    "student on frozen features + multi-scale regions (7×7 + 14×14) + classifier tags": {
+        "model": {"matching_input": "frozen"},
+        "encoders": {"image_encoder": {"multiscale": True, "classifier_tags": True}},
+    },
     "detectors student on frozen features + multi-scale regions": {
         "model": {"matching_input": "frozen", "matching_form": "detectors", "global_dim": 512},
         "encoders": {"image_encoder": {"multiscale": True}},

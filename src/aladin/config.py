@@ -100,6 +100,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.global_pooling": ("mean", "max"),
     "model.matching_input": ("contextual", "frozen"),
     "model.matching_form": ("pooled", "detectors"),
+    "image_encoder.tag_boxes": ("image", "cell"),
 }
 
 
@@ -131,8 +132,24 @@ class ImageEncoderConfig:
     #: For name="precomputed": append each image's detector object tags to its regions as word-piece
     #: features of this text encoder (a bundled name or a local HF folder), the Oscar/VinVL way; "" = no tags.
     tags_text_encoder: str = ""
-    #: Word pieces of the tags kept per image (the tag encoder's [CLS]/[SEP] come on top).
-    max_tag_tokens: int = 16
+    #: Word pieces of the tags kept per image (the tag encoder's [CLS]/[SEP] come on top). None (unset) = 24
+    #: with `classifier_tags` (measured on the COCO subset, issue #28), else 16; the made config holds an int.
+    max_tag_tokens: int | None = None
+    #: For the bundled EfficientNet encoders: name what the ImageNet classifier head sees in the whole image
+    #: (the pooled map) and in each cell (the coarse cells when multi-scale) and append those class names as
+    #: word-piece regions, as `tags_text_encoder` does for detector tags (its text encoder; "" = the default
+    #: text encoder's). The thresholds below are the ones measured by hand on the COCO subset (issue #28).
+    classifier_tags: bool = False
+    #: Whole-image tags: at most this many top classes of the pooled map, each with probability ≥ the minimum.
+    tag_global_top: int = 5
+    tag_global_min_p: float = 0.02
+    #: Cell tags: each cell's top class when its probability is ≥ this.
+    tag_cell_min_p: float = 0.3
+    #: Distinct class names kept per image (whole-image tags first, by probability, then cell tags).
+    max_tags: int = 10
+    #: The box of a tag's word pieces: "image" (the whole picture, as detector tags) or "cell" (the cells that
+    #: named it; a whole-image tag keeps the whole picture).
+    tag_boxes: str = "image"
     #: Views cached per training image: the picture itself plus `train_views - 1` random resized crops (seeded
     #: per image), one of which each training step draws, so the heads see augmented images at no encoder cost.
     train_views: int = 1
@@ -158,13 +175,45 @@ class ImageEncoderConfig:
                 "image_encoder.train_views: augmented views are crops of the pictures, which precomputed "
                 "regions do not have"
             )
-        if self.tags_text_encoder and self.name != "precomputed":
+        if self.classifier_tags:
+            self._check_classifier_tags()
+        elif self.tags_text_encoder and self.name != "precomputed":
             raise AladinError(
                 f"image_encoder.tags_text_encoder: object tags come with precomputed detector regions, "
                 f"but the image encoder is {self.name!r}"
             )
+        if self.max_tag_tokens is None:
+            object.__setattr__(self, "max_tag_tokens", 24 if self.classifier_tags else 16)
+        if not isinstance(self.max_tag_tokens, int) or isinstance(self.max_tag_tokens, bool):
+            raise AladinError(
+                f"image_encoder.max_tag_tokens: expected an integer, got {self.max_tag_tokens!r}"
+            )
         if self.max_tag_tokens < 1:
             raise AladinError(f"image_encoder.max_tag_tokens: must be at least 1, got {self.max_tag_tokens}")
+
+    def _check_classifier_tags(self) -> None:
+        """Classifier tags need the bundled CNN's ImageNet head on the final map, and sane thresholds."""
+        if self.name == "precomputed" or is_hf_name(self.name):
+            raise AladinError(
+                f"image_encoder.classifier_tags: the tags come from the bundled EfficientNet's ImageNet "
+                f"classifier, but the image encoder is {self.name!r}"
+            )
+        if self.finetune_layers:
+            raise AladinError(
+                "image_encoder.classifier_tags: the classifier reads the final frozen map, which a fine-tuned "
+                "tail changes; set finetune_layers to 0"
+            )
+        _choice("image_encoder.tag_boxes", self.tag_boxes, CHOICES["image_encoder.tag_boxes"])
+        for name in ("tag_global_min_p", "tag_cell_min_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise AladinError(f"image_encoder.{name}: a probability in [0, 1], got {getattr(self, name)}")
+        if self.tag_global_top < 0 or self.max_tags < 1:
+            raise AladinError(
+                f"image_encoder: need tag_global_top ≥ 0 and max_tags ≥ 1, got {self.tag_global_top} and "
+                f"{self.max_tags}"
+            )
+        if not self.tags_text_encoder:
+            object.__setattr__(self, "tags_text_encoder", TextEncoderConfig.name)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from aladin.errors import AladinError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Where a document records its config schema version (top level of recipe.json, the checkpoint header and
 #: the cache meta.json).
 SCHEMA_KEY = "config_schema_version"
@@ -125,11 +125,32 @@ def _encoders_v0_to_v1(meta: dict[str, Any]) -> dict[str, Any]:
     return _filled(meta, {"image_encoder": _V0_IMAGE_ENCODER, "text_encoder": _V0_TEXT_ENCODER})
 
 
+# Image-encoder fields added in version 2 (classifier tags, issue #28): off in every earlier file.
+_V1_IMAGE_ENCODER = {
+    "classifier_tags": False,
+    "tag_global_top": 5,
+    "tag_global_min_p": 0.02,
+    "tag_cell_min_p": 0.3,
+    "max_tags": 10,
+    "tag_boxes": "image",
+}
+
+
+def _encoders_v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
+    """v1 checkpoints and cache metadata predate classifier tags: they hold untagged features."""
+    return _filled(document, {"image_encoder": _V1_IMAGE_ENCODER})
+
+
+def _recipe_v1_to_v2(recipe: dict[str, Any]) -> dict[str, Any]:
+    """Recipes hold no encoder settings: nothing changed for them in version 2."""
+    return recipe
+
+
 #: Per document kind: the function taking version N to N + 1.
 MIGRATIONS: dict[str, dict[int, Migration]] = {
-    "model": {0: _model_v0_to_v1},
-    "recipe": {0: _recipe_v0_to_v1},
-    "encoders": {0: _encoders_v0_to_v1},
+    "model": {0: _model_v0_to_v1, 1: _encoders_v1_to_v2},
+    "recipe": {0: _recipe_v0_to_v1, 1: _recipe_v1_to_v2},
+    "encoders": {0: _encoders_v0_to_v1, 1: _encoders_v1_to_v2},
 }
 
 

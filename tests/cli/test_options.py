@@ -138,3 +138,15 @@ def test_hf_encoder_folders_are_recorded_absolute(tmp_path: Path, monkeypatch) -
     assert args.image_encoder == f"hf:{tmp_path / 'models' / 'clip'}"  # as typed, from this folder
     assert args.text_encoder == f"hf:{tmp_path / 'models' / 'bert'}"
     assert _parse(add_encoder_flags, []).image_encoder == ImageEncoderConfig.name  # other names as they are
+
+
+def test_classifier_tags_flag_turns_the_tags_on_with_the_runs_text_encoder(tmp_path: Path) -> None:
+    folder = tmp_path / "bert"
+    argv = ["--classifier-tags", "--no-multiscale"]
+    image, text = encoder_configs(_parse(add_encoder_flags, argv))
+    assert image.classifier_tags and not image.multiscale and image.max_tag_tokens == 24
+    assert image.tags_text_encoder == text.name == "all-MiniLM-L6-v2"
+    image, _ = encoder_configs(_parse(add_encoder_flags, [*argv, "--text-encoder", str(folder)]))
+    assert image.tags_text_encoder == str(folder)  # the tags are words of the run's own text encoder
+    image, _ = encoder_configs(_parse(add_encoder_flags, argv[1:]))
+    assert not image.classifier_tags and image.tags_text_encoder == "" and image.max_tag_tokens == 16

@@ -79,3 +79,27 @@ def test_each_content_word_points_at_its_own_region_even_when_the_context_washes
     assert explanation.query_similarity.shape == (5,)
     with pytest.raises(AladinError, match="empty text"):
         explain_pair(model, text_encoder, "  ", regions, mask, None)
+
+
+def test_a_word_that_matched_a_tag_region_says_which_tag() -> None:
+    model, text_encoder = washing_model(), QuietFrameEncoder()
+    red, circle = word_vectors(model, text_encoder, ["red", "circle"])
+    others = torch.nn.functional.normalize(
+        torch.randn(3, len(red), generator=torch.Generator().manual_seed(0))
+    )
+    # picture regions first (red among them), then the word pieces of the tags "round thing" and "circle"
+    regions = torch.cat([others[:2], red[None], others[2:], circle[None]]).unsqueeze(0)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    boxes = np.tile([0.0, 0.0, 1.0, 1.0, 1.0], (5, 1))
+    tags = ["round thing", "round thing", "circle"]
+    explanation = explain_pair(model, text_encoder, "red circle", regions, mask, boxes, tags=tags)
+    assert explanation.region_tags == ["", "", "round thing", "round thing", "circle"]
+    assert explanation.word_tags == ["round thing", "circle"]  # red's best region is a tag piece too
+    np.testing.assert_array_equal(explanation.picture_regions(), [0, 1])
+    only_last = explain_pair(model, text_encoder, "red circle", regions, mask, boxes, tags=["circle"])
+    assert only_last.word_tags == ["", "circle"]  # red matched a picture region
+    np.testing.assert_array_equal(only_last.picture_regions(), [0, 1, 2, 3])
+    untagged = explain_pair(model, text_encoder, "red circle", regions, mask, boxes)
+    assert untagged.word_tags == ["", ""] and len(untagged.picture_regions()) == 5
+    with pytest.raises(AladinError, match="6 tag regions but only 5"):
+        explain_pair(model, text_encoder, "red", regions, mask, boxes, tags=["x"] * 6)

@@ -72,6 +72,12 @@ def add_encoder_flags(parser: argparse.ArgumentParser) -> None:
         help="with --image-encoder precomputed: append the detector's object tags to the regions as words",
     )
     parser.add_argument(
+        "--classifier-tags",
+        action="store_true",
+        help="with the bundled EfficientNet: append what its ImageNet classifier names in the picture and in each "
+        "cell (e.g. 'brown bear') to the regions as words, encoded by --text-encoder",
+    )
+    parser.add_argument(
         "--text-encoder",
         type=encoder_name,
         default=TextEncoderConfig.name,
@@ -94,7 +100,8 @@ def encoder_configs(args: argparse.Namespace) -> tuple[ImageEncoderConfig, TextE
         finetune_layers=args.image_finetune_layers,
         features_path=args.region_features,
         max_regions=args.max_regions,
-        tags_text_encoder=args.text_encoder if args.object_tags else "",
+        tags_text_encoder=args.text_encoder if args.object_tags or args.classifier_tags else "",
+        classifier_tags=args.classifier_tags,
     )
     text = TextEncoderConfig(
         name=args.text_encoder, max_length=args.max_words, finetune_layers=args.text_finetune_layers

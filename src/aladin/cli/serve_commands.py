@@ -188,7 +188,13 @@ def _explain(args: argparse.Namespace) -> None:
     )
     out = render_heatmap(image, explanation, args.out, args.word)
     best = explanation.similarity.max(axis=1)
-    print("  ".join(f"{word} {value:.2f}" for word, value in zip(explanation.words, best, strict=True)))
+    tags = explanation.word_tags or [""] * len(best)
+    print(
+        "  ".join(
+            f"{word} {value:.2f}" + (f" (tag {tag!r})" if tag else "")
+            for word, value, tag in zip(explanation.words, best, tags, strict=True)
+        )
+    )
     if explanation.skipped:
         print(f"not drawn (stop words): {' '.join(explanation.skipped)}")
     print(f"alignment score {explanation.score:.3f}; heatmap written to {out}")

@@ -9,6 +9,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,10 +17,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from aladin.config import ImageEncoderConfig
+from aladin.config import ImageEncoderConfig, TextEncoderConfig
 from aladin.data.dataset import ImageItem
+from aladin.encoders.classifier_tags import Tag, imagenet_names, select_tags
 from aladin.errors import AladinError
 from aladin.hf_folder import is_hf_name
+
+if TYPE_CHECKING:
+    from aladin.encoders.text import TextEncoder
 
 
 @dataclass
@@ -131,6 +136,78 @@ class ImageEncoder(ABC):
     def make_tail(self) -> nn.Module | None:
         """A fresh trainable copy of the backbone's last layers, or None when nothing is fine-tuned."""
         return None
+
+    def tag_labels(self, images: list[Image.Image]) -> list[list[str]]:
+        """Per image, the tag name of each real tag row `encode` puts after its regions, in order (so an
+        explanation can say which tag a word matched); none unless the encoder names tags."""
+        return [[] for _ in images]
+
+
+#: The box of a tag seen in the whole picture: x1, y1, x2, y2, area.
+WHOLE_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0, 1.0)
+
+
+class TagWords:
+    """Object tags as extra regions, the Oscar/VinVL way: an image's tags, joined by spaces, are encoded by a
+    frozen text encoder and each word piece becomes one more region.
+
+    Region rows carry [region features, zeros] and tag rows [zeros, word-piece features], so the model's linear
+    region projection acts as two projections, one per kind, and words can align to tags as well as to regions.
+    `max_tag_tokens` + 2 tag slots follow the region slots ([CLS]/[SEP] and padding masked). Detector tags
+    (precomputed regions) and classifier tags (the bundled CNN) both go through here.
+    """
+
+    def __init__(self, cfg: ImageEncoderConfig, region_dim: int, device: torch.device | str = "cpu") -> None:
+        from aladin.encoders.text import build_text_encoder  # the text encoders import this module
+
+        assert cfg.max_tag_tokens is not None  # set by the config
+        self.region_dim = region_dim
+        self.encoder: TextEncoder = build_text_encoder(
+            TextEncoderConfig(name=cfg.tags_text_encoder, max_length=cfg.max_tag_tokens + 2), device
+        )
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of every row: region features, then word-piece features."""
+        return self.region_dim + self.encoder.feature_dim
+
+    @property
+    def slots(self) -> int:
+        return self.encoder.config.max_length
+
+    def owners(self, names: Sequence[str]) -> list[int]:
+        """For each word piece `append` keeps of these tags (joined, then cut to `max_tag_tokens`), the index of
+        the tag it belongs to."""
+        owners = [i for i, name in enumerate(names) for _ in self.encoder.word_pieces(name)]
+        return owners[: self.slots - 2]
+
+    def append(
+        self,
+        batch: RegionBatch,
+        tags: Sequence[Sequence[str]],
+        tag_boxes: Sequence[Sequence[torch.Tensor]] | None = None,
+    ) -> RegionBatch:
+        """`batch` with each image's tag word pieces after its regions. Word pieces get the whole-image box,
+        or with `tag_boxes` (one [5] box per tag) their own tag's box."""
+        device = batch.regions.device
+        words = self.encoder.encode([" ".join(names) for names in tags]).to(device)
+        n, length = words.token_mask.shape
+        tag_rows = torch.zeros(n, self.slots, self.feature_dim, device=device)
+        tag_rows[:, :length, self.region_dim :] = words.tokens
+        tag_mask = torch.zeros(n, self.slots, dtype=torch.bool, device=device)
+        tag_mask[:, :length] = words.token_mask
+        boxes = torch.tensor(WHOLE_IMAGE_BOX, device=device).expand(n, self.slots, 5).clone()
+        for i, per_tag in enumerate(tag_boxes or ()):
+            pieces = tag_mask[i].nonzero().flatten().tolist()  # the word pieces of the joined tags, in order
+            for piece, owner in zip(pieces, self.owners(tags[i]), strict=False):
+                boxes[i, piece] = per_tag[owner].to(device)
+        region_rows = F.pad(batch.regions, (0, self.feature_dim - self.region_dim))
+        return RegionBatch(
+            torch.cat([region_rows, tag_rows], dim=1),
+            torch.cat([batch.boxes, boxes], dim=1),
+            torch.cat([batch.region_mask, tag_mask], dim=1),
+            batch.projected,
+        )
 
 
 def augmented_view(image: Image.Image, key: tuple[int, int], min_area: float = 0.5) -> Image.Image:
@@ -273,17 +350,29 @@ class EfficientNetGridEncoder(ImageEncoder):
         cells = self.input_size // 32
         fine = grid_boxes(cells, cells)
         self._boxes = torch.cat([grid_boxes(cells // 2, cells // 2), fine]) if cfg.multiscale else fine
+        self._fine_cells = cells * cells
         self._stem.to(self.device)
         self._trunk_blocks.to(self.device)
         self._tail.to(self.device)
+        self._tags: TagWords | None = None
+        if cfg.classifier_tags:
+            if net._fc.out_features != len(imagenet_names()):
+                raise AladinError(
+                    f"image_encoder.classifier_tags: {cfg.name}'s classifier has {net._fc.out_features} "
+                    f"classes, the ImageNet names {len(imagenet_names())}"
+                )
+            self._classifier = net._fc.to(self.device)
+            # the cells the classifier names: the coarse ones (first) when multi-scale, else all of them
+            self._tag_cells = (cells // 2) ** 2 if cfg.multiscale else self._fine_cells
+            self._tags = TagWords(cfg, self._feature_dim, self.device)
 
     @property
     def feature_dim(self) -> int:
-        return self._feature_dim
+        return self._tags.feature_dim if self._tags else self._feature_dim
 
     @property
     def num_regions(self) -> int:
-        return self._boxes.shape[0]
+        return self._boxes.shape[0] + (self._tags.slots if self._tags else 0)
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         x = self._stem(x)
@@ -297,24 +386,76 @@ class EfficientNetGridEncoder(ImageEncoder):
         return copy.deepcopy(self._tail).requires_grad_(True)
 
     def encode(self, images: list[Image.Image]) -> RegionBatch:
-        """Regions of `images`, `batch_size` at a time (trunk map instead when fine-tuning).
+        """Regions of `images`, `batch_size` at a time (trunk map instead when fine-tuning), then the word
+        pieces of their classifier tags when `classifier_tags` is on.
 
         The backbone runs under inference mode; the returned tensors are ordinary ones, so a trainable tail can
         take them as input.
         """
         if not images:
             raise AladinError("encode: no images given")
-        outputs = []
+        outputs, tags = [], []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                x = preprocess(images[start : start + self.batch_size], self.input_size).to(self.device)
-                trunk = _flatten_map(self._trunk(x))
-                outputs.append(trunk if self.config.finetune_layers else self._tail(trunk))
+                outputs.append(self._forward(images[start : start + self.batch_size]))
+                if self._tags is not None:
+                    tags.extend(self._classify(outputs[-1]))
         regions = torch.cat(outputs).float()
         n = regions.shape[0]
         boxes = self._boxes.to(self.device).expand(n, -1, -1).clone()
-        mask = torch.ones(n, self.num_regions, dtype=torch.bool, device=self.device)
-        return RegionBatch(regions, boxes, mask)
+        mask = torch.ones(n, self._boxes.shape[0], dtype=torch.bool, device=self.device)
+        batch = RegionBatch(regions, boxes, mask)
+        if self._tags is None:
+            return batch
+        names = [[tag.name for tag in image_tags] for image_tags in tags]
+        if self.config.tag_boxes == "image":
+            return self._tags.append(batch, names)
+        return self._tags.append(
+            batch, names, [[self._tag_box(tag) for tag in image_tags] for image_tags in tags]
+        )
+
+    def tag_labels(self, images: list[Image.Image]) -> list[list[str]]:
+        if self._tags is None:
+            return super().tag_labels(images)
+        owners = self._tags.owners
+        return [
+            [image_tags[o].name for o in owners([t.name for t in image_tags])]
+            for image_tags in self.tags(images)
+        ]
+
+    def tags(self, images: list[Image.Image]) -> list[list[Tag]]:
+        """The classifier tags of `images` (what `encode` appends), e.g. to say which words matched a tag."""
+        if self._tags is None:
+            raise AladinError("image_encoder.classifier_tags is off: this encoder names no tags")
+        with torch.inference_mode():
+            return [
+                image_tags
+                for start in range(0, len(images), self.batch_size)
+                for image_tags in self._classify(self._forward(images[start : start + self.batch_size]))
+            ]
+
+    def _forward(self, pictures: list[Image.Image]) -> torch.Tensor:
+        """The final regions of a few pictures (the trunk map when fine-tuning); callers hold inference mode."""
+        trunk = _flatten_map(self._trunk(preprocess(pictures, self.input_size).to(self.device)))
+        return trunk if self.config.finetune_layers else self._tail(trunk)
+
+    def _classify(self, regions: torch.Tensor) -> list[list[Tag]]:
+        """Tags per image from its final regions: the classifier on the pooled fine map and on each tagged cell."""
+        global_logits = self._classifier(regions[:, -self._fine_cells :].mean(dim=1)).cpu()
+        cell_logits = self._classifier(regions[:, : self._tag_cells]).cpu()
+        names = imagenet_names()
+        return [
+            select_tags(g, c, names, self.config) for g, c in zip(global_logits, cell_logits, strict=True)
+        ]
+
+    def _tag_box(self, tag: Tag) -> torch.Tensor:
+        """The box around the cells that named `tag`, or the whole picture for a whole-image tag."""
+        if not tag.cells:
+            return torch.tensor(WHOLE_IMAGE_BOX)
+        cells = self._boxes[list(tag.cells)]
+        x1, y1 = cells[:, 0].min(), cells[:, 1].min()
+        x2, y2 = cells[:, 2].max(), cells[:, 3].max()
+        return torch.stack([x1, y1, x2, y2, (x2 - x1) * (y2 - y1)])
 
 
 ImageEncoderFactory = Callable[[ImageEncoderConfig, torch.device], ImageEncoder]
@@ -370,4 +511,9 @@ def build_image_encoder(cfg: ImageEncoderConfig, device: torch.device | str = "c
         raise AladinError(
             f"image_encoder.name: unknown image encoder {cfg.name!r} (known: {', '.join(image_encoder_names())}, or hf:PATH)"
         )
-    return factory(cfg, torch.device(device))
+    encoder = factory(cfg, torch.device(device))
+    if cfg.classifier_tags and not isinstance(encoder, EfficientNetGridEncoder):
+        raise AladinError(
+            f"image_encoder.classifier_tags: only the bundled EfficientNet encoders name tags, not {cfg.name!r}"
+        )
+    return encoder

@@ -13,9 +13,8 @@ lie in 0..1; otherwise pixels of the image file, whose size is read from its hea
 
 Object tags can join the image side the Oscar/VinVL way (`ImageEncoderConfig.tags_text_encoder`): the tags
 of an image, joined by spaces, are encoded by a frozen text encoder and each word piece becomes one more
-"region" with a whole-image box. Region rows carry [region features, zeros] and tag rows [zeros, word-piece
-features], so the model's linear region projection acts as two projections, one per kind, and words can
-align to tags as well as to regions; caches, checkpoints and indexes need no new fields.
+"region" with a whole-image box (`aladin.encoders.image.TagWords`, which the bundled CNN's classifier tags use
+too); caches, checkpoints and indexes need no new fields.
 """
 
 from __future__ import annotations
@@ -32,10 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from aladin.config import ImageEncoderConfig, TextEncoderConfig
+from aladin.config import ImageEncoderConfig
 from aladin.data.dataset import ImageItem
-from aladin.encoders.image import ImageEncoder, RegionBatch, register_image_encoder
-from aladin.encoders.text import TextEncoder, build_text_encoder
+from aladin.encoders.image import ImageEncoder, RegionBatch, TagWords, register_image_encoder
 from aladin.errors import AladinError, DataError
 
 _FEATURE_NAMES = ("features", "x")
@@ -249,15 +247,11 @@ class PrecomputedRegionEncoder(ImageEncoder):
             raise DataError(f"{self.source.location}: no region features found")
         self._region_dim = self.source.read(keys[0]).features.shape[1]
         self._region_slots = max_regions or None
-        self._tag_encoder: TextEncoder | None = None
-        if cfg.tags_text_encoder:
-            tag_cfg = TextEncoderConfig(name=cfg.tags_text_encoder, max_length=cfg.max_tag_tokens + 2)
-            self._tag_encoder = build_text_encoder(tag_cfg, self.device)
+        self._tags = TagWords(cfg, self._region_dim, self.device) if cfg.tags_text_encoder else None
 
     @property
     def feature_dim(self) -> int:
-        tag_dim = self._tag_encoder.feature_dim if self._tag_encoder else 0
-        return self._region_dim + tag_dim
+        return self._tags.feature_dim if self._tags else self._region_dim
 
     @property
     def region_slots(self) -> int:
@@ -270,8 +264,7 @@ class PrecomputedRegionEncoder(ImageEncoder):
     @property
     def num_regions(self) -> int:
         """The batch width: the region slots, then the tag slots when tags are on."""
-        tag_slots = self._tag_encoder.config.max_length if self._tag_encoder else 0
-        return self.region_slots + tag_slots
+        return self.region_slots + (self._tags.slots if self._tags else 0)
 
     def record_of(self, item: ImageItem | str) -> RegionRecord:
         """The stored regions of one image, checked to have the store's feature width."""
@@ -303,27 +296,9 @@ class PrecomputedRegionEncoder(ImageEncoder):
         records = [self.record_of(item) for item in items]  # each file read once, for regions and tags
         regions = [self.regions_of(item, record) for item, record in zip(items, records, strict=True)]
         batch = collate_regions(regions, self.region_slots)
-        if self._tag_encoder is not None:
-            batch = self._append_tags(batch, [" ".join(record.tags) for record in records])
+        if self._tags is not None:
+            batch = self._tags.append(batch, [record.tags for record in records])
         return batch.to(self.device)
-
-    def _append_tags(self, batch: RegionBatch, tags: list[str]) -> RegionBatch:
-        """[regions, 0] rows, then [0, word piece] rows with whole-image boxes; [CLS]/[SEP]/padding masked."""
-        assert self._tag_encoder is not None
-        words = self._tag_encoder.encode(tags).to("cpu")
-        n, length = words.token_mask.shape
-        slots = self._tag_encoder.config.max_length
-        tag_rows = torch.zeros(n, slots, self.feature_dim)
-        tag_rows[:, :length, self._region_dim :] = words.tokens
-        tag_mask = torch.zeros(n, slots, dtype=torch.bool)
-        tag_mask[:, :length] = words.token_mask
-        whole_image = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0]).expand(n, slots, 5)
-        region_rows = torch.nn.functional.pad(batch.regions, (0, self.feature_dim - self._region_dim))
-        return RegionBatch(
-            torch.cat([region_rows, tag_rows], dim=1),
-            torch.cat([batch.boxes, whole_image], dim=1),
-            torch.cat([batch.region_mask, tag_mask], dim=1),
-        )
 
     def encode(self, images: list[Image.Image]) -> RegionBatch:
         raise AladinError(

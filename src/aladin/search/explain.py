@@ -11,7 +11,8 @@ over its scored words of their cosine with each region, and `score` is the align
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,6 +54,17 @@ class Explanation:
     boxes: np.ndarray | None  # [R, 5] x1, y1, x2, y2, area in 0..1 (None when the index holds no boxes)
     score: float  # the alignment score of the pair (what re-ranking used)
     skipped: list[str]  # words folded out: stop words and punctuation
+    #: [R] the object tag each tag region (one of its word pieces) belongs to, "" for a picture region; empty
+    #: when the image has no tag regions. Maps are drawn from the picture regions only.
+    region_tags: list[str] = field(default_factory=list)
+    #: [W] the tag each word matched best when a tag region beat every picture region, else "".
+    word_tags: list[str] = field(default_factory=list)
+
+    def picture_regions(self) -> np.ndarray:
+        """Indices of the regions that cover a part of the picture (tag regions left out)."""
+        return np.array(
+            [i for i in range(len(self.query_similarity)) if not self.region_tags or not self.region_tags[i]]
+        )
 
 
 def whole_words(pieces: list[str]) -> list[tuple[str, list[int]]]:
@@ -121,9 +133,11 @@ def explain_pair(
     boxes: np.ndarray | None,
     item_id: int = -1,
     path: str = "",
+    tags: Sequence[str] = (),
 ) -> Explanation:
     """`text` against one image's teacher regions ([1, R, E], unit length, as the index stores them): each
-    content word's map, the whole text's map and the pair's alignment score."""
+    content word's map, the whole text's map and the pair's alignment score. `tags`: the tag name of each tag
+    region, which come last among the real regions (`ImageEncoder.tag_labels`)."""
     if not isinstance(text, str) or not text.strip():
         raise AladinError("empty text: give some words to explain")
     device = regions.device
@@ -139,16 +153,22 @@ def explain_pair(
     words = folded_words(text_encoder.word_pieces(text))
     shown = content_words(words)
     vectors = word_vectors(model, text_encoder, shown).to(device)
+    similarity = word_region_similarity(real, vectors).cpu().numpy()
+    if len(tags) > len(real):
+        raise AladinError(f"explain: {len(tags)} tag regions but only {len(real)} regions")
+    region_tags = [""] * (len(real) - len(tags)) + list(tags) if tags else []
     return Explanation(
         item_id=item_id,
         path=path,
         words=shown,
-        similarity=word_region_similarity(real, vectors).cpu().numpy(),
+        similarity=similarity,
         # cosines, even when the model scales words by learned weights for its score
         query_similarity=word_region_similarity(real, F.normalize(scored, dim=-1)).mean(dim=0).cpu().numpy(),
         boxes=boxes,
         score=float(score[0]),
         skipped=list(dict.fromkeys(w for w in words if w not in shown)),
+        region_tags=region_tags,
+        word_tags=[region_tags[int(best)] if region_tags else "" for best in similarity.argmax(axis=1)],
     )
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from aladin.data.images import load_image
 from aladin.encoders.image import ImageEncoder, build_image_encoder
 from aladin.encoders.text import TextEncoder, build_text_encoder
-from aladin.errors import AladinError
+from aladin.errors import AladinError, DataError
 from aladin.index.config import DuplicateConfig
 from aladin.index.duplicates import GroupIndex, duplicate_groups
 from aladin.index.encoding import model_device
@@ -341,6 +341,7 @@ class Searcher:
             raise AladinError(f"{self.index.directory}: no image with id {item_id}")
         regions, mask = self.index.lookup(IMAGES, [item_id])
         device = model_device(self.model)
+        path = self.index.meta.images([item_id])[item_id].path
         return explain_pair(
             self.model,
             self.text_encoder,
@@ -349,8 +350,20 @@ class Searcher:
             mask.to(device),
             boxes=self.index.collection(IMAGES).store.boxes(item_id),
             item_id=int(item_id),
-            path=self.index.meta.images([item_id])[item_id].path,
+            path=path,
+            tags=self._tag_labels(path),
         )
+
+    def _tag_labels(self, path: str) -> list[str]:
+        """The classifier tags of an indexed picture, named again from its file (the index keeps their word
+        pieces, not their names); none when the model reads no classifier tags or the file is gone."""
+        if not self.model.config.image_encoder.classifier_tags:
+            return []
+        try:
+            picture = load_image(path, self.image_encoder.decode_size)
+        except DataError:
+            return []  # moved since it was indexed: its tag regions are drawn as regions
+        return self.image_encoder.tag_labels([picture])[0]
 
     # ---- helpers --------------------------------------------------------------------------------
     def _align(self, kind: str, queries: EncodedQueries, candidates: list[np.ndarray]) -> list[np.ndarray]:

@@ -46,6 +46,7 @@ def explain_image(
         regions.region_mask,
         boxes=pixels.boxes[0][regions.region_mask[0]].cpu().numpy(),
         path=path,
+        tags=image_encoder.tag_labels([image])[0],
     )
 
 
@@ -80,11 +81,9 @@ def render_heatmap(
     chosen = [i for i, w in enumerate(explanation.words) if words is None or w in words]
     if not chosen:
         raise AladinError("no words to draw: name at least one of the text's words")
-    maps = [explanation.query_similarity, *explanation.similarity[chosen]]
-    titles = [
-        "whole text",
-        *(f"{explanation.words[i]}  (best {explanation.similarity[i].max():.2f})" for i in chosen),
-    ]
+    picture = explanation.picture_regions()
+    maps = [explanation.query_similarity[picture], *explanation.similarity[chosen][:, picture]]
+    titles = ["whole text", *(_word_title(explanation, i) for i in chosen)]
     low, high = float(min(m.min() for m in maps)), float(max(m.max() for m in maps))
     cols = min(4, len(maps))
     rows = -(-len(maps) // cols)
@@ -95,7 +94,7 @@ def render_heatmap(
     for ax, values, title in zip(axes, maps, titles, strict=False):
         ax.imshow(image)
         shown = ax.imshow(
-            region_heat(values, explanation.boxes),
+            region_heat(values, explanation.boxes[picture]),
             extent=(0, width, height, 0),
             cmap="inferno",
             alpha=0.55,
@@ -111,3 +110,11 @@ def render_heatmap(
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return out
+
+
+def _word_title(explanation: Explanation, word: int) -> str:
+    """A word panel's title: its best cosine, and the tag it matched when a tag region did best (e.g.
+    "bear  (best 0.83, tag 'brown bear')")."""
+    tag = explanation.word_tags[word] if explanation.word_tags else ""
+    matched = f", tag {tag!r}" if tag else ""
+    return f"{explanation.words[word]}  (best {explanation.similarity[word].max():.2f}{matched})"

@@ -46,6 +46,10 @@ class ExplainOut(BaseModel):
     boxes: list[list[float]] | None  # [regions, 4]: x1, y1, x2, y2 in 0..1
     score: float
     thumbnail: str
+    #: [regions] the object tag of each tag region ("" for a picture region); empty when the image has none
+    region_tags: list[str] = []
+    #: [words] the tag each word matched best when a tag region beat every picture region, else ""
+    word_tags: list[str] = []
 
 
 def thumbnail_url(image_id: int) -> str:

@@ -34,6 +34,8 @@ def router(state: ServiceState) -> APIRouter:
             boxes=None if found.boxes is None else found.boxes[:, :4].round(4).tolist(),
             score=found.score,
             thumbnail=thumbnail_url(item_id),
+            region_tags=found.region_tags,
+            word_tags=found.word_tags,
         )
 
     return api

@@ -180,7 +180,9 @@ async function explain(text) {
       ...result.words.map((word, i) => {
         const button = element("button", "word", word);
         button.type = "button";
-        button.title = `best region: cosine ${best[i].toFixed(2)}`;
+        const tag = (result.word_tags || [])[i];
+        button.title = `best region: cosine ${best[i].toFixed(2)}${tag ? `, the tag “${tag}”` : ""}`;
+        if (tag) button.textContent = `${word} ≈ ${tag}`;
         button.addEventListener("click", () => selectWord(i));
         return button;
       }),
@@ -232,6 +234,7 @@ function draw() {
       let total = 0;
       let count = 0;
       explanation.boxes.forEach(([x1, y1, x2, y2], r) => {
+        if ((explanation.region_tags || [])[r]) return; // a tag region is a word, not a place
         if (x >= x1 && x < x2 && y >= y1 && y < y2) {
           total += (row[r] - low) / span;
           count += 1;
