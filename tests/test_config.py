@@ -6,6 +6,7 @@ import pytest
 from aladin.config import (
     CHOICES,
     AladinConfig,
+    ImageEncoderConfig,
     ModelConfig,
     RecipeConfig,
     TrainConfig,
@@ -103,6 +104,8 @@ def test_every_choice_of_the_table_is_what_validation_accepts(key):
     def build(value):
         if section == "model":
             return ModelConfig(**{name: value})
+        if section == "image_encoder":
+            return ImageEncoderConfig(classifier_tags=True, **{name: value})  # checked when tags are on
         return TrainConfig(stage=section, **{name: value})
 
     for value in CHOICES[key]:

@@ -146,6 +146,7 @@ def test_served_samples_label_each_query_s_own_matches():
             lambda c: c.update(curves={"text_to_image/knn": {"method": ISOTONIC, "scores": "x"}}),
             "list of numbers",
         ),
+        (lambda c: c.update(collections={"text_to_image": 0}), "field 'collections'"),
     ],
 )
 def test_malformed_calibration_is_refused_in_one_line(tmp_path, edit, message):
@@ -171,3 +172,36 @@ def test_a_file_that_is_not_json_is_refused(tmp_path):
 def test_a_curve_maps_scores_outside_its_breakpoints_to_its_ends():
     curve = Curve(ISOTONIC, (0.0, 1.0), (0.2, 0.7))
     assert curve([-5.0, 0.5, 5.0]).tolist() == pytest.approx([0.2, 0.45, 0.7])
+
+
+def top_hits(collection: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's top 10 of `collection` items: one true match scoring about 1.5, look-alikes about 0
+    (scores, labels, query of each hit), so a larger collection puts more look-alikes among the top scores."""
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(0.0, 0.6, (queries, collection))
+    scores[:, 0] = rng.normal(1.5, 0.5, queries)
+    top = np.argsort(-scores, axis=1)[:, :10]
+    hit_scores = np.take_along_axis(scores, top, axis=1)
+    return hit_scores.ravel(), (top == 0).ravel().astype(float), np.repeat(np.arange(queries), 10)
+
+
+def test_confidence_follows_the_size_of_the_collection_searched():
+    scores, labels, queries = top_hits(collection=50, queries=3000, seed=0)
+    curve = fit_curve(scores, labels, queries)
+    calibration = Calibration(
+        {curve_key(TEXT_TO_IMAGE, False): curve}, 0.0, 0, 10, "x", collections={TEXT_TO_IMAGE: 50}
+    )
+    at = np.linspace(-1, 3, 9)
+    same = calibration.confidence(TEXT_TO_IMAGE, False, at, 50)
+    np.testing.assert_array_equal(same, curve(at))  # the collection it was fitted on: the curve as it is
+    larger = calibration.confidence(TEXT_TO_IMAGE, False, at, 250)
+    odds = lambda p: p / (1 - p)  # noqa: E731
+    inside = (same > 1e-3) & (same < 1 - 1e-3)
+    np.testing.assert_allclose(odds(larger[inside]), odds(same[inside]) / 5, rtol=1e-6)
+    # on a collection five times larger, the shifted confidence is calibrated and the plain curve is not
+    big_scores, big_labels, _ = top_hits(collection=250, queries=3000, seed=1)
+    plain = expected_calibration_error(curve(big_scores), big_labels)
+    shifted = expected_calibration_error(
+        calibration.confidence(TEXT_TO_IMAGE, False, big_scores, 250), big_labels
+    )
+    assert shifted < 0.02 < 0.05 < plain, (shifted, plain)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -44,3 +45,16 @@ def test_image_upload_collapses_copies(client: TestClient, searcher: Searcher, d
     hits = client.post("/api/search/image", params={"k": 3, "collapse": "true"}, files=upload).json()["hits"]
     assert len(hits) == 3 and hits[0]["external_id"].startswith("img000") and hits[0]["similar"] == 2
     assert not any(h["external_id"].startswith("img000") for h in hits[1:])
+
+
+def test_the_served_version_is_grouped_before_its_first_search(searcher: Searcher) -> None:
+    from aladin.index.duplicates import _CACHE
+    from aladin.service.config import ServiceConfig
+    from aladin.service.live import LiveIndex
+
+    _CACHE.pop(searcher.index, None)
+    LiveIndex(searcher, ServiceConfig())  # no search made
+    deadline = time.monotonic() + 60
+    while (searcher.index.generation, searcher.duplicates) not in _CACHE.get(searcher.index, {}):
+        assert time.monotonic() < deadline, "the near-duplicate groups were not computed in the background"
+        time.sleep(0.05)

@@ -83,7 +83,13 @@ def fit_calibration(
         top_k=top_k,
         model_fingerprint=model.fingerprint(),
         fitted_on=fitted_on,
+        collections=searched_collections(feats),
     )
+
+
+def searched_collections(feats: FeatureTensors) -> dict[str, int]:
+    """How many items each direction's queries search on a split: its images, its captions."""
+    return {TEXT_TO_IMAGE: feats.num_images, IMAGE_TO_TEXT: feats.num_captions}
 
 
 @dataclass
@@ -121,10 +127,10 @@ def calibration_report(model: AladinModel, feats: FeatureTensors) -> Calibration
         return None
     reranked = bool(model.rerank.default_depth)
     samples = served_samples(model, feats, calibration.top_k)
-    confident = {}
+    confident, collections = {}, searched_collections(feats)
     for direction in DIRECTIONS:
         s = samples[curve_key(direction, reranked)]
-        predicted = calibration.confidence(direction, reranked, s.scores)
+        predicted = calibration.confidence(direction, reranked, s.scores, collections[direction])
         if predicted is None:
             raise AladinError(f"the model's calibration has no {curve_key(direction, reranked)!r} curve")
         confident[direction] = Samples(predicted, s.labels, s.queries)

@@ -108,11 +108,28 @@ class Calibration:
     top_k: int
     model_fingerprint: str
     fitted_on: str = ""
+    #: Per direction, how many items the fitting split searched (its images for text → image, its captions for
+    #: image → text); empty for a calibration that applies its curves as they are, whatever the collection.
+    collections: Mapping[str, int] = field(default_factory=dict)
 
-    def confidence(self, direction: str, reranked: bool, scores: np.ndarray) -> np.ndarray | None:
-        """P(true match) of each served score; None when no curve covers that search."""
+    def confidence(
+        self, direction: str, reranked: bool, scores: np.ndarray, collection: int | None = None
+    ) -> np.ndarray | None:
+        """P(true match) of each served score when searching `collection` items; None when no curve covers that
+        search.
+
+        A query has the same few true matches however large the collection, but a larger one holds more
+        look-alikes at every score, so the odds that a hit is true scale with fitted size / `collection` (a
+        prior shift): the curve fitted on a 200-image split would read too high on a 1,000-image index."""
         curve = self.curves.get(curve_key(direction, reranked))
-        return None if curve is None else curve(scores)
+        if curve is None:
+            return None
+        probability = curve(scores)
+        fitted = self.collections.get(direction)
+        if not collection or not fitted or collection == fitted:
+            return probability
+        p = np.clip(probability, 1e-9, 1 - 1e-9)
+        return 1.0 / (1.0 + (1.0 - p) / p * (collection / fitted))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,6 +138,7 @@ class Calibration:
             "top_k": self.top_k,
             "rerank": {"depth": self.rerank_depth, "fusion": self.fusion},
             "model_fingerprint": self.model_fingerprint,
+            "collections": dict(sorted(self.collections.items())),
             "curves": {key: curve.to_json() for key, curve in sorted(self.curves.items())},
         }
 
@@ -153,7 +171,16 @@ class Calibration:
             raise CheckpointError(
                 f"{where}: needs 'model_fingerprint' (text) and 'top_k' (a positive integer)"
             )
+        collections = raw.get("collections", {})
+        if not isinstance(collections, dict) or any(
+            d not in (TEXT_TO_IMAGE, IMAGE_TO_TEXT) or not isinstance(n, int) or n < 1
+            for d, n in collections.items()
+        ):
+            raise CheckpointError(
+                f"{where}: field 'collections' must map {TEXT_TO_IMAGE!r}/{IMAGE_TO_TEXT!r} to positive integers"
+            )
         return cls(
+            collections=collections,
             curves={key: Curve.from_json(value, f"{where}: curves.{key}") for key, value in curves.items()},
             fusion=_number(rerank, "fusion", f"{where}: rerank"),
             rerank_depth=int(_number(rerank, "depth", f"{where}: rerank")),

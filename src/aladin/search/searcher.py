@@ -258,7 +258,7 @@ class Searcher:
                     unfinished.append(q)
                     continue
                 keep = keep[:k]
-                confidence = self._confidence(direction, bool(rerank), score[keep])
+                confidence = self._confidence(kind, direction, bool(rerank), score[keep])
                 results[q] = self._hits(kind, ids[keep], score[keep], knn[keep], groups, confidence)
             pending, depth = unfinished, depth * 2
         return results
@@ -288,12 +288,16 @@ class Searcher:
             results.append((cand[order], score[order], knn[order]))
         return results
 
-    def _confidence(self, direction: str | None, reranked: bool, scores: np.ndarray) -> np.ndarray | None:
-        """P(true match) of served scores, where the model's calibration covers this search."""
+    def _confidence(
+        self, kind: str, direction: str | None, reranked: bool, scores: np.ndarray
+    ) -> np.ndarray | None:
+        """P(true match) of served scores, where the model's calibration covers this search, for the size of the
+        collection searched (the index's live items of `kind`)."""
         calibration = self.model.calibration
         if calibration is None or direction is None:
             return None
-        return calibration.confidence(direction, reranked, scores)
+        live = int(self.index.manifest["counts"][kind]["live"])
+        return calibration.confidence(direction, reranked, scores, live)
 
     @torch.inference_mode()
     def rerank_text(self, query: str, ids: Sequence[int]) -> list[Hit]:

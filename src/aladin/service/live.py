@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aladin.errors import AladinError
+from aladin.index.duplicates import duplicate_groups
 from aladin.index.index import SearchIndex
 from aladin.index.manifest import MANIFEST_NAME
 from aladin.search.searcher import Searcher
@@ -77,6 +78,15 @@ class Served:
         return None, False
 
 
+def _group_duplicates(searcher: Searcher) -> None:
+    """Group a newly served version's near-duplicates ahead of the first search, which the page always collapses
+    (on a large index the grouping, one kNN search per photo, would otherwise stall that search)."""
+    try:
+        duplicate_groups(searcher.index, searcher.duplicates)
+    except Exception as exc:  # noqa: BLE001 - a search that collapses computes the groups again and reports it
+        log.warning("grouping the near-duplicates ahead of the first search failed: %s", exc)
+
+
 class LiveIndex:
     """Hands out the current `Served` version; thread-safe, checks cheap enough to run on every request."""
 
@@ -92,6 +102,7 @@ class LiveIndex:
 
     def _open(self, searcher: Searcher) -> Served:
         index = searcher.index
+        threading.Thread(target=_group_duplicates, args=(searcher,), daemon=True).start()
         files = {
             index.directory / name: int(record["bytes"]) for name, record in index.manifest["files"].items()
         }
