@@ -156,3 +156,27 @@ def built(tmp_path: Path, dataset: Path, model: AladinModel, text_encoder: ToyTe
     return build_index(
         dataset, model, tmp_path / "index", cfg, text_encoder=text_encoder, with_texts=True, progress=False
     )
+
+
+def indexed_workspace(root: Path, model: torch.nn.Module) -> dict[str, Path]:
+    """`model` saved under root, a 6-picture dataset and its index built through the CLI: the paths a CLI or
+    service test needs (model, index, one picture of the index to query with)."""
+    from aladin.cli.main import main
+
+    model.save_pretrained(root / "model")
+    write_dataset(root / "data", 6)
+    argv = [
+        "index",
+        "build",
+        str(root / "data"),
+        "--model",
+        str(root / "model"),
+        "--out",
+        str(root / "index"),
+    ]
+    assert main(argv) == 0
+    return {
+        "model": root / "model",
+        "index": root / "index",
+        "image": root / "data" / "images" / "img002.png",
+    }

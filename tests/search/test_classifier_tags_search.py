@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from index_fixtures import write_dataset
+from index_fixtures import indexed_workspace
 from PIL import Image
 
 from aladin.cli.main import main
@@ -45,23 +45,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             num_heads=2,
         ),
     )
-    AladinModel(config).eval().save_pretrained(root / "model")
-    write_dataset(root / "data", 6)
-    argv = [
-        "index",
-        "build",
-        str(root / "data"),
-        "--model",
-        str(root / "model"),
-        "--out",
-        str(root / "index"),
-    ]
-    assert main(argv) == 0
-    return {
-        "model": root / "model",
-        "index": root / "index",
-        "image": root / "data" / "images" / "img002.png",
-    }
+    return indexed_workspace(root, AladinModel(config).eval())
 
 
 def test_an_index_of_tagged_photos_searches_by_text_and_by_image(

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from index_fixtures import tiny_model, write_dataset
+from index_fixtures import indexed_workspace, tiny_model, write_dataset
 from PIL import Image
 
 from aladin.cli.main import main
@@ -23,23 +23,7 @@ from aladin.cli.main import main
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     root = tmp_path_factory.mktemp("serve-cli")
-    tiny_model(text_feature_dim=384).save_pretrained(root / "model")
-    write_dataset(root / "data", 6)
-    argv = [
-        "index",
-        "build",
-        str(root / "data"),
-        "--model",
-        str(root / "model"),
-        "--out",
-        str(root / "index"),
-    ]
-    assert main(argv) == 0
-    return {
-        "model": root / "model",
-        "index": root / "index",
-        "image": root / "data" / "images" / "img002.png",
-    }
+    return indexed_workspace(root, tiny_model(text_feature_dim=384))
 
 
 def test_explain_writes_a_heatmap(
