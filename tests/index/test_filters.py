@@ -193,3 +193,25 @@ def test_bad_json_is_one_line_naming_the_path(data: object, message: str) -> Non
     with pytest.raises(AladinError) as caught:
         filter_from_json(data)
     assert str(caught.value).startswith(message)
+
+
+def test_dates_at_the_end_of_the_calendar_select_without_overflowing(library: Metadata) -> None:
+    for text in ("taken=9999-12-31", "taken=9999-12-31T23:59", "taken=9999-12", "taken>9999"):
+        assert names(library, text) == ""
+    for text in ("taken<=9999-12-31", "taken<9999-12-31T23:59", "taken<=9999"):
+        assert names(library, text) == "abd"
+
+
+def test_nesting_is_bounded_with_one_line_and_what_is_allowed_runs(library: Metadata) -> None:
+    deepest = "not " * 32 + "gps"  # an even count of nots: the photos with a position
+    assert names(library, deepest) == "a"
+    assert names(library, "(" * 32 + "gps" + ")" * 32) == "a"
+    for text in ("not " * 43 + "gps", "(" * 400 + "gps" + ")" * 400):
+        with pytest.raises(AladinError, match="at most 32 nested") as err:
+            parse_filter(text)
+        assert "\n" not in str(err.value)
+    nested: object = "gps"
+    for _ in range(200):
+        nested = {"not": nested}
+    with pytest.raises(AladinError, match="nested filters"):
+        filter_from_json(nested)

@@ -152,12 +152,15 @@ def _date_span(text: str) -> tuple[str, str, str] | None:
         start = datetime(year, month, day, hour, minute, second)
     except ValueError:
         return None
-    if given == 1:
-        end = start.replace(year=year + 1) if year < 9999 else datetime.max.replace(microsecond=0)
-    elif given == 2:
-        end = start.replace(year=year + month // 12, month=month % 12 + 1)
-    else:
-        end = start + {3: timedelta(days=1), 5: timedelta(minutes=1), 6: timedelta(seconds=1)}[given]
+    try:
+        if given == 1:
+            end = start.replace(year=year + 1)
+        elif given == 2:
+            end = start.replace(year=year + month // 12, month=month % 12 + 1)
+        else:
+            end = start + {3: timedelta(days=1), 5: timedelta(minutes=1), 6: timedelta(seconds=1)}[given]
+    except (OverflowError, ValueError):  # a span that ends after 9999: it runs to the last representable second
+        end = datetime.max.replace(microsecond=0)
     return start.isoformat(), end.isoformat(), text
 
 
@@ -198,6 +201,10 @@ def _tokens(text: str) -> list[_Token]:
     return tokens
 
 
+#: How deeply filters may nest: SQLite's parser, which runs them, has a bounded stack.
+MAX_NESTING = 32
+
+
 def _error(text: str, column: int, expected: str, found: str) -> AladinError:
     return AladinError(f"filter {text!r}: column {column}: expected {expected}, found {found}")
 
@@ -210,6 +217,7 @@ class _Parser:
         self.text = text
         self.tokens = _tokens(text)
         self.at = 0
+        self.depth = 0  # 'not's and '('s open around the current token
 
     def parse(self) -> Filter:
         result = self.either()
@@ -249,17 +257,23 @@ class _Parser:
         return items[0] if len(items) == 1 else And(tuple(items))
 
     def unary(self) -> Filter:
-        if self.keyword("not"):
-            return Not(self.unary())
         token = self.peek()
-        if token.kind == "paren" and token.text == "(":
-            self.at += 1
+        opens = token.kind == "paren" and token.text == "("
+        if not opens and not (token.kind == "word" and token.text.lower() == "not"):
+            return self.compare()
+        if self.depth == MAX_NESTING:
+            self.fail(f"at most {MAX_NESTING} nested 'not's and parentheses")
+        self.at += 1
+        self.depth += 1
+        if opens:
             inner = self.either()
             if self.peek().text != ")" or self.peek().kind != "paren":
                 self.fail(f"and, or, or ')' to close the '(' at column {token.column}")
             self.at += 1
-            return inner
-        return self.compare()
+        else:
+            inner = Not(self.unary())
+        self.depth -= 1
+        return inner
 
     def compare(self) -> Filter:
         token = self.take()
@@ -298,6 +312,8 @@ def filter_from_json(data: Any, where: str = "where") -> Filter:
     """The JSON form (see the module docstring) as a `Filter`; one-line `AladinError` naming the JSON path."""
     if isinstance(data, str):
         return parse_filter(data)
+    if where.count(".") + where.count("[") > 2 * MAX_NESTING:
+        raise AladinError(f"{where}: expected at most {MAX_NESTING} nested filters")
     if isinstance(data, list):
         if not data:
             raise AladinError(f"{where}: expected at least one filter in the list")

@@ -273,7 +273,10 @@ class Metadata:
             else "SELECT id FROM texts WHERE deleted = 0 AND image_id IN "
             f"(SELECT id FROM image_facts WHERE deleted = 0 AND ({sql})) ORDER BY id"
         )
-        rows = self.connection.execute(query, params).fetchall()
+        try:
+            rows = self.connection.execute(query, params).fetchall()
+        except sqlite3.OperationalError as exc:  # e.g. a filter nested beyond what SQLite parses
+            raise AladinError(f"filter {where}: the index's database cannot run it ({exc})") from exc
         return np.array([row[0] for row in rows], dtype=np.int64)
 
     def count(self, table: str, deleted: bool = False) -> int:
