@@ -137,12 +137,17 @@ def test_collapse_keeps_the_best_ranked_image_of_each_group_and_still_gives_k(
     searcher = searcher_for(index)
     groups = duplicate_groups(index, searcher.duplicates)
     full = searcher.search_text("a red circle", k=len(index), rerank=rerank)
-    expected, seen = [], set()
-    for hit in full:  # the first hit of each group, in rank order
+    representatives, seen = set(), set()
+    for hit in searcher.search_text(
+        "a red circle", k=len(index), rerank=0
+    ):  # each group's first in kNN order
         key = groups.group_of.get(hit.id, ("alone", hit.id))
         if key not in seen:
             seen.add(key)
-            expected.append(hit.id)
+            representatives.add(hit.id)
+    expected = [
+        hit.id for hit in full if hit.id in representatives
+    ]  # re-ranked as the full search ranks them
     k = 4  # fewer than the 5 groups, but the first 4 hits of the full list hold copies
     assert len({groups.group_of.get(h.id, h.id) for h in full[:k]}) < k
     collapsed = searcher.search_text("a red circle", k=k, rerank=rerank, collapse=True)
@@ -236,3 +241,21 @@ def test_an_index_written_before_duplicates_existed_groups_and_collapses(tmp_pat
     assert len(searcher.search_text("a red circle", k=4, rerank=0)) == 4
     hits = searcher.search_text("a red circle", k=4, rerank=0, collapse=True)
     assert len(hits) == 1 and hits[0].similar == total - 1
+
+
+def test_collapsing_re_ranks_no_more_candidates_than_asked(index: SearchIndex) -> None:
+    searcher = searcher_for(index)
+    pools: list[list[int]] = []
+    align = searcher._align
+
+    def counting_align(kind, queries, candidates):  # the real re-rank, its pool sizes recorded
+        pools.append([len(c) for c in candidates])
+        return align(kind, queries, candidates)
+
+    searcher._align = counting_align
+    hits = searcher.search_text("a red circle", k=2, rerank=3, collapse=True)
+    assert (
+        len(hits) == 2
+        and len({duplicate_groups(index, searcher.duplicates).group_of.get(h.id, h.id) for h in hits}) == 2
+    )
+    assert pools == [[3]]  # three group representatives, however many copies the kNN list had to pass

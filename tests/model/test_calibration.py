@@ -38,10 +38,11 @@ def noisy_scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_pool_adjacent_violators_on_a_hand_worked_example():
     curve = fit_isotonic(np.array([4.0, 1.0, 3.0, 2.0]), np.array([1.0, 0.0, 0.0, 1.0]))
-    # sorted: (1, 0) (2, 1) (3, 0) (4, 1); 2 and 3 violate the order and pool into one block of mean 0.5
+    # sorted: (1, 0) (2, 1) (3, 0) (4, 1); 2 and 3 violate the order and pool into one block of mean 0.5; each
+    # block's mean takes 2 pseudo-hits at the overall rate 0.5, so no block of a few hits reads 0% or 100%
     assert curve.scores == (1.0, 2.5, 4.0)
-    assert curve.probabilities == (0.0, 0.5, 1.0)
-    assert curve([0.0, 1.75, 10.0]).tolist() == [0.0, 0.25, 1.0]
+    np.testing.assert_allclose(curve.probabilities, (1 / 3, 1 / 2, 2 / 3))
+    np.testing.assert_allclose(curve([0.0, 1.75, 10.0]), [1 / 3, 5 / 12, 2 / 3])
 
 
 @pytest.mark.parametrize("fitter", [fit_isotonic, fit_platt])
@@ -205,3 +206,14 @@ def test_confidence_follows_the_size_of_the_collection_searched():
         calibration.confidence(TEXT_TO_IMAGE, False, big_scores, 250), big_labels
     )
     assert shifted < 0.02 < 0.05 < plain, (shifted, plain)
+
+
+def test_a_few_true_hits_at_the_top_do_not_read_certain():
+    scores = np.concatenate([np.linspace(0, 1, 500), [2.0, 2.1, 2.2]])
+    labels = np.concatenate([np.random.default_rng(0).random(500) < 0.1, [1, 1, 1]]).astype(float)
+    curve = fit_isotonic(scores, labels)
+    assert curve([3.0])[0] < 0.75  # three hits are weak evidence: shrunk towards the overall rate
+    calibration = Calibration(
+        {curve_key(TEXT_TO_IMAGE, True): curve}, 0.0, 0, 10, "x", collections={TEXT_TO_IMAGE: 200}
+    )
+    assert calibration.confidence(TEXT_TO_IMAGE, True, np.array([3.0]), 100_000)[0] < 0.01  # a huge library

@@ -13,6 +13,7 @@ the cache to collapse a group to its best-ranked member (`aladin.search.Searcher
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,17 +219,23 @@ def find_duplicates(
 _CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[int, DuplicateConfig], GroupIndex]] = (
     weakref.WeakKeyDictionary()
 )
+#: One grouping at a time: the service's background warm-up and a first collapsed search would otherwise both
+#: compute the same version's groups.
+_GROUPING = threading.Lock()
 
 
 def duplicate_groups(index: SearchIndex, cfg: DuplicateConfig | None = None) -> GroupIndex:
     """The group of every image of the index's current version, computed once per version and setting."""
     cfg = cfg or DuplicateConfig()
-    cached = _CACHE.setdefault(index, {})
     key = (index.generation, cfg)
-    if key not in cached:
-        linked = linked_pairs(index, cfg)
-        components = connected_groups(len(linked.ids), linked.pairs)
-        group_of = {int(linked.ids[node]): g for g, component in enumerate(components) for node in component}
-        cached.clear()  # an older version's groups are of no more use
-        cached[key] = GroupIndex(group_of, [len(c) for c in components])
-    return cached[key]
+    with _GROUPING:
+        cached = _CACHE.setdefault(index, {})
+        found = cached.get(key)
+        if found is None:
+            linked = linked_pairs(index, cfg)
+            components = connected_groups(len(linked.ids), linked.pairs)
+            group_of = {int(linked.ids[n]): g for g, component in enumerate(components) for n in component}
+            found = GroupIndex(group_of, [len(c) for c in components])
+            cached.clear()  # an older version's groups are of no more use
+            cached[key] = found
+    return found

@@ -159,7 +159,7 @@ def _date_span(text: str) -> tuple[str, str, str] | None:
             end = start.replace(year=year + month // 12, month=month % 12 + 1)
         else:
             end = start + {3: timedelta(days=1), 5: timedelta(minutes=1), 6: timedelta(seconds=1)}[given]
-    except (OverflowError, ValueError):  # a span that ends after 9999: it runs to the last representable second
+    except (OverflowError, ValueError):  # a span ending after 9999 runs to the last representable second
         end = datetime.max.replace(microsecond=0)
     return start.isoformat(), end.isoformat(), text
 

@@ -212,9 +212,15 @@ def load_calibration(
 
 
 # ---- fitting ------------------------------------------------------------------------------------------------
+#: Pseudo-hits at the overall rate added to each isotonic block (see `fit_isotonic`).
+PRIOR_HITS = 2.0
+
+
 def fit_isotonic(scores: np.ndarray, labels: np.ndarray) -> Curve:
     """Pool-adjacent-violators on the scores sorted ascending: the non-decreasing step map closest (least
-    squares) to the labels, stored as one breakpoint per pooled block (its mean score and mean label)."""
+    squares) to the labels, stored as one breakpoint per pooled block (its mean score and its mean label, shrunk
+    by `PRIOR_HITS` pseudo-hits at the overall rate: a block of three true hits at the top would otherwise read
+    100%, which no collection size can lower)."""
     order = np.argsort(scores, kind="stable")
     x, y = np.asarray(scores, np.float64)[order], np.asarray(labels, np.float64)[order]
     # blocks as (sum of labels, sum of scores, count), merged while a block's mean exceeds the next one's
@@ -230,7 +236,8 @@ def fit_isotonic(scores: np.ndarray, labels: np.ndarray) -> Curve:
                 last = block.pop()
                 block[-1] += last
     means_x = np.array(xsums) / np.array(counts)
-    means_y = np.array(sums) / np.array(counts)
+    rate = float(y.mean()) if len(y) else 0.0
+    means_y = (np.array(sums) + PRIOR_HITS * rate) / (np.array(counts) + PRIOR_HITS)
     keep = np.concatenate([[True], np.diff(means_x) > 0])  # equal scores in two blocks: keep the first
     return Curve(
         ISOTONIC, tuple(means_x[keep].tolist()), tuple(np.maximum.accumulate(means_y[keep]).tolist())

@@ -239,65 +239,74 @@ class Searcher:
         the kNN stage only considers items matching the filters when given, so re-ranking sees only those.
         Re-ranked candidates are ordered by the alignment score plus `fusion` × their kNN score.
 
-        `collapse` (image hits): near-duplicates (`aladin.index.duplicates`) collapse to their best-ranked image,
-        whose `similar` counts the others; more candidates are fetched until k groups are found or none are left."""
+        `collapse` (image hits): near-duplicates (`aladin.index.duplicates`) collapse to their first image in kNN
+        order, whose `similar` counts the others; more kNN candidates are fetched until `max(k, rerank)` groups are
+        found or none are left, and only those representatives are re-ranked (the work stays that of `rerank`)."""
         rerank = self.rerank_depth(rerank)
         if k < 1 or rerank < 0:
             raise AladinError(f"need k >= 1 and rerank >= 0, got k={k}, rerank={rerank}")
         groups = duplicate_groups(self.index, self.duplicates) if collapse and kind == IMAGES else None
         restrict = (milvus_filter, as_filter(where))
-        direction = CALIBRATED_SEARCHES.get((queries.modality, kind))
-        results: list[list[Hit]] = [[] for _ in range(len(queries))]
-        pending, depth = list(range(len(queries))), max(k, rerank)
+        want = max(k, rerank)
+        chosen: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0))] * len(queries)
+        pending, depth = list(range(len(queries))), want
         while pending:
-            ranked = self._ranked(kind, queries.subset(pending), depth, rerank, restrict)
+            found = self._knn(kind, queries.subset(pending), depth, restrict)
             unfinished = []
-            for q, (ids, score, knn) in zip(pending, ranked, strict=True):
+            for q, (ids, knn) in zip(pending, found, strict=True):
                 keep = np.arange(len(ids)) if groups is None else groups.first_of_each(ids)
-                if len(keep) < k and len(ids) == depth:  # too few groups, and more candidates exist
+                if len(keep) < want and len(ids) == depth:  # too few groups, and more candidates exist
                     unfinished.append(q)
-                    continue
-                keep = keep[:k]
-                confidence = self._confidence(kind, direction, bool(rerank), score[keep])
-                results[q] = self._hits(kind, ids[keep], score[keep], knn[keep], groups, confidence)
+                else:
+                    chosen[q] = (ids[keep[:want]], knn[keep[:want]])
             pending, depth = unfinished, depth * 2
+        direction = CALIBRATED_SEARCHES.get((queries.modality, kind))
+        size = self._collection_size(kind, restrict[1]) if self.model.calibration else None
+        results = []
+        for ids, score, knn in self._ranked(kind, queries, chosen, rerank):
+            confidence = self._confidence(direction, bool(rerank), score[:k], size)
+            results.append(self._hits(kind, ids[:k], score[:k], knn[:k], groups, confidence))
         return results
+
+    def _knn(
+        self, kind: str, queries: EncodedQueries, depth: int, restrict: tuple[str | None, Filter | None]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The top `depth` kNN candidates of each query among the items `restrict` (milvus_filter, where)
+        allows: (ids, kNN scores), best first."""
+        scores, ids = self.index.search(kind, queries.global_vectors.float().cpu().numpy(), depth, *restrict)
+        found = ids >= 0
+        return [(ids[q][found[q]], scores[q][found[q]]) for q in range(len(queries))]
 
     def _ranked(
-        self,
-        kind: str,
-        queries: EncodedQueries,
-        depth: int,
-        rerank: int,
-        restrict: tuple[str | None, Filter | None],
+        self, kind: str, queries: EncodedQueries, candidates: list[tuple[np.ndarray, np.ndarray]], rerank: int
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """The top `depth` kNN candidates of each query among the items `restrict` (milvus_filter, where) allows,
-        re-ranked when `rerank`: (ids, scores, kNN scores) in ranked order."""
-        vectors = queries.global_vectors.float().cpu().numpy()
-        scores, ids = self.index.search(kind, vectors, depth, *restrict)
-        found = ids >= 0
-        candidates = [ids[q][found[q]] for q in range(len(queries))]
-        first = [scores[q][found[q]] for q in range(len(queries))]
+        """Each query's candidates (ids, kNN scores) re-ranked when `rerank`: (ids, scores, kNN scores) in ranked
+        order."""
         if not rerank:
-            return [(c, f, f) for c, f in zip(candidates, first, strict=True)]
-        aligned = self._align(kind, queries, candidates)
+            return [(ids, knn, knn) for ids, knn in candidates]
+        aligned = self._align(kind, queries, [ids for ids, _ in candidates])
         results = []
-        for cand, knn, score in zip(candidates, first, aligned, strict=True):
+        for (ids, knn), score in zip(candidates, aligned, strict=True):
             score = score + self.rerank.fusion * knn if self.rerank.fusion else score
             order = np.argsort(-score, kind="stable")
-            results.append((cand[order], score[order], knn[order]))
+            results.append((ids[order], score[order], knn[order]))
         return results
 
+    def _collection_size(self, kind: str, where: Filter | None) -> int:
+        """How many items of `kind` a search considers: those matching `where`, else every live one."""
+        if where is not None:
+            return len(self.index.meta.matching(kind, where))
+        return int(self.index.manifest["counts"][kind]["live"])
+
     def _confidence(
-        self, kind: str, direction: str | None, reranked: bool, scores: np.ndarray
+        self, direction: str | None, reranked: bool, scores: np.ndarray, collection: int | None
     ) -> np.ndarray | None:
         """P(true match) of served scores, where the model's calibration covers this search, for the size of the
-        collection searched (the index's live items of `kind`)."""
+        collection searched."""
         calibration = self.model.calibration
         if calibration is None or direction is None:
             return None
-        live = int(self.index.manifest["counts"][kind]["live"])
-        return calibration.confidence(direction, reranked, scores, live)
+        return calibration.confidence(direction, reranked, scores, collection)
 
     @torch.inference_mode()
     def rerank_text(self, query: str, ids: Sequence[int]) -> list[Hit]:
