@@ -215,16 +215,19 @@ def test_search_collapse_from_the_command_line(tmp_path: Path, capsys: pytest.Ca
     plain = json.loads(capsys.readouterr().out)["hits"]
     assert all(h["similar"] == 0 for h in plain)
     loaded = SearchIndex.load(index)
-    groups = duplicate_groups(loaded, DuplicateConfig())  # what search uses by default
-    assert groups.sizes, "the copies should be near-duplicates at the default threshold"
+    groups = duplicate_groups(loaded, DuplicateConfig(threshold=0.85))  # what --duplicate-threshold 0.85 uses
+    assert groups.sizes, "the copies should be near-duplicates at that threshold"
     distinct = len(groups.sizes) + len(loaded) - sum(groups.sizes)
+    with pytest.raises(AladinError, match="records no near-duplicate threshold"):  # the model has none
+        run_cli([*query, "--collapse"])
+    query = [*query, "--duplicate-threshold", "0.85"]
     run_cli([*query, "--collapse"])
     hits = json.loads(capsys.readouterr().out)["hits"]
     assert len(hits) == min(5, distinct)
     assert len({groups.group_of.get(h["id"], -1 - h["id"]) for h in hits}) == len(hits)
     assert [h["similar"] for h in hits] == [groups.similar(h["id"]) for h in hits]
     assert sum(h["similar"] for h in hits) > 0
-    run_cli([*query[:-1], "--collapse"])
+    run_cli([*[a for a in query if a != "--json"], "--collapse"])
     assert "similar" in capsys.readouterr().out  # the table's column
 
 
@@ -259,3 +262,16 @@ def test_collapsing_re_ranks_no_more_candidates_than_asked(index: SearchIndex) -
         and len({duplicate_groups(index, searcher.duplicates).group_of.get(h.id, h.id) for h in hits}) == 2
     )
     assert pools == [[3]]  # three group representatives, however many copies the kNN list had to pass
+
+
+def test_collapsing_needs_a_threshold_measured_for_the_model(index: SearchIndex) -> None:
+    from aladin.model.pretrained import load_default_model
+    from aladin.search.searcher import model_duplicates
+
+    model = centred_model()  # records no threshold: 0.85 was measured on the bundled model's vectors
+    searcher = Searcher(index, model, ToyTextEncoder(), CentredImageEncoder(model.config.image_encoder))
+    assert searcher.duplicates is None and len(searcher.search_text("a red circle", k=3)) == 3
+    with pytest.raises(AladinError, match="records no near-duplicate threshold") as err:
+        searcher.search_text("a red circle", k=3, collapse=True)
+    assert "\n" not in str(err.value)
+    assert model_duplicates(load_default_model()) == DuplicateConfig(threshold=0.85)

@@ -58,3 +58,15 @@ def test_the_served_version_is_grouped_before_its_first_search(searcher: Searche
     while (searcher.index.generation, searcher.duplicates) not in _CACHE.get(searcher.index, {}):
         assert time.monotonic() < deadline, "the near-duplicate groups were not computed in the background"
         time.sleep(0.05)
+
+
+def test_a_model_without_a_threshold_does_not_collapse(client: TestClient, searcher: Searcher) -> None:
+    kept = searcher.duplicates
+    searcher.duplicates = None
+    try:
+        assert client.get("/stats").json()["collapse"] is False  # the page then sends no collapse
+        refused = client.get("/api/search", params={"q": "red circle", "collapse": "true"})
+        assert refused.status_code == 400 and "near-duplicate threshold" in refused.json()["detail"]
+    finally:
+        searcher.duplicates = kept
+    assert client.get("/stats").json()["collapse"] is True

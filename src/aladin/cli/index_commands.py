@@ -14,7 +14,13 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aladin.cli.models import add_model_flags, load_model, warn_missing_files
+from aladin.cli.models import (
+    add_duplicate_threshold_flag,
+    add_model_flags,
+    duplicate_setting,
+    load_model,
+    warn_missing_files,
+)
 from aladin.errors import AladinError
 from aladin.index.config import BACKENDS, REGION_DTYPES, DuplicateConfig, IndexConfig
 
@@ -135,6 +141,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="one hit per group of near-duplicate images (its 'similar' column counts the others)",
     )
+    add_duplicate_threshold_flag(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
         "--min-score",
@@ -365,7 +372,13 @@ def _search(args: argparse.Namespace) -> None:
     where = None if args.where is None else parse_filter(args.where)
     device = resolve_device(args.device)
     model = None if args.model is None else AladinModel.from_pretrained(args.model, device)
-    searcher = Searcher.open(args.index, model, device, verify_checksums=not args.skip_checksums)
+    searcher = Searcher.open(
+        args.index,
+        model,
+        device,
+        verify_checksums=not args.skip_checksums,
+        duplicates=duplicate_setting(args),
+    )
     warn_missing_files(searcher.index)
     searcher.index.set_search_params(args.nprobe, args.ef_search)
     with warnings.catch_warnings(record=True) as caught:

@@ -37,3 +37,22 @@ def warn_missing_files(index: Any) -> None:
     missing = index.meta.missing_files()
     if missing.missing:
         print(f"aladin: warning: {missing}", file=sys.stderr)
+
+
+def add_duplicate_threshold_flag(parser: Any) -> None:
+    """`--duplicate-threshold` for the commands whose searches collapse near-duplicates."""
+    parser.add_argument(
+        "--duplicate-threshold",
+        type=float,
+        metavar="T",
+        help="least cosine of two near-duplicate photos when collapsing (default: the threshold the model "
+        "records, measured for the bundled model; other models need one)",
+    )
+
+
+def duplicate_setting(args: Any) -> Any:
+    """The `DuplicateConfig` of --duplicate-threshold, None when not given (the model's own is then used)."""
+    from aladin.index.config import DuplicateConfig
+
+    threshold = getattr(args, "duplicate_threshold", None)
+    return None if threshold is None else DuplicateConfig(threshold=threshold)

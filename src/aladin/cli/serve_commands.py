@@ -13,7 +13,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from aladin.cli.models import add_model_flags, load_model, warn_missing_files
+from aladin.cli.models import (
+    add_duplicate_threshold_flag,
+    add_model_flags,
+    duplicate_setting,
+    load_model,
+    warn_missing_files,
+)
 from aladin.errors import AladinError
 
 
@@ -65,6 +71,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--skip-checksums", action="store_true", help="check file sizes only when loading (faster)"
     )
+    add_duplicate_threshold_flag(p)
     p.set_defaults(func=_serve)
 
     p = subparsers.add_parser("explain", help="draw where in an image each content word of a text matches")
@@ -106,7 +113,7 @@ def _serve(args: argparse.Namespace) -> None:
         model = load_model(args, args.index)
         index = SearchIndex.load(args.index, model, verify_checksums=not args.skip_checksums)
         warn_missing_files(index)
-        app = create_app(Searcher(index, model), config)
+        app = create_app(Searcher(index, model, duplicates=duplicate_setting(args)), config)
         address, port = sock.getsockname()[:2]
         if not is_local(address):
             names = "" if config.allowed_hosts else "; clients must use a name given with --allowed-hosts"

@@ -96,8 +96,9 @@ class Searcher:
         #: re-rank score.
         self.rerank = model.rerank
         self.pair_batch = pair_batch
-        #: What counts as a near-duplicate when a search collapses them.
-        self.duplicates = duplicates or DuplicateConfig()
+        #: What counts as a near-duplicate when a search collapses them: given, else the threshold the checkpoint
+        #: records as measured for its vectors (the bundled model's), else unknown (collapsing is refused).
+        self.duplicates = duplicates or model_duplicates(model)
         self._text_encoder = text_encoder
         self._image_encoder = image_encoder
 
@@ -245,7 +246,7 @@ class Searcher:
         rerank = self.rerank_depth(rerank)
         if k < 1 or rerank < 0:
             raise AladinError(f"need k >= 1 and rerank >= 0, got k={k}, rerank={rerank}")
-        groups = duplicate_groups(self.index, self.duplicates) if collapse and kind == IMAGES else None
+        groups = self._groups() if collapse and kind == IMAGES else None
         restrict = (milvus_filter, as_filter(where))
         want = max(k, rerank)
         chosen: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0))] * len(queries)
@@ -267,6 +268,15 @@ class Searcher:
             confidence = self._confidence(direction, bool(rerank), score[:k], size)
             results.append(self._hits(kind, ids[:k], score[:k], knn[:k], groups, confidence))
         return results
+
+    def _groups(self) -> GroupIndex:
+        if self.duplicates is None:
+            raise AladinError(
+                "collapse: this model records no near-duplicate threshold (the default was measured for the "
+                "bundled model's vectors); give one: --duplicate-threshold T, or Searcher(duplicates="
+                "DuplicateConfig(threshold=T)); `aladin index duplicates --threshold T` shows what T groups"
+            )
+        return duplicate_groups(self.index, self.duplicates)
 
     def _knn(
         self, kind: str, queries: EncodedQueries, depth: int, restrict: tuple[str | None, Filter | None]
@@ -434,6 +444,14 @@ class Searcher:
             )
             for n, i in enumerate(ids)
         ]
+
+
+def model_duplicates(model: AladinModel) -> DuplicateConfig | None:
+    """The near-duplicate setting a checkpoint records as measured for its vectors (info["duplicates"]), if any."""
+    recorded = model.info.get("duplicates") if isinstance(model.info, dict) else None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("threshold"), int | float):
+        return None
+    return DuplicateConfig(threshold=float(recorded["threshold"]))
 
 
 def keep_confident(hits: list[Hit], min_score: float | None, model: AladinModel) -> list[Hit]:

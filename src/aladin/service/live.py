@@ -81,6 +81,8 @@ class Served:
 def _group_duplicates(searcher: Searcher) -> None:
     """Group a newly served version's near-duplicates ahead of the first search, which the page always collapses
     (on a large index the grouping, one kNN search per photo, would otherwise stall that search)."""
+    if searcher.duplicates is None:  # no threshold known for this model: searches do not collapse
+        return
     try:
         duplicate_groups(searcher.index, searcher.duplicates)
     except Exception as exc:  # noqa: BLE001 - a search that collapses computes the groups again and reports it

@@ -22,9 +22,11 @@ def router(state: ServiceState) -> APIRouter:
     @api.get("/stats")
     def stats() -> dict[str, Any]:
         """What is served (503 while the index is damaged), the queue's state and the limits."""
-        index = state.live.current().searcher.index
+        searcher = state.live.current().searcher
+        index = searcher.index
         return {
             "images": len(index),
+            "collapse": searcher.duplicates is not None,  # a near-duplicate threshold is known for the model
             "captions": index.meta.count(TEXTS) if index.has_texts else None,
             "generation": index.generation,
             "model": index.manifest["model"]["fingerprint"],

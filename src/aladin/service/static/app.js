@@ -6,7 +6,8 @@ const $ = (selector) => document.querySelector(selector);
 const RESULTS = 24;
 const HEAT_CELLS = 48;
 const TITLE_CHARS = 80; // a longer query is cut short in the results title
-const COLLAPSE = "&collapse=true"; // near-duplicate photos show as one result with an "N similar" badge
+// near-duplicate photos show as one result with an "N similar" badge, where the model has a threshold for them
+let COLLAPSE = "";
 const state = { query: "", opener: null, imageId: null, image: null, explanation: null, word: 0, request: 0, search: 0 };
 
 function setStatus(element, text, isError = false) {
@@ -251,6 +252,7 @@ function draw() {
 async function showStats() {
   try {
     const stats = await getJSON("/stats");
+    if (stats.collapse) COLLAPSE = "&collapse=true";
     const captions = stats.captions === null ? "" : `, ${stats.captions} captions`;
     $("#stats").textContent = `${stats.images} images${captions}`;
     if (stats.captions === null) $("#target option[value=texts]").disabled = true;
@@ -259,7 +261,7 @@ async function showStats() {
   }
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+document.addEventListener("DOMContentLoaded", async () => {
   $("#search-form").addEventListener("submit", searchText);
   $("#upload").addEventListener("change", searchUpload);
   $("#explain-form").addEventListener("submit", (event) => {
@@ -269,7 +271,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const dialog = $("#detail");
   $("#close").addEventListener("click", () => dialog.close());
   dialog.addEventListener("close", () => state.opener?.focus());
-  showStats();
+  await showStats(); // before a linked search: whether results collapse depends on it
   const params = new URLSearchParams(location.search);
   $("#where").value = params.get("where") ?? "";
   const query = params.get("q");
