@@ -356,15 +356,20 @@ class EfficientNetGridEncoder(ImageEncoder):
         self._tail.to(self.device)
         self._tags: TagWords | None = None
         if cfg.classifier_tags:
-            if net._fc.out_features != len(imagenet_names()):
-                raise AladinError(
-                    f"image_encoder.classifier_tags: {cfg.name}'s classifier has {net._fc.out_features} "
-                    f"classes, the ImageNet names {len(imagenet_names())}"
-                )
-            self._classifier = net._fc.to(self.device)
-            # the cells the classifier names: the coarse ones (first) when multi-scale, else all of them
-            self._tag_cells = (cells // 2) ** 2 if cfg.multiscale else self._fine_cells
-            self._tags = TagWords(cfg, self._feature_dim, self.device)
+            self._keep_classifier(net._fc, cells)
+
+    def _keep_classifier(self, classifier: nn.Linear, cells: int) -> None:
+        """Keep the ImageNet head to name what the picture and its cells show (`classifier_tags`)."""
+        cfg = self.config
+        if classifier.out_features != len(imagenet_names()):
+            raise AladinError(
+                f"image_encoder.classifier_tags: {cfg.name}'s classifier has {classifier.out_features} "
+                f"classes, the ImageNet names {len(imagenet_names())}"
+            )
+        self._classifier = classifier.to(self.device)
+        # the cells the classifier names: the coarse ones (first) when multi-scale, else all of them
+        self._tag_cells = (cells // 2) ** 2 if cfg.multiscale else self._fine_cells
+        self._tags = TagWords(cfg, self._feature_dim, self.device)
 
     @property
     def feature_dim(self) -> int:
