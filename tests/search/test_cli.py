@@ -230,3 +230,5 @@ def test_min_score_cuts_the_hits_to_confident_ones(
     assert "confidence" in capsys.readouterr().out
     run([*search, "--model", str(model), "--min-score", "1"])
     assert "no confident match" in capsys.readouterr().out
+    run([*search, "--model", str(model), "--min-score", "0.5", "--where", "id<0"])  # nothing found at all
+    assert "no confident match" not in capsys.readouterr().out

@@ -391,12 +391,13 @@ def _search(args: argparse.Namespace) -> None:
             hits = searcher.search_text(args.query, args.k, args.rerank, where, args.filter, args.collapse)
     for warning in caught:
         print(f"aladin: warning: {warning.message}", file=sys.stderr)
+    found = len(hits)
     hits = keep_confident(hits, args.min_score, searcher.model)
     query = args.query if args.image is None else args.image
     if args.json:
         print(json.dumps({"query": query, "hits": [hit.to_json() for hit in hits]}, indent=2))
         return
-    if not hits and args.min_score is not None:
+    if found and not hits:  # hits were found, none confident enough
         print(f"no confident match: no hit has a confidence of at least {args.min_score:.0%}")
         return
     Console().print(_hits_table(query, hits, args.collapse))

@@ -468,6 +468,7 @@ def keep_confident(hits: list[Hit], min_score: float | None, model: AladinModel)
         )
     if any(hit.confidence is None for hit in hits):
         raise AladinError(
-            "min score: the calibration covers text → image and image → text searches, not image → image"
+            "min score: this search has no confidence: the model's calibration has no curve for it (curves "
+            "cover text → image and image → text searches, re-ranked or kNN only, as fitted; never image → image)"
         )
     return [hit for hit in hits if hit.confidence is not None and hit.confidence >= min_score]
