@@ -191,14 +191,16 @@ class SearchIndex:
         k: int,
         milvus_filter: str | None = None,
         where: Filter | None = None,
+        matching: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """First stage: top-k global-vector inner products per query ([nq, k] scores and ids, -1 = none), among
         the items matching `milvus_filter` (a Milvus expression on image_id, external_id, path, folder; milvus
-        backend only) and `where` (`aladin.index.filters`, any backend: k hits whenever k items match)."""
+        backend only) and `where` (`aladin.index.filters`, any backend: k hits whenever k items match).
+        `matching`: the ids `where` selects, when the caller has them already (`meta.matching(kind, where)`)."""
         vectors = self.collection(kind).vectors
         if where is None:
             return vectors.search(queries, k, milvus_filter)
-        chosen = self.meta.matching(kind, where)
+        chosen = self.meta.matching(kind, where) if matching is None else matching
         everything = len(chosen) == self.meta.count(kind)  # no need to pass them all on
         return vectors.search(queries, k, milvus_filter, None if everything else chosen)
 

@@ -248,11 +248,13 @@ class Searcher:
             raise AladinError(f"need k >= 1 and rerank >= 0, got k={k}, rerank={rerank}")
         groups = self._groups() if collapse and kind == IMAGES else None
         restrict = (milvus_filter, as_filter(where))
+        # the filter's ids, once for every round of candidates and for the size of the collection searched
+        matching = None if restrict[1] is None else self.index.meta.matching(kind, restrict[1])
         want = max(k, rerank)
         chosen: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int64), np.empty(0))] * len(queries)
         pending, depth = list(range(len(queries))), want
         while pending:
-            found = self._knn(kind, queries.subset(pending), depth, restrict)
+            found = self._knn(kind, queries.subset(pending), depth, restrict, matching)
             unfinished = []
             for q, (ids, knn) in zip(pending, found, strict=True):
                 keep = np.arange(len(ids)) if groups is None else groups.first_of_each(ids)
@@ -262,7 +264,8 @@ class Searcher:
                     chosen[q] = (ids[keep[:want]], knn[keep[:want]])
             pending, depth = unfinished, depth * 2
         direction = CALIBRATED_SEARCHES.get((queries.modality, kind))
-        size = self._collection_size(kind, restrict[1]) if self.model.calibration else None
+        live = int(self.index.manifest["counts"][kind]["live"])
+        size = live if matching is None else len(matching)  # the collection searched, for the confidence
         results = []
         for ids, score, knn in self._ranked(kind, queries, chosen, rerank):
             confidence = self._confidence(direction, bool(rerank), score[:k], size)
@@ -279,11 +282,17 @@ class Searcher:
         return duplicate_groups(self.index, self.duplicates)
 
     def _knn(
-        self, kind: str, queries: EncodedQueries, depth: int, restrict: tuple[str | None, Filter | None]
+        self,
+        kind: str,
+        queries: EncodedQueries,
+        depth: int,
+        restrict: tuple[str | None, Filter | None],
+        matching: np.ndarray | None,
     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """The top `depth` kNN candidates of each query among the items `restrict` (milvus_filter, where)
-        allows: (ids, kNN scores), best first."""
-        scores, ids = self.index.search(kind, queries.global_vectors.float().cpu().numpy(), depth, *restrict)
+        allows (`matching`: the ids `where` selects): (ids, kNN scores), best first."""
+        vectors = queries.global_vectors.float().cpu().numpy()
+        scores, ids = self.index.search(kind, vectors, depth, *restrict, matching=matching)
         found = ids >= 0
         return [(ids[q][found[q]], scores[q][found[q]]) for q in range(len(queries))]
 
@@ -301,12 +310,6 @@ class Searcher:
             order = np.argsort(-score, kind="stable")
             results.append((ids[order], score[order], knn[order]))
         return results
-
-    def _collection_size(self, kind: str, where: Filter | None) -> int:
-        """How many items of `kind` a search considers: those matching `where`, else every live one."""
-        if where is not None:
-            return len(self.index.meta.matching(kind, where))
-        return int(self.index.manifest["counts"][kind]["live"])
 
     def _confidence(
         self, direction: str | None, reranked: bool, scores: np.ndarray, collection: int | None
