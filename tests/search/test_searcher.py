@@ -190,3 +190,21 @@ def test_hits_carry_the_confidence_of_the_curve_for_their_search(searcher: Searc
     searcher.model.calibration = None
     with pytest.raises(AladinError, match="no calibration"):
         keep_confident(hits, 0.5, searcher.model)
+
+
+def test_confidence_follows_the_size_of_the_collection_a_search_reads(searcher: Searcher) -> None:
+    from dataclasses import replace
+
+    from calibration_fixtures import calibrate, expected_confidence
+
+    fitted = 100  # the fitting split had 100 images: an index of 12 (or 4 of them, filtered) holds fewer look-alikes
+    searcher.model.calibration = replace(calibrate(searcher.model), collections={"text_to_image": fitted})
+    live = len(searcher.index)
+    try:
+        for where, size in ((None, live), ("id<4", 4)):
+            for hit in searcher.search_text("red circle", k=3, rerank=0, where=where):
+                p = expected_confidence("text_to_image/knn", hit.score)
+                shifted = 1 / (1 + (1 - p) / p * size / fitted)  # the odds scale with fitted / searched
+                assert hit.confidence == pytest.approx(shifted, abs=1e-3), (where, size)
+    finally:
+        searcher.model.calibration = None
