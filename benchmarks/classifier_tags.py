@@ -1,12 +1,16 @@
 """What classifier tags (issue #28) cost when indexing photos: `aladin index build` of the same COCO photos with
 and without `classifier_tags`, single-scale and multi-scale, interleaved in one run; the ratios are the result.
 
-    python benchmarks/classifier_tags.py [--photos 48 --batch-size 16 --repeats 3]
+    python benchmarks/classifier_tags.py [--photos 48 --batch-size 16 --repeats 3] [--camera]
+
+With --camera the photos are 12-MP camera JPEGs made from the COCO ones (as benchmarks/indexing.py makes them),
+the size users index. Besides wall time it records the process's CPU seconds per build (all threads), which
+other jobs on the machine move far less than wall time; the ratios of both are reported.
 
 Each setting gets a model of the bundled heads' shape over its own encoder settings (untrained: only speed is
 measured; the heads cost the same trained or not) and its encoders are loaded once, outside the timing. The
 tagged build runs the ImageNet head on the pooled map and on each (coarse) cell, picks the names and encodes
-them with MiniLM. Writes benchmarks/results/classifier_tags.{json,md}.
+them with MiniLM. Writes benchmarks/results/classifier_tags.{json,md} (classifier_tags.12mp.* with --camera).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from indexing import SETS, make_set  # noqa: E402  (benchmarks/indexing.py: the camera photos)
 
 from aladin.config import AladinConfig, ImageEncoderConfig, TextEncoderConfig  # noqa: E402
 from aladin.encoders.image import build_image_encoder  # noqa: E402
@@ -52,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--camera", action="store_true", help="12-MP camera JPEGs made from the photos")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     photos = sorted(Path(args.data).glob("*.jpg"))[: args.photos]
@@ -62,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     text = build_text_encoder(TextEncoderConfig())
     work = Path(tempfile.mkdtemp(prefix="aladin-tags-bench-"))
     try:
-        folder = work / "photos"
-        folder.mkdir()
-        for path in photos:
-            shutil.copyfile(path, folder / path.name)
+        folder = make_set(photos, SETS["12 MP"] if args.camera else None, work / "photos")
         runs = {}
         for name, cfg in SETTINGS.items():
             encoder = build_image_encoder(cfg)
@@ -77,35 +80,42 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(0)
             runs[name] = (encoder, AladinModel(model_cfg).eval())
         seconds: dict[str, list[float]] = {name: [] for name in SETTINGS}
+        cpu_seconds: dict[str, list[float]] = {name: [] for name in SETTINGS}
         index_cfg = IndexConfig(batch_size=args.batch_size)
         for _ in range(
             args.repeats
         ):  # interleaved, so that load from other processes hits every setting alike
             for name, (encoder, model) in runs.items():
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 build_index(
                     folder, model, work / "index", index_cfg, encoder, text, overwrite=True, progress=False
                 )
                 seconds[name].append(time.perf_counter() - started)
+                cpu_seconds[name].append(time.process_time() - cpu_started)
     finally:
         shutil.rmtree(work)
     rows = {}
     for name, times in seconds.items():
-        base = statistics.median(seconds[name.removesuffix(" + tags")])
+        untagged = name.removesuffix(" + tags")
         rows[name] = {
             "seconds": times,
+            "cpu_seconds": cpu_seconds[name],
             "photos_per_s": len(photos) / statistics.median(times),
-            "added": statistics.median(times) / base - 1,
+            "cpu_s_per_photo": statistics.median(cpu_seconds[name]) / len(photos),
+            "added": statistics.median(times) / statistics.median(seconds[untagged]) - 1,
+            "added_cpu": statistics.median(cpu_seconds[name]) / statistics.median(cpu_seconds[untagged]) - 1,
         }
+    size = "12-MP camera JPEGs made from" if args.camera else "the"
     lines = [
-        f"**Indexing {len(photos)} COCO photos (`index build`, batch {args.batch_size}), median of "
+        f"**Indexing {size} {len(photos)} COCO photos (`index build`, batch {args.batch_size}), median of "
         f"{args.repeats} interleaved runs; {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads**",
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end**",
         "",
-        "| regions | photos/s | added by the tags |",
-        "|---|---:|---:|",
+        "| regions | photos/s | added by the tags (wall) | CPU s per photo | added by the tags (CPU) |",
+        "|---|---:|---:|---:|---:|",
         *(
-            f"| {name} | {row['photos_per_s']:.2f} | {_added(name, row['added'])} |"
+            f"| {name} | {row['photos_per_s']:.2f} | {_added(name, row['added'])} | "
+            f"{row['cpu_s_per_photo']:.3f} | {_added(name, row['added_cpu'])} |"
             for name, row in rows.items()
         ),
         "",
@@ -113,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         "names kept, and their word pieces encoded by MiniLM (up to 24 + 2 tokens per photo).",
     ]
     out = Path(args.out)
-    atomic_write(out / "classifier_tags.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    stem = "classifier_tags.12mp" if args.camera else "classifier_tags"
+    atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     write_json(
-        out / "classifier_tags.json", {"photos": len(photos), "batch_size": args.batch_size, "rows": rows}
+        out / f"{stem}.json",
+        {"photos": len(photos), "camera": args.camera, "batch_size": args.batch_size, "rows": rows},
     )
     print("\n".join(lines))
     return 0
