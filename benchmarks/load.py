@@ -12,7 +12,9 @@ two servers in the same run (absolute numbers move with whatever else the machin
 
     .venv/bin/python benchmarks/load.py [--seconds 8 --queue-size 32 --images 64]
 
-Writes benchmarks/results/load.json and load.md.
+Writes benchmarks/results/load.json and load.md. With --sweep it instead starts one server per batching setting
+(--max-batch 8/16/32 × --max-wait-ms 1/2/5, --repeats rounds) and runs 32 clients against each: the service's defaults
+(`ServiceConfig.max_batch`, `max_wait_ms`) are the setting it chooses (load_sweep.json and load_sweep.md).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
@@ -32,6 +35,8 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -50,6 +55,10 @@ from aladin.service.config import ServiceConfig  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 TIMEOUT_S = 10.0  # a request still unanswered after this counts as hung (an error)
 CLIENTS = (1, 8, 32, 128)
+SWEEP_CLIENTS = 32
+SWEEP_BATCHES = (8, 16, 32)  # 32 clients never have more than 32 searches queued
+SWEEP_WAITS = (1.0, 2.0, 5.0)
+SWEEP_TIE = 0.05  # throughputs this close count as tied (see sweep)
 FAST_503_MS = 100.0  # a refusal slower than this at p95 is not "at once"
 
 
@@ -260,41 +269,116 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_markdown(results: dict[str, Any]) -> str:
+    env, chosen = results["environment"], results["chosen"]
+    lines = [
+        "# Load benchmark: the batching settings",
+        "",
+        f"{env['images']} images + {env['captions']} captions, as in load.md; one server per setting and round, "
+        f"{SWEEP_CLIENTS} clients for {env['seconds']} s each, {env['repeats']} rounds through every setting in "
+        f"turn (ok/s and p95: their mean); {env['cpus']} CPUs ({env['machine']}). Chosen: the best throughput, "
+        f"the lowest p95 among those within {SWEEP_TIE:.0%} of it.",
+        "",
+        "| max batch | max wait ms | ok | 503 | errors | ok/s | ok/s per round | p95 ms | mean batch |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for row in results["runs"]:
+        rounds = " / ".join(str(value) for value in row["rounds_ok_per_s"])
+        lines.append(
+            f"| {row['max_batch']} | {row['max_wait_ms']} | {row['ok']} | {row['rejected_503']} | {row['errors']} "
+            f"| {row['throughput_ok_per_s']} | {rounds} | {row['p95_ms']} | {row['mean_batch']} |"
+        )
+    lines += ["", f"Chosen: --max-batch {chosen['max_batch']} --max-wait-ms {chosen['max_wait_ms']}."]
+    return "\n".join(lines) + "\n"
+
+
 def queue_stats(port: int) -> dict[str, int]:
     return httpx.get(f"http://127.0.0.1:{port}/stats", timeout=TIMEOUT_S).json()["queue"]
 
 
-def measure(
-    index: Path, mode: str, flags: list[str], captions: list[str], args: argparse.Namespace, root: Path
-):  # noqa: ANN201
-    """Every client count against one server; returns the runs, the check after the overload, and the queue left."""
+@contextmanager
+def serving(index: Path, flags: list[str], args: argparse.Namespace, log: Path) -> Iterator[int]:
+    """A warmed-up server on a free port with `flags` and the benchmark's queue size; yields its port. The first
+    search loads the text encoder (seconds, more on a busy machine): it is awaited without the clients' timeout,
+    which would leave it queued, and counted, during the first measured run."""
     port = free_port()
-    server = start_server(
-        index, port, ["--queue-size", str(args.queue_size), *flags], root / f"server-{mode}.log"
-    )
+    server = start_server(index, port, ["--queue-size", str(args.queue_size), *flags], log)
     try:
-        asyncio.run(load("127.0.0.1", port, captions, Run("warm-up", 1), 3, args.backoff))
-        runs = []
-        for clients in CLIENTS:
-            print(f"batching {mode}, {clients} clients for {args.seconds:.0f} s ...", flush=True)
-            before = queue_stats(port)
-            run = asyncio.run(
-                load("127.0.0.1", port, captions, Run(mode, clients, mode), args.seconds, args.backoff)
-            )
-            after = queue_stats(port)
-            summary = run.summary()
-            calls = after["batches"] - before["batches"]
-            summary["mean_batch"] = (
-                round((after["completed"] - before["completed"]) / calls, 1) if calls else None
-            )
-            runs.append(summary)
-            print(json.dumps(summary), flush=True)
-        check = Run(f"{mode}, after overload", 1, mode)
-        asyncio.run(load("127.0.0.1", port, captions, check, 3, args.backoff))
-        return runs, check.summary(), queue_stats(port)["pending"]
+        first = httpx.get(f"http://127.0.0.1:{port}/api/search", params={"q": args.captions[0]}, timeout=300)
+        first.raise_for_status()
+        asyncio.run(load("127.0.0.1", port, args.captions, Run("warm-up", 1), 3, args.backoff))
+        yield port
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def measure(port: int, mode: str, clients: int, seconds: float, args: argparse.Namespace) -> dict[str, Any]:
+    """One load phase against the server on `port`, with the requests per model call it saw meanwhile."""
+    print(f"batching {mode}, {clients} clients for {seconds:.0f} s ...", flush=True)
+    before = queue_stats(port)
+    run = asyncio.run(load("127.0.0.1", port, args.captions, Run(mode, clients, mode), seconds, args.backoff))
+    after = queue_stats(port)
+    summary = run.summary()
+    calls = after["batches"] - before["batches"]
+    summary["mean_batch"] = round((after["completed"] - before["completed"]) / calls, 1) if calls else None
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def compare(index: Path, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Batching off and on, every client count against each server, then a check that it serves normally."""
+    modes = {
+        "off": ["--max-batch", "1"],
+        "on": ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)],
+    }
+    runs, after, pending = [], [], {}
+    for mode, flags in modes.items():
+        with serving(index, flags, args, root / f"server-{mode}.log") as port:
+            runs += [measure(port, mode, clients, args.seconds, args) for clients in CLIENTS]
+            check = Run(f"{mode}, after overload", 1, mode)
+            asyncio.run(load("127.0.0.1", port, args.captions, check, 3, args.backoff))
+            after.append(check.summary())
+            pending[mode] = queue_stats(port)["pending"]
+    return {"runs": runs, "after_overload": after, "pending_after": pending, "targets": targets(runs)}
+
+
+def sweep(index: Path, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Every (max_batch, max_wait_ms) pair at SWEEP_CLIENTS clients, one server each, `args.repeats` rounds in
+    turn (a slow spell of the machine then hits every setting alike); per setting the mean of its rounds. The
+    chosen pair has the best throughput, where those within SWEEP_TIE of it count as tied and the lowest p95 of
+    them wins (two throughputs a few percent apart are the same here: the machine's other jobs move them more)."""
+    settings = list(itertools.product(SWEEP_BATCHES, SWEEP_WAITS))
+    seen: dict[tuple[int, float], list[dict[str, Any]]] = {setting: [] for setting in settings}
+    for _ in range(args.repeats):
+        for max_batch, wait in settings:
+            flags = ["--max-batch", str(max_batch), "--max-wait-ms", str(wait)]
+            with serving(index, flags, args, root / f"server-{max_batch}-{wait}.log") as port:
+                seen[max_batch, wait].append(
+                    measure(port, f"{max_batch}/{wait}", SWEEP_CLIENTS, args.seconds, args)
+                )
+    rows = [
+        {
+            "max_batch": max_batch,
+            "max_wait_ms": wait,
+            "ok": sum(run["ok"] for run in runs),
+            "rejected_503": sum(run["rejected_503"] for run in runs),
+            "errors": sum(run["errors"] for run in runs),
+            "throughput_ok_per_s": mean([run["throughput_ok_per_s"] for run in runs]),
+            "p95_ms": mean([(run["latency_ms"] or {}).get("p95", float("inf")) for run in runs]),
+            "mean_batch": mean([run["mean_batch"] or 0.0 for run in runs]),
+            "rounds_ok_per_s": [run["throughput_ok_per_s"] for run in runs],
+        }
+        for (max_batch, wait), runs in seen.items()
+    ]
+    best = max(row["throughput_ok_per_s"] for row in rows)
+    tied = [row for row in rows if row["throughput_ok_per_s"] >= (1 - SWEEP_TIE) * best]
+    chosen = min(tied, key=lambda row: row["p95_ms"])
+    return {"runs": rows, "chosen": {"max_batch": chosen["max_batch"], "max_wait_ms": chosen["max_wait_ms"]}}
+
+
+def mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 1)
 
 
 def main() -> None:
@@ -308,44 +392,40 @@ def main() -> None:
     parser.add_argument(
         "--max-wait-ms", type=float, default=defaults.max_wait_ms, help="of the batching server"
     )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help=f"instead: the batching settings at {SWEEP_CLIENTS} clients (load_sweep.json, .md)",
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the sweep")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="aladin-load-") as tmp:
         root = Path(tmp)
         print(f"building a {args.images}-image index ...", flush=True)
-        index, captions = build_workspace(root, args.images)
-        modes = {
-            "off": ["--max-batch", "1"],
-            "on": ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)],
-        }
-        runs, after, pending = [], [], {}
-        for mode, flags in modes.items():
-            mode_runs, check, pending[mode] = measure(index, mode, flags, captions, args, root)
-            runs += mode_runs
-            after.append(check)
+        index, args.captions = build_workspace(root, args.images)  # the queries every client draws from
+        measured = sweep(index, args, root) if args.sweep else compare(index, args, root)
     results = {
         "environment": {
             "images": args.images,
-            "captions": len(captions),
+            "captions": len(args.captions),
             "queue_size": args.queue_size,
             "max_batch": args.max_batch,
             "max_wait_ms": args.max_wait_ms,
             "seconds": args.seconds,
             "backoff_s": args.backoff,
+            "repeats": args.repeats,
             "cpus": os.cpu_count(),
             "machine": f"{platform.system()} {platform.machine()}, Python {platform.python_version()}",
             "torch": torch.__version__,
         },
-        "runs": runs,
-        "after_overload": after,
-        "pending_after": pending,
-        "targets": targets(runs),
+        **measured,
     }
+    name, report = ("load_sweep", sweep_markdown(results)) if args.sweep else ("load", markdown(results))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "load.json").write_text(json.dumps(results, indent=2) + "\n")
-    report = markdown(results)
-    (args.out / "load.md").write_text(report)
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(report)
     print(report)
 
 

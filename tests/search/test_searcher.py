@@ -12,6 +12,7 @@ from aladin.index import IMAGES, TEXTS, SearchIndex, build_index
 from aladin.model.aladin import AladinModel
 from aladin.model.alignment import paired_region_word_scores
 from aladin.search import Searcher
+from aladin.search import searcher as searcher_module
 
 
 @pytest.fixture
@@ -94,6 +95,27 @@ def test_batched_queries_match_single_ones(searcher: Searcher) -> None:
         single = searcher.search_text(query, k=5, rerank=8)
         assert [h.id for h in hits] == [h.id for h in single]
         np.testing.assert_allclose([h.score for h in hits], [h.score for h in single], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", [IMAGES, TEXTS])
+def test_rerank_scores_shared_candidates_at_once_as_it_scores_pairs(
+    searcher: Searcher, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose queries share candidates is re-ranked all queries × all candidates; the scores and order
+    are those of scoring each (query, candidate) pair alone."""
+    if kind == IMAGES:
+        queries = searcher.encode_texts(["red circle", "a big cat on the right of a small green star", "dog"])
+    else:
+        queries = searcher.encode_images([picture(seed) for seed in range(3)])
+
+    def search(dense_pairs: float) -> list[list]:
+        monkeypatch.setattr(searcher_module, "DENSE_PAIRS", dense_pairs)
+        return searcher.search_encoded(kind, queries, k=6, rerank=10)
+
+    paired, dense = search(0), search(float("inf"))
+    for one, other in zip(paired, dense, strict=True):
+        assert [h.id for h in one] == [h.id for h in other]
+        np.testing.assert_allclose([h.score for h in one], [h.score for h in other], rtol=1e-6, atol=1e-6)
 
 
 def test_image_queries(searcher: Searcher, dataset: Path) -> None:

@@ -108,6 +108,32 @@ def test_a_full_queue_answers_503_at_once_with_batching_on(batching: TestClient)
     assert batching.get("/api/search", params={"q": "red circle"}).status_code == 200
 
 
+def test_a_full_queue_refuses_model_calls_before_parsing_them(batching: TestClient) -> None:
+    """Under overload the refusals are most requests: they are answered by the request guard, before routing or
+    validation (a request that would be a 422 is a 503), uploads unread, and counted; other endpoints still
+    answer."""
+    gate = threading.Event()
+    worker = batching.app.state.worker
+    assert batching.get("/api/search", params={"q": "red circle", "k": 0}).status_code == 422
+    blockers = [worker.submit(gate.wait, 10) for _ in range(BATCHING.queue_size)]
+    try:
+        before = worker.stats()["rejected"]
+        invalid = batching.get("/api/search", params={"q": "red circle", "k": 0})
+        upload = batching.post("/api/search/image", files={"file": ("q.png", png(0), "image/png")})
+        explain = batching.get("/api/explain", params={"q": "red circle", "id": 0})
+        for response in (invalid, upload, explain):
+            assert response.status_code == 503 and response.headers["retry-after"] == "1"
+            assert response.json()["detail"].startswith("busy:")
+            assert response.headers["x-content-type-options"] == "nosniff"
+        assert worker.stats()["rejected"] == before + 3
+        assert batching.get("/health").status_code == 200
+    finally:
+        gate.set()
+    for blocker in blockers:
+        blocker.result(timeout=5)
+    assert batching.get("/api/search", params={"q": "red circle", "k": 0}).status_code == 422
+
+
 def doubled(items: Sequence[int]) -> list[int]:
     """A batch function that fails as a whole when any item is negative, as encoding a bad query does."""
     if any(item < 0 for item in items):

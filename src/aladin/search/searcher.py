@@ -32,6 +32,9 @@ from aladin.search.explain import Explanation, explain_pair
 Where = Filter | str | dict[str, Any] | list[Any] | None
 #: The searches a calibration covers, by (query modality, kind searched): the curve's direction.
 CALIBRATED_SEARCHES = {("text", IMAGES): TEXT_TO_IMAGE, ("image", TEXTS): IMAGE_TO_TEXT}
+#: Re-ranking scores every query of a chunk against every candidate of it when that is at most this many times
+#: the (query, candidate) pairs asked for (`Searcher._align`).
+DENSE_PAIRS = 2
 
 
 class QueryTruncatedWarning(UserWarning):
@@ -393,9 +396,15 @@ class Searcher:
 
     # ---- helpers --------------------------------------------------------------------------------
     def _align(self, kind: str, queries: EncodedQueries, candidates: list[np.ndarray]) -> list[np.ndarray]:
-        """Alignment score of each query with each of its candidates, `pair_batch` pairs at a time."""
+        """Alignment score of each query with each of its candidates, `pair_batch` pairs at a time.
+
+        A chunk whose queries share most of their candidates (a batch of searches over the same part of the
+        collection) is scored all queries × all candidates in one matrix product, when that is at most
+        `DENSE_PAIRS` times the pairs asked for: copying each candidate's regions once per query that asks for it
+        cost more than the extra products (the same scores, to the bit)."""
         counts = [len(c) for c in candidates]
-        owner = torch.from_numpy(np.repeat(np.arange(len(candidates)), counts)).to(queries.rows.device)
+        device = queries.rows.device
+        owner = np.repeat(np.arange(len(candidates)), counts)
         flat = np.concatenate(candidates) if candidates else np.zeros(0, np.int64)
         out = np.empty(len(flat), np.float32)
         aggregation = self.model.config.model.word_aggregation
@@ -404,15 +413,28 @@ class Searcher:
         for start in range(0, len(flat), self.pair_batch):
             pairs = order[start : start + self.pair_batch]
             wanted, inverse = np.unique(flat[pairs], return_inverse=True)
+            asking, asker = np.unique(owner[pairs], return_inverse=True)
             stored, stored_mask = self.index.lookup(kind, wanted)
-            if len(wanted) < len(pairs):
-                stored, stored_mask = stored[inverse], stored_mask[inverse]
-            stored, stored_mask = stored.to(queries.rows.device), stored_mask.to(queries.rows.device)
-            rows, mask = queries.rows[owner[pairs]], queries.mask[owner[pairs]]
-            if kind == IMAGES:  # text queries: stored regions against the query's words
-                pair = paired_region_word_scores(stored, stored_mask, rows, mask, aggregation)
-            else:  # image queries: the query's regions against stored words
-                pair = paired_region_word_scores(rows, mask, stored, stored_mask, aggregation)
+            stored, stored_mask = stored.to(device), stored_mask.to(device)
+            if len(wanted) * len(asking) <= DENSE_PAIRS * len(pairs):
+                picked = torch.as_tensor(asking, device=device)
+                rows, mask = queries.rows[picked], queries.mask[picked]
+                # [wanted, asking]: stored regions against text queries' words, or image queries' regions
+                # against stored words
+                if kind == IMAGES:
+                    every = region_word_scores(stored, stored_mask, rows, mask, aggregation)
+                else:
+                    every = region_word_scores(rows, mask, stored, stored_mask, aggregation).T
+                pair = every[torch.as_tensor(inverse, device=device), torch.as_tensor(asker, device=device)]
+            else:
+                if len(wanted) < len(pairs):
+                    stored, stored_mask = stored[inverse], stored_mask[inverse]
+                picked = torch.as_tensor(owner[pairs], device=device)
+                rows, mask = queries.rows[picked], queries.mask[picked]
+                if kind == IMAGES:  # text queries: stored regions against the query's words
+                    pair = paired_region_word_scores(stored, stored_mask, rows, mask, aggregation)
+                else:  # image queries: the query's regions against stored words
+                    pair = paired_region_word_scores(rows, mask, stored, stored_mask, aggregation)
             out[pairs] = pair.float().cpu().numpy()
         return np.split(out, np.cumsum(counts)[:-1])
 

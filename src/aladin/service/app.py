@@ -19,7 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from aladin.errors import AladinError
 from aladin.search.searcher import Searcher
 from aladin.service.config import ServiceConfig
-from aladin.service.guard import RequestGuard
+from aladin.service.guard import RequestGuard, busy_response
 from aladin.service.live import IndexUnavailable, LiveIndex, default_image_root
 from aladin.service.routes import explain, health, items, pages, search
 from aladin.service.routes.pages import STATIC_DIR
@@ -38,8 +38,7 @@ def _error_handlers(app: FastAPI, config: ServiceConfig) -> None:
 
     @app.exception_handler(ServiceBusy)
     async def busy(_: Request, exc: ServiceBusy) -> JSONResponse:
-        detail = f"busy: {config.queue_size} searches are already queued; retry shortly"
-        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
+        return busy_response(config.queue_size)
 
     @app.exception_handler(IndexUnavailable)
     async def unavailable(_: Request, exc: IndexUnavailable) -> JSONResponse:
@@ -72,7 +71,13 @@ def create_app(searcher: Searcher, config: ServiceConfig | None = None) -> FastA
     app.state.service = state
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _error_handlers(app, config)
-    app.add_middleware(RequestGuard, max_bytes=config.max_upload_bytes, host_names=config.host_names())
+    app.add_middleware(
+        RequestGuard,
+        max_bytes=config.max_upload_bytes,
+        host_names=config.host_names(),
+        turn_away=state.worker.turn_away,
+        busy=busy_response(config.queue_size),
+    )
     for router in (search.router(state), items.router(state), explain.router(state), health.router(state)):
         app.include_router(router)
     app.include_router(pages.router())

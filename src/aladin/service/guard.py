@@ -1,9 +1,12 @@
-"""The one ASGI middleware in front of every request: Host check, upload size check, hardening headers.
+"""The one ASGI middleware in front of every request: Host check, upload size check, a full model queue,
+hardening headers.
 
 Plain ASGI rather than `@app.middleware`, which costs every request (503s included) more.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,6 +20,14 @@ PAGE_POLICY = (
 )
 _ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")]
 _HTML = [(b"content-security-policy", PAGE_POLICY.encode())]
+#: The endpoints that run the model: refused here, unparsed, while its queue is full.
+MODEL_PATHS = ("/api/search", "/api/explain")
+
+
+def busy_response(queue_size: int) -> JSONResponse:
+    """The 503 of a full model queue."""
+    detail = f"busy: {queue_size} searches are already queued; retry shortly"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
 
 def too_big(size: int, limit: int) -> str:
@@ -33,13 +44,24 @@ def host_name(header: bytes) -> str:
 
 class RequestGuard:
     """Refuses a request whose Host is not one of `host_names` (DNS rebinding: a page on a rebound name would
-    otherwise read the photos), an upload from its Content-Length before its body is read; adds nosniff and
-    frame protection to every response and the content security policy to HTML ones."""
+    otherwise read the photos), an upload from its Content-Length before its body is read, a model call while
+    `turn_away()` says the model queue is full (a 503 costing no parsing, validation or routing: under overload
+    the refusals are most of the requests, and their cost on the event loop delayed both them and the model
+    thread); adds nosniff and frame protection to every response and the content security policy to HTML ones."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, host_names: frozenset[str] | None):
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        host_names: frozenset[str] | None,
+        turn_away: Callable[[], bool],
+        busy: JSONResponse,
+    ):
         self.app = app
         self.max_bytes = max_bytes
         self.host_names = host_names
+        self.turn_away = turn_away
+        self.busy = busy
 
     def refusal(self, scope: Scope) -> JSONResponse | None:
         headers = dict(scope["headers"])
@@ -54,6 +76,8 @@ class RequestGuard:
                 return JSONResponse({"detail": "uploads need a Content-Length header"}, status_code=411)
             if int(length) > self.max_bytes + MULTIPART_SLACK:
                 return JSONResponse({"detail": too_big(int(length), self.max_bytes)}, status_code=413)
+        if scope["path"].startswith(MODEL_PATHS) and self.turn_away():
+            return self.busy
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

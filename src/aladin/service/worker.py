@@ -73,6 +73,14 @@ class ModelWorker:
         """Queue `fn(*args)` on the model thread, or raise ServiceBusy at once when the queue is full."""
         return self.submit_batched(None, lambda _: [fn(*args)], None)
 
+    def turn_away(self) -> bool:
+        """Whether a new call would be refused now (the queue is full), counted as a refusal when it would: lets
+        the HTTP layer answer 503 before parsing a request, without waiting for the lock the model thread takes."""
+        if self.pending < self.size and not self._closed:
+            return False
+        self.rejected += 1
+        return True
+
     def submit_batched(self, key: Hashable | None, run: BatchFn, item: Any) -> Future:
         """Queue `item` for `run` in a batch of its `key` (None: alone), or raise ServiceBusy when full."""
         future: Future = Future()

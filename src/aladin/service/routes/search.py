@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, File, HTTPException, Query, Response, UploadFile
 from PIL import Image
 
 from aladin.data.images import ImageTooLarge, decode_image_bytes
@@ -15,7 +15,7 @@ from aladin.index.metadata import IMAGES, TEXTS
 from aladin.search.searcher import Hit, Searcher, keep_confident
 from aladin.service.config import ServiceConfig
 from aladin.service.guard import too_big
-from aladin.service.schemas import SearchOut, hit_out
+from aladin.service.schemas import SearchOut, search_out
 from aladin.service.state import ServiceState
 
 
@@ -138,7 +138,10 @@ MinScore = Annotated[
 
 
 def confident(state: ServiceState, hits: list[Hit], min_score: float | None) -> list[Hit]:
-    """`keep_confident` with the serving model (a cut it cannot make is a 400, as every AladinError)."""
+    """`keep_confident` with the serving model (a cut it cannot make is a 400, as every AladinError); without a
+    cut, the served version (its files checked) is not looked up again."""
+    if min_score is None:
+        return hits
     return keep_confident(hits, min_score, state.live.current().searcher.model)
 
 
@@ -162,7 +165,7 @@ def router(state: ServiceState) -> APIRouter:
     api = APIRouter(prefix="/api", tags=["search"])
     K, Rerank = bounded_parameters(config)
 
-    @api.get("/search")
+    @api.get("/search", response_model=SearchOut)
     async def search_text(
         q: Annotated[str, Query(description="the text to find images for")],
         k: K = 10,
@@ -170,7 +173,7 @@ def router(state: ServiceState) -> APIRouter:
         where: WHERE = None,
         collapse: COLLAPSE = False,
         min_score: MinScore = None,
-    ) -> SearchOut:
+    ) -> Response:
         """Text → images; `warning` says when the query was longer than the text encoder reads."""
         text = state.query(q)
         chosen = parse_where(where, config.max_query_chars)
@@ -179,12 +182,9 @@ def router(state: ServiceState) -> APIRouter:
             partial(text_searches, k, rerank, where=chosen, collapse=collapse),
             text,
         )
-        hits = confident(state, hits, min_score)
-        return SearchOut(
-            query=q, target="images", rerank=depth, hits=[hit_out(h) for h in hits], warning=warning
-        )
+        return search_out(q, "images", depth, confident(state, hits, min_score), warning)
 
-    @api.post("/search/image")
+    @api.post("/search/image", response_model=SearchOut)
     async def search_image(
         file: Annotated[UploadFile, File(description="the query image")],
         target: Literal["images", "texts"] = "images",
@@ -193,7 +193,7 @@ def router(state: ServiceState) -> APIRouter:
         where: WHERE = None,
         collapse: COLLAPSE = False,
         min_score: MinScore = None,
-    ) -> SearchOut:
+    ) -> Response:
         """Image → similar images, or image → captions (target=texts, re-ranked like text search); `collapse`
         applies to image hits."""
         chosen = parse_where(where, config.max_query_chars)
@@ -205,8 +205,6 @@ def router(state: ServiceState) -> APIRouter:
             partial(image_searches, target, k, rerank, config.max_pixels, where=chosen, collapse=collapse),
             data,
         )
-        name = file.filename or "upload"
-        hits = confident(state, hits, min_score)
-        return SearchOut(query=name, target=target, rerank=depth, hits=[hit_out(h) for h in hits])
+        return search_out(file.filename or "upload", target, depth, confident(state, hits, min_score))
 
     return api
