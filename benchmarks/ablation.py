@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     names = [] if args.tables_only else args.only or list(VARIANTS)
     seeds = args.seeds or [0]
+    stem = "seeds" if args.seeds else "ablation"
     rows: dict[str, dict[str, Any]] = {}
     for name in names:
         variant_cache = cache_for(VARIANTS[name], cache, Path(args.data), Path(args.work))
@@ -261,11 +262,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{label}: "
                 + ", ".join(f"{c} {rows[label][c]['test']:.1f}" for c, _ in SCORERS if c in rows[label])
             )
-    stem = "seeds" if args.seeds else "ablation"
-    out = Path(args.out)
+            write_tables(Path(args.out), stem, cache, {label: rows[label]})
+    if not names:  # --tables-only
+        write_tables(Path(args.out), stem, cache, {})
+    return 0
+
+
+def write_tables(out: Path, stem: str, cache: Path, rows: dict[str, dict[str, Any]]) -> None:
+    """Merge `rows` into the results file and redraw its tables: called after every finished row, so an
+    interrupted run keeps what it measured."""
     rows = merged_with_earlier(out / f"{stem}.json", cache, rows)
     lines = [f"**{cache}: validation / test rsum per scorer**", "", *table(rows), ""]
-    if args.seeds:
+    if stem == "seeds":
         lines += ["**Validation and test rsum over seeds**", "", *seed_summary(rows)]
     lines.append(
         "Re-rank: the depth (10–100) and the weight of the global score fused with the alignment score are chosen "
@@ -274,7 +282,6 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write(out / f"{stem}.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     write_json(out / f"{stem}.json", {"cache": str(cache), "variants": VARIANTS, "rows": rows})
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
