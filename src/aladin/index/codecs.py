@@ -142,8 +142,9 @@ class ResidualCodec:
 
     @staticmethod
     def default_centroids(rows: int) -> int:
-        """PLAID's choice, 2 ** floor(log2(16 * sqrt(rows))) for `rows` training rows, at most 2**16 (2-byte ids)."""
-        return 2 ** min(16, int(np.log2(16 * np.sqrt(max(rows, 1)))))
+        """PLAID's choice for `rows` training rows, 2 ** floor(log2(16 * sqrt(rows))), at most `rows` and 2**16."""
+        rows = max(rows, 1)
+        return 2 ** min(16, int(np.log2(16 * np.sqrt(rows))), int(np.log2(rows)))
 
     @classmethod
     def train(cls, sample: np.ndarray, nbits: int, centroids: int, file: str) -> ResidualCodec:
@@ -153,12 +154,10 @@ class ResidualCodec:
         if dim * nbits % 8:
             raise AladinError(f"residual: {nbits}-bit codes of {dim}-d rows do not fill whole bytes")
         k = centroids or cls.default_centroids(n)
-        if not 1 <= k <= 2**16:
-            raise AladinError(f"residual_centroids: between 1 and 65536 (2-byte ids), got {k}")
-        if n < max(k, 2**nbits):
+        if n < k:
             raise AladinError(
-                f"residual: training {k} centroids needs at least {max(k, 2**nbits)} rows, the first segment has "
-                f"{n}; index more items first, lower residual_centroids or use int8"
+                f"residual: training {k} centroids needs at least {k} rows, the first segment has {n}; "
+                "index more items first, lower residual_centroids or use int8"
             )
         x = np.ascontiguousarray(sample, dtype=np.float32)
         if k > 1:  # few rows per centroid are PLAID's choice: silence FAISS's warning about them
