@@ -126,11 +126,16 @@ class ResidualCodec:
         self.id_bytes = 2 if len(centroids) > 1 else 0
         self._assign = faiss.IndexFlatL2(self.dim)
         self._assign.add(np.ascontiguousarray(centroids, dtype=np.float32))
-        # decoding: one float32 table of centroids, and each (dimension, bucket) value at dim * 2**nbits + bucket
+        # Decoding looks each code byte up whole (PLAID's trick): row p * 256 + v of the table holds the residual
+        # values of the dimensions packed in byte p when it reads v.
+        per_byte = 8 // self.nbits
+        values = np.arange(256)[:, None] >> (np.arange(per_byte) * self.nbits) & (
+            2**self.nbits - 1
+        )  # [256, per]
+        dims = np.arange(self.dim).reshape(-1, 1, per_byte)  # [bytes, 1, per]
+        self._table = torch.from_numpy(buckets[dims, values[None]].reshape(-1, per_byte).astype(np.float32))
+        self._byte_offsets = torch.arange(self.dim // per_byte) * 256
         self._centroids = torch.from_numpy(centroids.astype(np.float32))
-        self._values = torch.from_numpy(np.ascontiguousarray(buckets, dtype=np.float32).reshape(-1))
-        self._offsets = torch.arange(self.dim) * buckets.shape[1]
-        self._shifts = torch.arange(0, 8, self.nbits, dtype=torch.uint8)
 
     @property
     def dim(self) -> int:
@@ -213,12 +218,16 @@ class ResidualCodec:
 
     def decode(self, stored: torch.Tensor) -> torch.Tensor:
         flat = stored.reshape(-1, self.code_size)
-        if self.id_bytes:
-            values = self._centroids[flat[:, 0].long() | (flat[:, 1].long() << 8)]
+        if self.id_bytes:  # embedding(): a gather several times faster than indexing
+            values = torch.nn.functional.embedding(
+                flat[:, 0].long() | (flat[:, 1].long() << 8), self._centroids
+            )
         else:
             values = self._centroids.expand(len(flat), -1)
-        codes = (flat[:, self.id_bytes :, None] >> self._shifts) & (2**self.nbits - 1)
-        values = values + self._values[self._offsets + codes.reshape(len(flat), self.dim).long()]
+        residual = torch.nn.functional.embedding(
+            flat[:, self.id_bytes :].long() + self._byte_offsets, self._table
+        )
+        values = values + residual.view(len(flat), self.dim)
         values = values / values.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return values.view(*stored.shape[:-1], self.dim)
 
