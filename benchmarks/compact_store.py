@@ -164,7 +164,10 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
         ]
         gain = run["stores"][REFERENCE]["rsum_rerank"] - run["rsum_knn_only"]
-        for store, row in run["stores"].items():
+        stores = sorted(
+            run["stores"].items(), key=lambda item: (item[0] != REFERENCE, -item[1]["bytes_per_row"])
+        )
+        for store, row in stores:
             cosine = row["reconstruction"][0]["mean_cosine"] if row["reconstruction"] else 1.0
             kept = f"{100 * (row['rsum_rerank'] - run['rsum_knn_only']) / gain:.0f}%" if gain > 0 else "–"
             lines.append(
