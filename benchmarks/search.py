@@ -492,27 +492,37 @@ def run_backends(
 
 
 # ---- retrieval quality on a real test split --------------------------------------------------------
-def retrieval_quality(model: AladinModel, cache: Path, workdir: Path, rerank: int) -> dict[str, Any]:
-    """rsum of kNN only and kNN + re-rank on the cache's test split, with float16, int8 and PQ region stores."""
+def retrieval_quality(
+    model: AladinModel,
+    cache: Path,
+    workdir: Path,
+    rerank: int,
+    stores: dict[str, IndexConfig] | None = None,
+) -> dict[str, Any]:
+    """rsum of kNN only (on the first store: kNN does not read it) and kNN + re-rank on the cache's test split,
+    with each of `stores` (name → index settings; default float16, int8 and PQ region stores)."""
+    if stores is None:
+        stores = {
+            dtype: IndexConfig(region_dtype=dtype, batch_size=256) for dtype in ("float16", "int8", "pq")
+        }
     source = CachedSplitSource(cache, "test", model.config)
     cached = source.cached
     owners = np.asarray(cached.caption_image)
     out: dict[str, Any] = {"images": cached.num_images, "captions": cached.num_captions, "rerank": rerank}
-    for dtype in ("float16", "int8", "pq"):
-        cfg = IndexConfig(region_dtype=dtype, batch_size=256)
-        index = build_index(source, model, workdir / f"quality-{dtype}", cfg, with_texts=True, progress=False)
-        out[f"{dtype} store"] = index.info()  # sizes and reconstruction error per segment
-        print(f"{dtype} store: {json.dumps(index.info(), default=str)[:600]}", flush=True)
+    for position, (name, cfg) in enumerate(stores.items()):
+        index = build_index(source, model, workdir / f"quality-{name}", cfg, with_texts=True, progress=False)
+        out[f"{name} store"] = index.info()  # sizes and reconstruction error per segment
+        print(f"{name} store: {json.dumps(index.info(), default=str)[:600]}", flush=True)
         searcher = Searcher(index, model)
-        for depth in (0, rerank) if dtype == "float16" else (rerank,):
-            name = "kNN only" if depth == 0 else f"kNN + re-rank {depth} ({dtype} store)"
+        for depth in (0, rerank) if position == 0 else (rerank,):
+            label = "kNN only" if depth == 0 else f"kNN + re-rank {depth} ({name} store)"
             t2i = ranks(searcher, TEXTS, cached, owners, depth)
             i2t = ranks(searcher, IMAGES, cached, owners, depth)
             metrics = {f"t2i_r{k}": v for k, v in recall_from_ranks(t2i).items()}
             metrics |= {f"i2t_r{k}": v for k, v in recall_from_ranks(i2t).items()}
             metrics["rsum"] = sum(metrics.values())
-            out[name] = metrics
-            print(f"{name}: rsum {metrics['rsum']:.1f}", flush=True)
+            out[label] = metrics
+            print(f"{label}: rsum {metrics['rsum']:.1f}", flush=True)
         index.meta.close()
     return out
 

@@ -312,10 +312,18 @@ def test_index_settings_are_validated(tmp_path: Path, dataset: Path, model: Alad
     assert not (tmp_path / "index" / "manifest.json").exists()
 
 
-def test_pq_index_round_trip_and_add_reuses_the_quantizer(
-    tmp_path: Path, dataset: Path, model: AladinModel, text_encoder: ToyTextEncoder
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        IndexConfig(region_dtype="pq", pq_nbits=4, batch_size=5),  # 16 centroids: the toy data is small
+        IndexConfig(region_dtype="residual2", batch_size=5),  # automatic centroid count
+        IndexConfig(region_dtype="residual1", residual_centroids=8, batch_size=5),
+    ],
+    ids=["pq", "residual2", "residual1"],
+)
+def test_trained_store_index_round_trip_and_add_reuses_the_codebook(
+    tmp_path: Path, dataset: Path, model: AladinModel, text_encoder: ToyTextEncoder, cfg: IndexConfig
 ) -> None:
-    cfg = IndexConfig(region_dtype="pq", pq_nbits=4, batch_size=5)  # 16 centroids: the toy data is small
     in_memory = build_index(
         dataset, model, tmp_path / "index", cfg, text_encoder=text_encoder, with_texts=True, progress=False
     )

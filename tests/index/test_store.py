@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from aladin.errors import AladinError
+from aladin.errors import AladinError, CheckpointError
 from aladin.index.store import CODECS, EncodedChunk, PackedStore, SegmentWriter
 
 
@@ -140,4 +140,78 @@ def test_pq_store_is_m_bytes_per_row_reconstructs_well_and_is_reused(tmp_path: P
 def test_pq_needs_enough_rows_to_train(tmp_path: Path) -> None:
     with pytest.raises(AladinError, match="needs at least 256 rows"):
         write_segment(tmp_path, [chunk([10, 10], 16, 0)], "pq", 0, 1)
+    assert not list(tmp_path.iterdir())  # the failed segment's temporaries are removed
+
+
+def residual_segment(directory: Path, rows: np.ndarray, dtype: str, generation: int, centroids: int = 32):
+    """One segment of 30-row items, trained (`centroids` k-means centroids) on its own rows."""
+    counts = np.full(len(rows) // 30, 30)
+    writer = SegmentWriter(
+        directory, "regions", generation, 0, dtype, rows.shape[1], residual_centroids=centroids
+    )
+    writer.append(EncodedChunk(np.zeros((len(counts), 4), np.float32), rows, counts))
+    return writer.finish()
+
+
+@pytest.mark.parametrize(("dtype", "bits", "mean_cosine"), [("residual2", 2, 0.97), ("residual1", 1, 0.94)])
+def test_residual_store_is_an_id_plus_bits_per_dimension_and_its_codebook_is_reused(
+    tmp_path: Path, dtype: str, bits: int, mean_cosine: float
+) -> None:
+    dim, n = 256, 3000
+    rows = clustered_rows(n, dim, noise=0.5)
+    entry, files = residual_segment(tmp_path, rows, dtype, 1)
+    assert entry["dtype"] == dtype and entry["quantizer"] in files
+    assert files[entry["data"]]["bytes"] == n * (2 + dim * bits // 8)
+    stats = entry["reconstruction"]
+    assert stats["mean_cosine"] > mean_cosine
+
+    store = PackedStore(tmp_path, [entry], dim)
+    decoded, mask = store.lookup(np.arange(n // 30))
+    real = decoded[mask].numpy()
+    np.testing.assert_allclose(np.linalg.norm(real, axis=1), 1.0, atol=1e-5)  # re-normalised
+    assert (real * rows).sum(axis=1).mean() == pytest.approx(stats["mean_cosine"], abs=1e-3)
+
+    # A later segment reuses the codebook; items of both read back as the codec decodes them, padding as zeros.
+    more = clustered_rows(50, dim, noise=0.5, seed=5)
+    writer = SegmentWriter(tmp_path, "regions", 2, n // 30, dtype, dim, quantizer=store.quantizer)
+    writer.append(EncodedChunk(np.zeros((2, 4), np.float32), more, np.array([30, 20])))
+    second, second_files = writer.finish()
+    assert second["quantizer"] == entry["quantizer"] and entry["quantizer"] not in second_files
+    reopened = PackedStore(tmp_path, [entry, second], dim)
+    again, again_mask = reopened.lookup(np.arange(n // 30))
+    assert torch.equal(again, decoded) and torch.equal(again_mask, mask)
+    late, late_mask = reopened.lookup([n // 30 + 1, 0])
+    assert (late[~late_mask] == 0).all()
+    expected = store.quantizer.decode(torch.from_numpy(store.quantizer.encode(more[30:50])))
+    torch.testing.assert_close(late[0][:20], expected)
+
+
+def test_centroid_ids_pay_for_themselves_on_clustered_rows(tmp_path: Path) -> None:
+    """The 2-byte id is what separates the residual store from plain per-dimension quantiles: it must help."""
+    rows = clustered_rows(3000, 64, noise=0.5)
+    with_ids, files = residual_segment(tmp_path, rows, "residual2", 1)
+    without, other_files = residual_segment(tmp_path, rows, "residual2", 2, centroids=1)
+    assert (
+        files[with_ids["data"]]["bytes"] == 3000 * 18 and other_files[without["data"]]["bytes"] == 3000 * 16
+    )
+    assert with_ids["reconstruction"]["mean_cosine"] > without["reconstruction"]["mean_cosine"] + 0.03
+
+
+def test_a_segment_read_with_another_stores_codebook_is_refused(tmp_path: Path) -> None:
+    rows = clustered_rows(300, 64)
+    two, _ = residual_segment(tmp_path, rows, "residual2", 1)
+    one, _ = residual_segment(tmp_path, rows, "residual1", 2)
+    with pytest.raises(CheckpointError) as error:
+        PackedStore(tmp_path, [{**two, "quantizer": one["quantizer"]}], 64)
+    message = str(error.value)
+    assert "a residual1 codebook of 64-d rows, but its segments are residual2 of 64-d rows" in message
+    assert "\n" not in message
+    (tmp_path / two["quantizer"]).write_bytes(b"not a codebook")
+    with pytest.raises(CheckpointError, match="cannot read the residual codebook"):
+        PackedStore(tmp_path, [two], 64)
+
+
+def test_residual_needs_as_many_rows_as_centroids(tmp_path: Path) -> None:
+    with pytest.raises(AladinError, match="training 32 centroids needs at least 32 rows"):
+        residual_segment(tmp_path, unit_rows(30, 16), "residual2", 1)
     assert not list(tmp_path.iterdir())  # the failed segment's temporaries are removed

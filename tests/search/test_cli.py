@@ -129,17 +129,25 @@ def test_search_without_model_uses_the_recorded_checkpoint(
         run(["search", "dog", "--index", index])
 
 
-def test_pq_store_from_the_command_line(
-    workspace: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+@pytest.mark.parametrize(
+    ("dtype", "flags"), [("pq", ["--pq-nbits", "4"]), ("residual1", ["--residual-centroids", "4"])]
+)
+def test_trained_store_from_the_command_line(
+    workspace: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    dtype: str,
+    flags: list[str],
 ) -> None:
     index = str(tmp_path / "index")
     run(
         ["index", "build", workspace["data"], "--model", workspace["model"], "--out", index]
-        + ["--region-dtype", "pq", "--pq-nbits", "4"]
+        + ["--region-dtype", dtype, *flags]
     )
     capsys.readouterr()
     run(["index", "info", index])
-    assert "pq mean cosine" in capsys.readouterr().out
+    info = " ".join(capsys.readouterr().out.replace("│", " ").split())  # the table wraps long cells
+    assert f"{dtype} mean cosine" in info and f"{flags[0][2:].replace('-', '_')}={flags[1]}" in info
     run(["search", "dog", "--index", index, "--model", workspace["model"], "--k", "2", "--json"])
     assert len(output_json(capsys)["hits"]) == 2
 

@@ -50,6 +50,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--pq-m", type=int, default=defaults.pq_m, help="pq: sub-quantisers (0: embed_dim / 8)")
     p.add_argument("--pq-nbits", type=int, default=defaults.pq_nbits, help="pq: bits per sub-quantiser")
+    p.add_argument(
+        "--residual-centroids",
+        type=int,
+        default=defaults.residual_centroids,
+        help="residual2/residual1: k-means centroids (0: automatic, 1: no centroid ids)",
+    )
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images encoded at once")
     p.add_argument("--with-texts", action="store_true", help="also index the captions (image→text search)")
     p.add_argument("--split", help="only this split of a dataset folder (feature cache: default test)")
@@ -211,6 +217,7 @@ def _build(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         pq_m=args.pq_m,
         pq_nbits=args.pq_nbits,
+        residual_centroids=args.residual_centroids,
         backend=args.backend,
         uri=_uri(args),
         collection=args.collection,

@@ -15,7 +15,7 @@ from aladin.index.backend import BACKEND_MODULES
 INDEX_FORMAT_VERSION = 1
 
 #: Encodings of the region/word store; see `aladin.index.store`.
-REGION_DTYPES = ("float16", "int8", "pq")
+REGION_DTYPES = ("float16", "int8", "pq", "residual2", "residual1")
 
 #: The store of an index whose manifest names none: written before `region_dtype` existed, it is float16.
 LEGACY_REGION_DTYPE = "float16"
@@ -34,7 +34,9 @@ class IndexConfig:
     `factory`: "Flat" (exact), "IVF{nlist},Flat" (searched with `nprobe` lists) or "HNSW{M}" (searched with
     `ef_search`). `region_dtype`: "int8" (a quarter of float32, the default), "float16" (half) or "pq" (FAISS product quantisation:
     `pq_m` sub-quantisers of `pq_nbits` bits, `pq_m` * `pq_nbits` / 8 bytes per row; `pq_m` 0 means
-    embed_dim / 8, a sixteenth of float32 at 8 bits). `batch_size`: images or captions encoded at once while
+    embed_dim / 8, a sixteenth of float32 at 8 bits), "residual2" / "residual1" (PLAID-style: a k-means centroid id
+    of 2 bytes plus a 2- or 1-bit residual per dimension; `residual_centroids` 0 means PLAID's count for the
+    training sample, 1 a plain per-dimension quantiser without ids; benchmarks/compact_store.py). `batch_size`: images or captions encoded at once while
     building. `backend`: "faiss" (in-process, files in the index folder) or "milvus" (`uri`: a Milvus Lite
     folder ending in .db, default `<index>/milvus.db`, or http(s)://host:port of a server; `collection`: the
     collections' name prefix, default derived from the index folder). The factory maps onto Milvus's FLAT,
@@ -48,6 +50,7 @@ class IndexConfig:
     batch_size: int = 64
     pq_m: int = 0
     pq_nbits: int = 8
+    residual_centroids: int = 0
     backend: str = "faiss"
     uri: str = ""
     collection: str = ""
@@ -82,6 +85,10 @@ class IndexConfig:
             raise AladinError(f"pq_m: must be 0 (embed_dim / 8) or positive, got {self.pq_m}")
         if not 1 <= self.pq_nbits <= 16:
             raise AladinError(f"pq_nbits: must be between 1 and 16, got {self.pq_nbits}")
+        if not 0 <= self.residual_centroids <= 2**16:
+            raise AladinError(
+                f"residual_centroids: 0 (automatic) to 65536 (2-byte ids), got {self.residual_centroids}"
+            )
         for name in ("nprobe", "ef_search", "batch_size"):
             if getattr(self, name) < 1:
                 raise AladinError(f"{name}: must be at least 1, got {getattr(self, name)}")

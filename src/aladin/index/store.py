@@ -1,11 +1,12 @@
 """Packed per-item vector sets (an image's regions, a caption's words), memory-mapped and looked up by item id.
 
 A segment holds the items `first_id .. first_id + count - 1`: their rows packed one after another in one raw
-file (`regions.000001.f16`, `.i8` [rows, dim], or `.pq` [rows, code bytes]), an offsets array ([count + 1], item i owns rows
+file (`regions.000001.f16`, `.i8` [rows, dim], or `.pq`, `.rq2`, `.rq1` [rows, code bytes]), an offsets array ([count + 1], item i owns rows
 offsets[i]:offsets[i+1], so items may have different numbers of rows) and, for regions, their boxes. Segments
-are written once and never changed; an index version lists the segments it uses. A "pq" store's quantiser is
-trained on (a sample of) its first segment, saved in its own file (`regions.000001.pqcodes.faiss`) that every
-later segment's manifest entry names and reuses.
+are written once and never changed; an index version lists the segments it uses. A trained store's codec ("pq",
+"residual2", "residual1"; see `aladin.index.codecs`) is trained on (a sample of) its first segment, saved in its
+own file (`regions.000001.pqcodes.faiss`, `.rqcodes.npz`) that every later segment's manifest entry names and
+reuses.
 """
 
 from __future__ import annotations
@@ -15,105 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 
 from aladin.errors import AladinError, CheckpointError
 from aladin.fileio import temp_file
+from aladin.index.codecs import CODECS, TRAINED, Codec, TrainedCodec, data_suffix, read_codec, train_codec
 from aladin.index.manifest import generation_name, publish
 
-
-class Float16Codec:
-    """Half precision: half the size of float32, error far below what re-ranking can notice."""
-
-    name, suffix, dtype = "float16", "f16", np.dtype(np.float16)
-
-    def encode(self, rows: np.ndarray) -> np.ndarray:
-        return rows.astype(np.float16, copy=False)
-
-    def decode(self, stored: torch.Tensor) -> torch.Tensor:
-        """Stored rows (any leading shape, zero padding allowed) → float32 (torch converts faster than numpy)."""
-        return stored.float()
-
-
-class Int8Codec:
-    """Symmetric int8 with a per-vector scale (max |x| → 127): a quarter of float32.
-
-    The scale is not stored: rows are unit vectors, so decoding divides by the quantised vector's own norm,
-    which restores scale and unit length together, keeping the store at exactly one byte per dimension.
-    """
-
-    name, suffix, dtype = "int8", "i8", np.dtype(np.int8)
-
-    def encode(self, rows: np.ndarray) -> np.ndarray:
-        values = torch.from_numpy(rows).float()  # torch: several times faster than numpy on float16 input
-        peak = values.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
-        return (values * (127.0 / peak)).round_().to(torch.int8).numpy()
-
-    def decode(self, stored: torch.Tensor) -> torch.Tensor:
-        values = stored.float()
-        return values / values.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-class PQCodec:
-    """FAISS product quantisation: M sub-quantisers of nbits each, M * nbits / 8 bytes per row.
-
-    Decoded rows are re-normalised to unit length (the codebook centroids are not). `file` names the trained
-    quantiser in the index folder, shared by every segment encoded with it.
-    """
-
-    name, suffix, dtype = "pq", "pq", np.dtype(np.uint8)
-
-    def __init__(self, pq: faiss.ProductQuantizer, file: str):
-        self.pq, self.file = pq, file
-
-    @property
-    def code_size(self) -> int:
-        return int(self.pq.code_size)
-
-    @classmethod
-    def train(cls, sample: np.ndarray, m: int, nbits: int, file: str) -> PQCodec:
-        dim = sample.shape[1]
-        m = m or max(1, dim // 8)
-        if dim % m:
-            raise AladinError(f"pq_m: {m} sub-quantisers do not divide the row dimension {dim}")
-        if len(sample) < 2**nbits:
-            raise AladinError(
-                f"pq: training {2**nbits} centroids ({nbits} bits) needs at least {2**nbits} rows, "
-                f"the first segment has {len(sample)}; index more items first, lower pq_nbits or use int8"
-            )
-        pq = faiss.ProductQuantizer(dim, m, nbits)
-        pq.train(np.ascontiguousarray(sample, dtype=np.float32))
-        return cls(pq, file)
-
-    @classmethod
-    def read(cls, path: Path) -> PQCodec:
-        try:
-            return cls(faiss.read_ProductQuantizer(str(path)), path.name)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{path}: cannot read the product quantiser ({str(exc).splitlines()[0]})"
-            ) from exc
-
-    def write(self, path: Path) -> None:
-        faiss.write_ProductQuantizer(self.pq, str(path))
-
-    def encode(self, rows: np.ndarray) -> np.ndarray:
-        return self.pq.compute_codes(np.ascontiguousarray(rows, dtype=np.float32))
-
-    def decode(self, stored: torch.Tensor) -> torch.Tensor:
-        codes = np.ascontiguousarray(stored.numpy()).reshape(-1, self.code_size)
-        values = torch.from_numpy(self.pq.decode(codes)).view(*stored.shape[:-1], int(self.pq.d))
-        return values / values.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-Codec = Float16Codec | Int8Codec | PQCodec
-
-CODECS: dict[str, Float16Codec | Int8Codec] = {codec.name: codec for codec in (Float16Codec(), Int8Codec())}
-
-#: Most rows a product quantiser is trained on (a uniform random sample of the first segment).
-PQ_TRAIN_SAMPLE = 50_000
+#: Most rows a trained codec (product quantiser, residual centroids) is trained on: a uniform random sample of
+#: the first segment.
+TRAIN_SAMPLE = 50_000
 
 
 #: Rows per appended chunk on which the reconstruction error of a lossy store is measured.
@@ -183,23 +96,26 @@ class SegmentWriter:
         first_id: int,
         dtype: str,
         dim: int,
-        quantizer: PQCodec | None = None,
+        quantizer: TrainedCodec | None = None,
         pq_m: int = 0,
         pq_nbits: int = 8,
+        residual_centroids: int = 0,
     ):
-        """For dtype "pq", `quantizer` is the store's trained one; without it this (first) segment's rows are
-        spilled as float16, and `finish` trains a quantiser (`pq_m`, `pq_nbits`) on a sample of them."""
-        self.codec: Codec = quantizer if dtype == "pq" and quantizer is not None else CODECS.get(dtype)  # type: ignore[assignment]
-        self.directory, self.dim, self.first_id = directory, dim, first_id
+        """For a trained dtype ("pq", "residual2", "residual1"), `quantizer` is the store's trained codec;
+        without it this (first) segment's rows are spilled as float16, and `finish` trains one (`pq_m`,
+        `pq_nbits`; `residual_centroids`) on a sample of them."""
+        self.codec: Codec = quantizer if dtype in TRAINED and quantizer is not None else CODECS.get(dtype)  # type: ignore[assignment]
+        self.directory, self.dim, self.first_id, self.dtype = directory, dim, first_id, dtype
         self.names = {
-            "data": generation_name(stem, generation, "pq" if dtype == "pq" else CODECS[dtype].suffix),
+            "data": generation_name(stem, generation, data_suffix(dtype)),
             "offsets": generation_name(stem, generation, "offsets.npy"),
             "boxes": generation_name(stem, generation, "boxes.f16"),
         }
         self.temps: dict[str, Path] = {"data": temp_file(directory / self.names["data"])}
         self._data = open(self.temps["data"], "wb")  # closed in finish or discard
         self._spill: Any = None  # float16 rows awaiting the quantiser this segment trains
-        self._pq = (pq_m, pq_nbits, generation_name(stem, generation, "pqcodes.faiss"))
+        self._training = (pq_m, pq_nbits, residual_centroids)
+        self._codebook = generation_name(stem, generation, TRAINED[dtype][1]) if dtype in TRAINED else ""
         if self.codec is None:
             self.temps["spill"] = temp_file(directory / generation_name(stem, generation, "spill.f16"))
             self._spill = open(self.temps["spill"], "wb")  # closed in finish or discard
@@ -245,20 +161,20 @@ class SegmentWriter:
         self._hash.update(data)
 
     def _train_and_encode_spill(self) -> None:
-        """Train the quantiser on a sample of the spilled rows, then encode them all into the data file."""
+        """Train the codec on a sample of the spilled rows, then encode them all into the data file."""
         self._spill.close()
         self._spill = None
         spill = self.temps.pop("spill")
         try:
             total = spill.stat().st_size // (2 * self.dim)
             rows = np.memmap(spill, np.float16, mode="r", shape=(total, self.dim)) if total else None
-            if total > PQ_TRAIN_SAMPLE:
-                pick = np.sort(np.random.default_rng(0).choice(total, PQ_TRAIN_SAMPLE, replace=False))
+            if total > TRAIN_SAMPLE:
+                pick = np.sort(np.random.default_rng(0).choice(total, TRAIN_SAMPLE, replace=False))
             else:
                 pick = np.arange(total)
             sample = rows[pick] if rows is not None else np.zeros((0, self.dim), np.float16)
-            m, nbits, file = self._pq
-            self.codec = PQCodec.train(sample, m, nbits, file)
+            file = self._codebook
+            self.codec = train_codec(self.dtype, sample, file, *self._training)
             for start in range(0, total, 65536):
                 self._write_rows(np.asarray(rows[start : start + 65536], dtype=np.float32))  # type: ignore[index]
             del rows
@@ -318,7 +234,7 @@ class SegmentWriter:
             "dim": self.dim,
             "dtype": self.codec.name,
             "data": self.names["data"],
-            "quantizer": self.codec.file if isinstance(self.codec, PQCodec) else None,
+            "quantizer": getattr(self.codec, "file", None),
             "offsets": self.names["offsets"],
             "boxes": self.names["boxes"] if "boxes" in self.temps else None,
             "boxes_shared": self.box_template is not None,
@@ -341,25 +257,27 @@ class _Segment:
     first_id: int
     count: int
     codec: Codec
-    data: np.ndarray  # memory-mapped [rows, dim] ([rows, code bytes] for pq)
+    data: np.ndarray  # memory-mapped [rows, dim] ([rows, code bytes] for trained codecs)
     offsets: np.ndarray  # [count + 1]
     boxes: np.ndarray | None  # [R, 5] shared template or [rows, 5]
     boxes_shared: bool
 
 
-def _open_segment(directory: Path, entry: dict[str, Any], quantizers: dict[str, PQCodec]) -> _Segment:
+def _open_segment(directory: Path, entry: dict[str, Any], quantizers: dict[str, TrainedCodec]) -> _Segment:
     codec: Codec
-    if entry["dtype"] == "pq":
+    if entry["dtype"] in TRAINED:
         name = entry.get("quantizer")
         if not name:
-            raise CheckpointError(f"{directory / entry['data']}: a pq segment without a quantizer file")
+            raise CheckpointError(
+                f"{directory / entry['data']}: a {entry['dtype']} segment without a quantizer file"
+            )
         if name not in quantizers:
-            quantizers[name] = PQCodec.read(directory / name)
+            quantizers[name] = read_codec(directory / name, entry["dtype"], int(entry["dim"]))
         codec = quantizers[name]
     else:
         codec = CODECS[entry["dtype"]]
     path = directory / entry["data"]
-    shape = (int(entry["rows"]), codec.code_size if isinstance(codec, PQCodec) else int(entry["dim"]))
+    shape = (int(entry["rows"]), _width(codec, int(entry["dim"])))
     data = np.memmap(path, codec.dtype, mode="r", shape=shape) if shape[0] else np.zeros(shape, codec.dtype)
     offsets = np.load(directory / entry["offsets"])
     if offsets.shape != (entry["count"] + 1,) or int(offsets[-1]) != shape[0]:
@@ -372,12 +290,17 @@ def _open_segment(directory: Path, entry: dict[str, Any], quantizers: dict[str, 
     )
 
 
+def _width(codec: Codec, dim: int) -> int:
+    """Stored values per row: code bytes for a trained codec, else one per dimension."""
+    return codec.code_size if isinstance(codec, TrainedCodec) else dim
+
+
 class PackedStore:
     """Read side over a version's segments: `lookup(ids)` gathers only the rows of those items."""
 
     def __init__(self, directory: Path, entries: list[dict[str, Any]], dim: int):
         self.dim = dim
-        quantizers: dict[str, PQCodec] = {}
+        quantizers: dict[str, TrainedCodec] = {}
         self.segments = sorted(
             (_open_segment(directory, e, quantizers) for e in entries), key=lambda s: s.first_id
         )
@@ -387,7 +310,7 @@ class PackedStore:
         if len(quantizers) > 1:
             raise CheckpointError(f"{directory}: store segments of different quantizers {sorted(quantizers)}")
         self.codec: Codec = self.segments[0].codec if self.segments else CODECS["float16"]
-        self._width = self.codec.code_size if isinstance(self.codec, PQCodec) else dim
+        self._width = _width(self.codec, dim)
         self._firsts = np.array([s.first_id for s in self.segments], dtype=np.int64)
 
     @property
@@ -395,9 +318,9 @@ class PackedStore:
         return sum(s.count for s in self.segments)
 
     @property
-    def quantizer(self) -> PQCodec | None:
-        """The trained product quantiser later pq segments must reuse (None for other stores, or none yet)."""
-        return self.codec if isinstance(self.codec, PQCodec) else None
+    def quantizer(self) -> TrainedCodec | None:
+        """The trained codec later segments must reuse (None for untrained stores, or none yet)."""
+        return self.codec if isinstance(self.codec, TrainedCodec) else None
 
     @property
     def nbytes(self) -> int:
@@ -436,7 +359,7 @@ class PackedStore:
         mask[item, within] = True
         decoded = self.codec.decode(torch.from_numpy(out).view(len(ids), width, self._width))
         mask_t = torch.from_numpy(mask)
-        if isinstance(self.codec, PQCodec):  # code 0 decodes to a centroid, not zero: clear the padding
+        if isinstance(self.codec, TrainedCodec):  # code 0 decodes to a centroid, not zero: clear the padding
             decoded = decoded.masked_fill(~mask_t[..., None], 0.0)
         return decoded, mask_t
 

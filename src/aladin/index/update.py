@@ -94,9 +94,12 @@ class IndexUpdate:
                 self.next_ids[kind],
                 cfg.region_dtype,
                 entry["row_dim"],
-                quantizer=self.index.collection(kind).store.quantizer,  # later pq segments reuse the first's
+                quantizer=self.index.collection(
+                    kind
+                ).store.quantizer,  # later segments reuse the first's codec
                 pq_m=cfg.pq_m,
                 pq_nbits=cfg.pq_nbits,
+                residual_centroids=cfg.residual_centroids,
             )
         self._writers[kind].append(chunk)
         ids = np.arange(self.next_ids[kind], self.next_ids[kind] + n, dtype=np.int64)
