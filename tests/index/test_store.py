@@ -215,3 +215,15 @@ def test_residual_needs_as_many_rows_as_centroids(tmp_path: Path) -> None:
     with pytest.raises(AladinError, match="training 32 centroids needs at least 32 rows"):
         residual_segment(tmp_path, unit_rows(30, 16), "residual2", 1)
     assert not list(tmp_path.iterdir())  # the failed segment's temporaries are removed
+
+
+def test_a_codebook_of_another_code_size_is_refused_before_reading_the_segment(tmp_path: Path) -> None:
+    """Same codec and dimension, other centroid count (2-byte ids or none): the rows would be misread."""
+    rows = clustered_rows(300, 64)
+    with_ids, _ = residual_segment(tmp_path, rows, "residual2", 1)
+    without, _ = residual_segment(tmp_path, rows, "residual2", 2, centroids=1)
+    for entry, other in ((with_ids, without), (without, with_ids)):
+        with pytest.raises(CheckpointError) as error:
+            PackedStore(tmp_path, [{**entry, "quantizer": other["quantizer"]}], 64)
+        message = str(error.value)
+        assert entry["data"] in message and "bytes" in message and "\n" not in message

@@ -278,6 +278,13 @@ def _open_segment(directory: Path, entry: dict[str, Any], quantizers: dict[str, 
         codec = CODECS[entry["dtype"]]
     path = directory / entry["data"]
     shape = (int(entry["rows"]), _width(codec, int(entry["dim"])))
+    expected = shape[0] * shape[1] * codec.dtype.itemsize
+    if shape[0] and path.is_file() and path.stat().st_size != expected:
+        # e.g. a codebook of the same codec and dimension but another code size (centroid ids or none, pq_m)
+        raise CheckpointError(
+            f"{path}: {path.stat().st_size} bytes, but {shape[0]} rows of {shape[1]} {codec.dtype} values "
+            f"({codec.name}) are {expected} bytes: the segment does not match its codebook or is truncated"
+        )
     data = np.memmap(path, codec.dtype, mode="r", shape=shape) if shape[0] else np.zeros(shape, codec.dtype)
     offsets = np.load(directory / entry["offsets"])
     if offsets.shape != (entry["count"] + 1,) or int(offsets[-1]) != shape[0]:
