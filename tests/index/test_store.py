@@ -227,3 +227,23 @@ def test_a_codebook_of_another_code_size_is_refused_before_reading_the_segment(t
             PackedStore(tmp_path, [{**entry, "quantizer": other["quantizer"]}], 64)
         message = str(error.value)
         assert entry["data"] in message and "bytes" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        lambda c: {"centroids": c.centroids, "cutoffs": c.cutoffs[:16], "buckets": c.buckets[:16]},
+        lambda c: {"centroids": c.centroids, "cutoffs": c.cutoffs[:, :2], "buckets": c.buckets[:, :3]},
+        lambda c: {"centroids": c.centroids[0], "cutoffs": c.cutoffs, "buckets": c.buckets},
+    ],
+    ids=["fewer-dimensions", "three-levels", "one-dimensional-centroids"],
+)
+def test_a_malformed_residual_codebook_is_refused_in_one_line(tmp_path: Path, arrays) -> None:
+    rows = clustered_rows(300, 64)
+    entry, _ = residual_segment(tmp_path, rows, "residual2", 1)
+    codec = PackedStore(tmp_path, [entry], 64).quantizer
+    with open(tmp_path / entry["quantizer"], "wb") as handle:
+        np.savez(handle, **arrays(codec))
+    with pytest.raises(CheckpointError) as error:
+        PackedStore(tmp_path, [entry], 64)
+    assert "residual codebook" in str(error.value) and "\n" not in str(error.value)

@@ -199,7 +199,9 @@ class ResidualCodec:
     def read(cls, path: Path) -> ResidualCodec:
         try:
             with np.load(path, allow_pickle=False) as data:
-                return cls(data["centroids"], data["cutoffs"], data["buckets"], path.name)
+                centroids, cutoffs, buckets = data["centroids"], data["cutoffs"], data["buckets"]
+                _check_codebook(centroids, cutoffs, buckets)
+                return cls(centroids, cutoffs, buckets, path.name)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise CheckpointError(f"{path}: cannot read the residual codebook ({exc})") from exc
 
@@ -230,6 +232,19 @@ class ResidualCodec:
         values = values + residual.view(len(flat), self.dim)
         values = values / values.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return values.view(*stored.shape[:-1], self.dim)
+
+
+def _check_codebook(centroids: np.ndarray, cutoffs: np.ndarray, buckets: np.ndarray) -> None:
+    """Raise ValueError unless the arrays are a residual codebook: [K, dim] centroids (1 <= K <= 2**16), and per
+    dimension 2**nbits bucket values and 2**nbits - 1 cut-offs, with nbits 1, 2, 4 or 8 filling whole bytes."""
+    if centroids.ndim != 2 or not 1 <= len(centroids) <= 2**16:
+        raise ValueError(f"centroids of shape {centroids.shape}, expected [1..65536, dim]")
+    dim, levels = centroids.shape[1], buckets.shape[-1]
+    nbits = levels.bit_length() - 1
+    if levels not in (2, 4, 16, 256) or buckets.shape != (dim, levels) or dim * nbits % 8:
+        raise ValueError(f"buckets of shape {buckets.shape}, expected [{dim}, 2**nbits] filling whole bytes")
+    if cutoffs.shape != (dim, levels - 1):
+        raise ValueError(f"cut-offs of shape {cutoffs.shape}, expected [{dim}, {levels - 1}]")
 
 
 Codec = Float16Codec | Int8Codec | PQCodec | ResidualCodec
