@@ -134,6 +134,23 @@ def test_a_full_queue_refuses_model_calls_before_parsing_them(batching: TestClie
     assert batching.get("/api/search", params={"q": "red circle", "k": 0}).status_code == 422
 
 
+def test_a_full_queue_turns_away_only_the_model_endpoints(batching: TestClient) -> None:
+    """A path that merely starts like a model endpoint is not one: it gets its 404, uncounted as a refusal."""
+    gate = threading.Event()
+    worker = batching.app.state.worker
+    blockers = [worker.submit(gate.wait, 10) for _ in range(BATCHING.queue_size)]
+    try:
+        before = worker.stats()["rejected"]
+        for path in ("/api/searches", "/api/search-old", "/api/explained"):
+            assert batching.get(path, params={"q": "red circle"}).status_code == 404
+        assert worker.stats()["rejected"] == before
+        assert batching.get("/api/search", params={"q": "red circle"}).status_code == 503
+    finally:
+        gate.set()
+    for blocker in blockers:
+        blocker.result(timeout=5)
+
+
 def doubled(items: Sequence[int]) -> list[int]:
     """A batch function that fails as a whole when any item is negative, as encoding a bad query does."""
     if any(item < 0 for item in items):

@@ -20,8 +20,9 @@ PAGE_POLICY = (
 )
 _ALWAYS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY")]
 _HTML = [(b"content-security-policy", PAGE_POLICY.encode())]
-#: The endpoints that run the model: refused here, unparsed, while its queue is full.
-MODEL_PATHS = ("/api/search", "/api/explain")
+#: The endpoints that run the model (exact paths: "/api/searches" is a 404, not a refusal): refused here,
+#: unparsed, while its queue is full.
+MODEL_PATHS = frozenset({"/api/search", "/api/search/image", "/api/explain"})
 
 
 def busy_response(queue_size: int) -> JSONResponse:
@@ -76,7 +77,7 @@ class RequestGuard:
                 return JSONResponse({"detail": "uploads need a Content-Length header"}, status_code=411)
             if int(length) > self.max_bytes + MULTIPART_SLACK:
                 return JSONResponse({"detail": too_big(int(length), self.max_bytes)}, status_code=413)
-        if scope["path"].startswith(MODEL_PATHS) and self.turn_away():
+        if scope["path"] in MODEL_PATHS and self.turn_away():
             return self.busy
         return None
 
