@@ -247,3 +247,16 @@ def test_a_malformed_residual_codebook_is_refused_in_one_line(tmp_path: Path, ar
     with pytest.raises(CheckpointError) as error:
         PackedStore(tmp_path, [entry], 64)
     assert "residual codebook" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("dtype", ["residual2", "residual1"])
+def test_a_later_residual_segment_takes_items_without_rows(tmp_path: Path, dtype: str) -> None:
+    """As the other stores do: a chunk whose items have no rows at all is stored (0 code bytes), not a crash."""
+    entry, _ = residual_segment(tmp_path, clustered_rows(300, 64), dtype, 1)
+    store = PackedStore(tmp_path, [entry], 64)
+    writer = SegmentWriter(tmp_path, "regions", 2, 10, dtype, 64, quantizer=store.quantizer)
+    writer.append(EncodedChunk(np.zeros((2, 4), np.float32), np.zeros((0, 64), np.float32), np.array([0, 0])))
+    writer.append(EncodedChunk(np.zeros((1, 4), np.float32), clustered_rows(3, 64, seed=4), np.array([3])))
+    second, _ = writer.finish()
+    rows, mask = PackedStore(tmp_path, [entry, second], 64).lookup([10, 11, 12])
+    assert mask.sum(dim=1).tolist() == [0, 0, 3]

@@ -214,7 +214,9 @@ class ResidualCodec:
         codes = (residual[:, :, None] > self.cutoffs[None]).sum(axis=2, dtype=np.uint8)
         per_byte = 8 // self.nbits
         shifts = np.arange(0, 8, self.nbits, dtype=np.uint8)
-        packed = (codes.reshape(len(codes), -1, per_byte) << shifts).sum(axis=2, dtype=np.uint8)
+        packed = (codes.reshape(len(codes), self.dim // per_byte, per_byte) << shifts).sum(
+            axis=2, dtype=np.uint8
+        )
         id_bytes = ids.astype("<u2").view(np.uint8).reshape(len(ids), 2)[:, : self.id_bytes]
         return np.concatenate([id_bytes, packed], axis=1)
 
