@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from aladin.errors import AladinError, CheckpointError
+from aladin.index import store as store_module
 from aladin.index.store import CODECS, EncodedChunk, PackedStore, SegmentWriter
 
 
@@ -260,3 +261,18 @@ def test_a_later_residual_segment_takes_items_without_rows(tmp_path: Path, dtype
     second, _ = writer.finish()
     rows, mask = PackedStore(tmp_path, [entry, second], 64).lookup([10, 11, 12])
     assert mask.sum(dim=1).tolist() == [0, 0, 3]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "settings"), [("residual2", {"residual_centroids": 128}), ("pq", {"pq_nbits": 7})]
+)
+def test_more_centroids_than_the_training_sample_are_trained_on_enough_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str, settings: dict[str, int]
+) -> None:
+    """A setting the index accepts (up to 65536 residual centroids, 2**16 pq ones) must not be refused at the end
+    of a first segment that has the rows, because the training sample is capped below it."""
+    monkeypatch.setattr(store_module, "TRAIN_SAMPLE", 100)
+    writer = SegmentWriter(tmp_path, "regions", 1, 0, dtype, 16, **settings)
+    writer.append(EncodedChunk(np.zeros((10, 4), np.float32), clustered_rows(300, 16), np.full(10, 30)))
+    entry, _ = writer.finish()
+    assert PackedStore(tmp_path, [entry], 16).lookup([0])[1].sum() == 30

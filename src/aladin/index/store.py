@@ -168,8 +168,11 @@ class SegmentWriter:
         try:
             total = spill.stat().st_size // (2 * self.dim)
             rows = np.memmap(spill, np.float16, mode="r", shape=(total, self.dim)) if total else None
-            if total > TRAIN_SAMPLE:
-                pick = np.sort(np.random.default_rng(0).choice(total, TRAIN_SAMPLE, replace=False))
+            _, pq_nbits, centroids = self._training
+            # At least as many rows as centroids to train (pq up to 2**16, residual up to 65536 by the settings)
+            size = max(TRAIN_SAMPLE, 2**pq_nbits if self.dtype == "pq" else centroids)
+            if total > size:
+                pick = np.sort(np.random.default_rng(0).choice(total, size, replace=False))
             else:
                 pick = np.arange(total)
             sample = rows[pick] if rows is not None else np.zeros((0, self.dim), np.float16)
