@@ -276,3 +276,19 @@ def test_more_centroids_than_the_training_sample_are_trained_on_enough_rows(
     writer.append(EncodedChunk(np.zeros((10, 4), np.float32), clustered_rows(300, 16), np.full(10, 30)))
     entry, _ = writer.finish()
     assert PackedStore(tmp_path, [entry], 16).lookup([0])[1].sum() == 30
+
+
+@pytest.mark.parametrize(
+    ("dtype", "settings", "message"),
+    [
+        ("residual1", {}, "1-bit codes of 12-d rows do not fill whole bytes"),
+        ("pq", {"pq_m": 5}, "5 sub-quantisers do not divide the row dimension 12"),
+    ],
+)
+def test_a_codec_that_cannot_encode_the_rows_is_refused_before_any_is_encoded(
+    tmp_path: Path, dtype: str, settings: dict[str, int], message: str
+) -> None:
+    """Not at the end of the first segment, after the whole collection was encoded."""
+    with pytest.raises(AladinError, match=message):
+        SegmentWriter(tmp_path, "regions", 1, 0, dtype, 12, **settings)
+    assert not list(tmp_path.iterdir())

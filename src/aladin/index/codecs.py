@@ -73,8 +73,7 @@ class PQCodec:
     def train(cls, sample: np.ndarray, m: int, nbits: int, file: str) -> PQCodec:
         dim = sample.shape[1]
         m = m or max(1, dim // 8)
-        if dim % m:
-            raise AladinError(f"pq_m: {m} sub-quantisers do not divide the row dimension {dim}")
+        check_trainable("pq", dim, m)
         if len(sample) < 2**nbits:
             raise AladinError(
                 f"pq: training {2**nbits} centroids ({nbits} bits) needs at least {2**nbits} rows, "
@@ -156,8 +155,7 @@ class ResidualCodec:
         """k-means (`centroids`, 0: `default_centroids`) on `sample`, then quantiles and bucket means of the
         residuals per dimension."""
         n, dim = sample.shape
-        if dim * nbits % 8:
-            raise AladinError(f"residual: {nbits}-bit codes of {dim}-d rows do not fill whole bytes")
+        check_trainable(f"residual{nbits}", dim)
         k = centroids or cls.default_centroids(n)
         if n < k:
             raise AladinError(
@@ -265,6 +263,18 @@ TRAINED: dict[str, tuple[str, str]] = {
 def data_suffix(dtype: str) -> str:
     """The suffix of a segment's data file in store `dtype`."""
     return TRAINED[dtype][0] if dtype in TRAINED else CODECS[dtype].suffix
+
+
+def check_trainable(dtype: str, dim: int, pq_m: int = 0) -> None:
+    """Refuse a trained `dtype` codec that cannot encode `dim`-d rows (checked before any row is encoded)."""
+    if dtype == "pq":
+        m = pq_m or max(1, dim // 8)
+        if dim % m:
+            raise AladinError(f"pq_m: {m} sub-quantisers do not divide the row dimension {dim}")
+    elif dtype in TRAINED:
+        nbits = int(dtype.removeprefix("residual"))
+        if dim * nbits % 8:
+            raise AladinError(f"residual: {nbits}-bit codes of {dim}-d rows do not fill whole bytes")
 
 
 def train_codec(

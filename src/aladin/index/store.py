@@ -21,7 +21,16 @@ import torch
 
 from aladin.errors import AladinError, CheckpointError
 from aladin.fileio import temp_file
-from aladin.index.codecs import CODECS, TRAINED, Codec, TrainedCodec, data_suffix, read_codec, train_codec
+from aladin.index.codecs import (
+    CODECS,
+    TRAINED,
+    Codec,
+    TrainedCodec,
+    check_trainable,
+    data_suffix,
+    read_codec,
+    train_codec,
+)
 from aladin.index.manifest import generation_name, publish
 
 #: Most rows a trained codec (product quantiser, residual centroids) is trained on: a uniform random sample of
@@ -105,6 +114,8 @@ class SegmentWriter:
         without it this (first) segment's rows are spilled as float16, and `finish` trains one (`pq_m`,
         `pq_nbits`; `residual_centroids`) on a sample of them."""
         self.codec: Codec = quantizer if dtype in TRAINED and quantizer is not None else CODECS.get(dtype)  # type: ignore[assignment]
+        if self.codec is None:
+            check_trainable(dtype, dim, pq_m)
         self.directory, self.dim, self.first_id, self.dtype = directory, dim, first_id, dtype
         self.names = {
             "data": generation_name(stem, generation, data_suffix(dtype)),
