@@ -286,7 +286,7 @@ def sweep_markdown(results: dict[str, Any]) -> str:
         rounds = " / ".join(str(value) for value in row["rounds_ok_per_s"])
         lines.append(
             f"| {row['max_batch']} | {row['max_wait_ms']} | {row['ok']} | {row['rejected_503']} | {row['errors']} "
-            f"| {row['throughput_ok_per_s']} | {rounds} | {row['p95_ms']} | {row['mean_batch']} |"
+            f"| {row['throughput_ok_per_s']} | {rounds} | {_cell(row['p95_ms'])} | {_cell(row['mean_batch'])} |"
         )
     lines += ["", f"Chosen: --max-batch {chosen['max_batch']} --max-wait-ms {chosen['max_wait_ms']}."]
     return "\n".join(lines) + "\n"
@@ -365,16 +365,25 @@ def sweep(index: Path, args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "rejected_503": sum(run["rejected_503"] for run in runs),
             "errors": sum(run["errors"] for run in runs),
             "throughput_ok_per_s": mean([run["throughput_ok_per_s"] for run in runs]),
-            "p95_ms": mean([(run["latency_ms"] or {}).get("p95", float("inf")) for run in runs]),
-            "mean_batch": mean([run["mean_batch"] or 0.0 for run in runs]),
+            # None (JSON null) when a round answered nothing: no latency to average
+            "p95_ms": None
+            if any(not run["latency_ms"] for run in runs)
+            else mean([run["latency_ms"]["p95"] for run in runs]),
+            "mean_batch": None
+            if any(run["mean_batch"] is None for run in runs)
+            else mean([run["mean_batch"] for run in runs]),
             "rounds_ok_per_s": [run["throughput_ok_per_s"] for run in runs],
         }
         for (max_batch, wait), runs in seen.items()
     ]
     best = max(row["throughput_ok_per_s"] for row in rows)
     tied = [row for row in rows if row["throughput_ok_per_s"] >= (1 - SWEEP_TIE) * best]
-    chosen = min(tied, key=lambda row: row["p95_ms"])
+    chosen = min(tied, key=lambda row: float("inf") if row["p95_ms"] is None else row["p95_ms"])
     return {"runs": rows, "chosen": {"max_batch": chosen["max_batch"], "max_wait_ms": chosen["max_wait_ms"]}}
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else str(value)
 
 
 def mean(values: list[float]) -> float:
