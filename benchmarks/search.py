@@ -1,7 +1,7 @@
 """Search benchmark: how fast and how exact two-stage search is, from 10K to 1M images, on this machine.
 
-For each gallery size it builds a real index (the library's writer, float16 region store memory-mapped from
-disk) over synthetic data of the real dimensions (256-d global vectors of low intrinsic dimension; 49 regions ×
+For each gallery size it builds a real index (the library's writer; the region store int8 by default, as an
+index's, memory-mapped from disk) over synthetic data of the real dimensions (256-d global vectors of low intrinsic dimension; 49 regions ×
 256 per image) and measures, per FAISS factory (Flat = exact, IVF, HNSW): kNN-only and kNN + re-rank (top 100)
 latency after query encoding, end-to-end latency from query text (MiniLM + the model's text side), recall@10 of
 the approximate indexes against exact search, brute-force alignment-head scoring of the whole gallery (at 1M
@@ -716,7 +716,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="where the galleries are written (default: a temporary folder)")
     parser.add_argument("--skip-int8", action="store_true", help="skip the int8 store comparison")
     parser.add_argument(
-        "--region-dtype", choices=["float16", "int8"], default="float16", help="store of the galleries timed"
+        "--region-dtype",
+        choices=["float16", "int8"],
+        default=IndexConfig().region_dtype,
+        help="store of the galleries timed (default: the index's default)",
     )
     parser.add_argument("--out", default=str(RESULTS), help="folder for search.json and search.md")
     parser.add_argument(
