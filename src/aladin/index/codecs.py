@@ -56,7 +56,7 @@ class PQCodec:
     quantiser in the index folder, shared by every segment encoded with it.
     """
 
-    name, suffix, dtype = "pq", "pq", np.dtype(np.uint8)
+    name, dtype = "pq", np.dtype(np.uint8)
 
     def __init__(self, pq: faiss.ProductQuantizer, file: str):
         self.pq, self.file = pq, file
