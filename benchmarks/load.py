@@ -138,12 +138,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(index: Path, port: int, flags: list[str], log: Path) -> subprocess.Popen:
-    """`aladin serve` as its own process; returns once /health answers."""
+def start_server(
+    index: Path, port: int, flags: list[str], log: Path, deadline_s: float = 120
+) -> subprocess.Popen:
+    """`aladin serve` as its own process; returns once /health answers (within `deadline_s`)."""
     command = [sys.executable, "-m", "aladin", "serve", "--index", str(index), "--port", str(port), *flags]
     with log.open("w") as out:  # the child keeps its own copy of the file descriptor
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + deadline_s
     while True:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:

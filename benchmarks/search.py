@@ -36,7 +36,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import copy  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
@@ -44,19 +43,19 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from load import free_port, start_server  # noqa: E402
 
 from aladin.config import AladinConfig  # noqa: E402
 from aladin.encoders.image import grid_boxes  # noqa: E402
 from aladin.evaluate.metrics import recall_from_ranks  # noqa: E402
 from aladin.index import IMAGES, TEXTS, EncodedChunk, ImageRecord, IndexConfig, SearchIndex  # noqa: E402
 from aladin.index.builder import build_index  # noqa: E402
-from aladin.index.faiss_backend import FaissBackend  # noqa: E402
 from aladin.index.migrate import migrate_index  # noqa: E402
 from aladin.index.sources import CachedSplitSource  # noqa: E402
 from aladin.index.vectors import VectorIndex  # noqa: E402
@@ -67,6 +66,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DIM, REGIONS, WORDS = 256, 49, 12
 CHUNK = 10_000
 RERANK = 100
+SERVICE_QUERIES = 200  # text searches sent to the service before its memory is read
 BRUTE_SLICE = 100_000  # images scored per brute-force measurement; larger galleries are extrapolated
 CAPTION_WORDS = "a man woman dog cat red blue small large on the of with near street table grass ball".split()
 
@@ -173,28 +173,27 @@ def _one(queries: EncodedQueries, i: int) -> EncodedQueries:
 
 def build_gallery(
     directory: Path, n: int, model: AladinModel, data: Synthetic, dtype: str, seed: int = 1
-) -> tuple[SearchIndex, np.ndarray, float]:
-    """A Flat index of n synthetic images written by the library; returns it, the global vectors, seconds."""
+) -> tuple[SearchIndex, float]:
+    """A Flat index of n synthetic images written by the library; returns it and the seconds it took."""
     rng = np.random.default_rng(seed)
     index = SearchIndex.create(directory, model, IndexConfig(region_dtype=dtype))
-    vectors = []
     start = time.perf_counter()
     with index.update() as up:
         for first in range(0, n, CHUNK):
             chunk = data.chunk(min(CHUNK, n - first), rng)
             names = range(first, first + len(chunk))
             up.add_images(chunk, [ImageRecord(f"synthetic/{i:07d}.jpg", str(i)) for i in names])
-            vectors.append(chunk.global_vectors)
-    return index, np.concatenate(vectors), time.perf_counter() - start
+    return index, time.perf_counter() - start
 
 
 def ann_factories(n: int) -> dict[str, IndexConfig]:
-    """Approximate indexes sized for n: IVF with ~sqrt(n) lists, HNSW32; knobs chosen for recall@10 ≥ 0.95."""
+    """Approximate indexes sized for n: IVF with ~sqrt(n) lists (nprobe chosen for recall@10 ≥ 0.95), HNSW32
+    with the index's default ef_search."""
     nlist = int(2 ** round(np.log2(np.sqrt(n))))
     return {
         "Flat": IndexConfig(),
         f"IVF{nlist},Flat": IndexConfig(factory=f"IVF{nlist},Flat", nprobe=max(8, nlist // 8)),
-        "HNSW32": IndexConfig(factory="HNSW32", ef_search=96),
+        "HNSW32": IndexConfig(factory="HNSW32"),
     }
 
 
@@ -204,7 +203,14 @@ def run_size(
 ) -> dict[str, Any]:
     print(f"\n== {n:,} images ==", flush=True)
     result: dict[str, Any] = {"images": n}
-    index, vectors, seconds = build_gallery(workdir / f"gallery-{n}", n, model, data, args.region_dtype)
+    directory = workdir / f"gallery-{n}"
+    index, seconds = build_gallery(directory, n, model, data, args.region_dtype)
+    index.meta.close()
+    # Searched as `aladin serve` opens it: checksums verified, which reads every file once and so leaves the
+    # region store in the page cache while it fits in memory (the state a running service is in).
+    start = time.perf_counter()
+    index = SearchIndex.load(directory, model)
+    result["load_seconds"] = time.perf_counter() - start
     info = index.info()
     files = index.manifest["files"]
     segment = index.manifest["collections"][IMAGES]["segments"][0]
@@ -216,7 +222,11 @@ def run_size(
         "metadata_sqlite": files[index.manifest["meta"]]["bytes"] / n,
         "total": info["total_bytes"] / n,
     }
-    print(f"wrote the index in {seconds:.1f} s ({info['total_bytes'] / 2**30:.2f} GiB)", flush=True)
+    print(
+        f"wrote the index in {seconds:.1f} s ({info['total_bytes'] / 2**30:.2f} GiB), "
+        f"loaded it in {result['load_seconds']:.1f} s",
+        flush=True,
+    )
 
     searcher = Searcher(index, model, pair_batch=RERANK)
     queries = data.queries(args.queries, seed=7)
@@ -224,25 +234,28 @@ def run_size(
     flat = index.collection(IMAGES).vectors.index  # type: ignore[attr-defined]
     _, exact = flat.search(query_vectors, 10)
     result["factories"] = {}
-    searchers = {}
-    for name, cfg in ann_factories(n).items():
-        entry: dict[str, Any] = {"settings": {"nprobe": cfg.nprobe} if cfg.nlist else {}}
-        if "HNSW" in name:
-            entry["settings"] = {"ef_search": cfg.ef_search}
+    searchers, folders = {}, {}
+    for number, (name, cfg) in enumerate(ann_factories(n).items()):
+        entry: dict[str, Any] = {
+            "settings": {"nprobe": cfg.nprobe}
+            if cfg.nlist
+            else {"ef_search": cfg.ef_search}
+            if cfg.hnsw_m
+            else {}
+        }
         if name == "Flat":
-            vectors_index, entry["build_seconds"] = flat, None
-        else:
+            variant, entry["build_seconds"] = index, None
+        else:  # the same store and metadata (hard-linked), this FAISS index: a real index folder to serve
             start = time.perf_counter()
-            vectors_index = VectorIndex.empty(cfg, DIM).with_changes(vectors, np.arange(n), np.zeros(0))
+            variant = migrate_index(directory, workdir / f"{number}-{n}", "faiss", factory=cfg.factory)
             entry["build_seconds"] = time.perf_counter() - start
+            variant.set_search_params(cfg.nprobe, cfg.ef_search)
+        folders[name] = variant.directory
+        vectors_index = variant.collection(IMAGES).vectors.index  # type: ignore[attr-defined]
         entry["memory_bytes_per_item"] = len(faiss_bytes(vectors_index)) / n
         _, found = vectors_index.search(query_vectors, 10)
         entry["recall_at_10"] = recall_at_10(exact, found)
-        view = copy.copy(index)  # the same store and metadata, this FAISS index
-        view.collections = {
-            IMAGES: replace(index.collection(IMAGES), vectors=FaissBackend(vectors_index, IMAGES))
-        }
-        searchers[name] = Searcher(view, model, searcher.text_encoder, pair_batch=RERANK)
+        searchers[name] = Searcher(variant, model, searcher.text_encoder, pair_batch=RERANK)
         result["factories"][name] = entry
     texts = caption_queries(args.e2e_queries)
     stages = {
@@ -266,6 +279,16 @@ def run_size(
             + (f"  built in {entry['build_seconds']:.1f} s" if entry["build_seconds"] else ""),
             flush=True,
         )
+    for variant_searcher in searchers.values():
+        if variant_searcher.index is not index:
+            variant_searcher.index.meta.close()
+    searchers.clear()  # frees the IVF/HNSW indexes in this process before the service loads its own
+    served = "HNSW32" if n >= 100_000 else "Flat"
+    if not args.skip_service:
+        result["service"] = {
+            "index": served,
+            **service_memory(folders[served], args.model_dir, texts, workdir),
+        }
 
     result["exact_scan"] = exact_scan(flat, query_vectors, n, args.queries, bandwidth)
     result["brute_force"] = brute_force(searcher, queries, n, args.brute_queries)
@@ -284,8 +307,50 @@ def run_size(
         result["int8"] = compare_int8(workdir / f"int8-{n}", n, model, data, searcher, queries, store_bytes)
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     index.meta.close()
-    shutil.rmtree(workdir / f"gallery-{n}", ignore_errors=True)
+    for folder in folders.values():
+        shutil.rmtree(folder, ignore_errors=True)
     return result
+
+
+def service_memory(folder: Path, model_dir: str, texts: list[str], workdir: Path) -> dict[str, Any]:
+    """`aladin serve` on `folder` as an operator starts it (all defaults): seconds until it answers, latency
+    of SERVICE_QUERIES text searches sent one at a time over HTTP, and its resident memory after them."""
+    port = free_port()
+    start = time.perf_counter()
+    server = start_server(folder, port, ["--model", model_dir], workdir / "serve.log", deadline_s=1800)
+    out: dict[str, Any] = {"start_seconds": time.perf_counter() - start, "searches": SERVICE_QUERIES}
+    try:
+        url = f"http://127.0.0.1:{port}/api/search"
+        times = []
+        for i in range(-3, SERVICE_QUERIES):  # the first searches load the text encoder
+            began = time.perf_counter()
+            params = {"q": texts[i % len(texts)], "k": 10, "rerank": RERANK}
+            httpx.get(url, params=params, timeout=300).raise_for_status()
+            if i >= 0:
+                times.append((time.perf_counter() - began) * 1e3)
+        status = proc_status_kib(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    out["http_p50_ms"], out["http_p95_ms"] = (float(np.percentile(times, q)) for q in (50, 95))
+    for key, field in (
+        ("rss", "VmRSS"),
+        ("rss_anon", "RssAnon"),
+        ("rss_file", "RssFile"),
+        ("peak_rss", "VmHWM"),
+    ):
+        out[f"{key}_gib"] = status[field] / 2**20
+    return out
+
+
+def proc_status_kib(pid: int) -> dict[str, int]:
+    """The kB-valued lines of /proc/<pid>/status (VmRSS, RssAnon, RssFile, VmHWM, ...)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if value.strip().endswith(" kB"):
+            fields[name] = int(value.split()[0])
+    return fields
 
 
 def exact_scan(
@@ -351,7 +416,7 @@ def compare_int8(
     fp16_store_bytes: int,
 ) -> dict[str, Any]:
     """The same gallery with an int8 store: size against float32, reconstruction error, re-rank agreement."""
-    index, _, seconds = build_gallery(directory, n, model, data, "int8")
+    index, seconds = build_gallery(directory, n, model, data, "int8")
     segment = index.manifest["collections"][IMAGES]["segments"][0]
     files = index.manifest["files"]
     rows_bytes = files[segment["data"]]["bytes"]
@@ -382,7 +447,7 @@ def compare_backends(
 ) -> dict[str, Any]:
     """Every backend × factory over the same gallery and queries: build seconds, latency, recall@10."""
     print(f"\n== {n:,} images: backends {', '.join(backends)} ==", flush=True)
-    gallery, _, seconds = build_gallery(workdir / f"gallery-{n}", n, model, data, args.region_dtype)
+    gallery, seconds = build_gallery(workdir / f"gallery-{n}", n, model, data, args.region_dtype)
     queries = data.queries(args.queries, seed=7)
     _, exact = gallery.search(IMAGES, queries.global_vectors.numpy(), 10)
     result: dict[str, Any] = {"images": n, "store_write_seconds": seconds, "runs": {}}
@@ -592,6 +657,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                 )
     else:
         rows.append(("1M: ANN recall@10 ≥ 0.95", "not run", "", None))
+    if at_1m and "service" in at_1m:
+        v = at_1m["service"]
+        rows.append(
+            (
+                "1M: the service's resident memory (reported)",
+                f"{v['rss_gib']:.2f} GiB ({v['rss_anon_gib']:.2f} own + {v['rss_file_gib']:.2f} store pages)",
+                f"aladin serve, {v['index']}",
+                None,
+            )
+        )
     for r in results["sizes"]:
         scan = r["exact_scan"]
         cached = " (index fits in L3: scanned from cache)" if scan["fits_in_l3_cache"] else ""
@@ -662,6 +737,23 @@ def markdown(results: dict[str, Any]) -> str:
             f"{d['region_store']:.0f} / {d['faiss_flat']:.0f} / {d['metadata_sqlite']:.0f} / {d['total']:.0f} | "
             f"{r['peak_rss_gib']:.1f} |"
         )
+    served = [r for r in results["sizes"] if "service" in r]
+    if served:
+        lines += [
+            "",
+            f"`aladin serve` on the gallery with every default, after {SERVICE_QUERIES} text searches sent one at a time "
+            "(resident memory = its own memory + the region-store pages it has touched, which are shared page cache):",
+            "",
+            "| images | index | start s (checksums read) | HTTP p50 / p95 ms | resident GiB (own / store pages) | peak resident GiB |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        for r in served:
+            v = r["service"]
+            lines.append(
+                f"| {r['images']:,} | {v['index']} | {v['start_seconds']:.1f} | {v['http_p50_ms']:.1f} / "
+                f"{v['http_p95_ms']:.1f} | {v['rss_gib']:.2f} ({v['rss_anon_gib']:.2f} / {v['rss_file_gib']:.2f}) | "
+                f"{v['peak_rss_gib']:.2f} |"
+            )
     int8 = [r for r in results["sizes"] if "int8" in r]
     if int8:
         lines += [
@@ -716,6 +808,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", help="where the galleries are written (default: a temporary folder)")
     parser.add_argument("--skip-int8", action="store_true", help="skip the int8 store comparison")
     parser.add_argument(
+        "--skip-service", action="store_true", help="skip starting `aladin serve` on each gallery"
+    )
+    parser.add_argument(
         "--region-dtype",
         choices=["float16", "int8"],
         default=IndexConfig().region_dtype,
@@ -740,6 +835,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the synthetic galleries use {DIM}-d vectors; this model has other dimensions")
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="aladin-search-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    args.model_dir = args.model or str(workdir / "model")
+    if not args.model:  # the service loads the model from disk
+        model.save_pretrained(args.model_dir)
     if backends != ["faiss"]:
         try:
             return run_backends(sizes, backends, model, workdir, args)
@@ -757,7 +855,10 @@ def main(argv: list[str] | None = None) -> int:
         "region_dtype": args.region_dtype,
         "sizes": [],
         "notes": [
-            "IVF/HNSW share the Flat index's region store and metadata; only their FAISS index is built per size.",
+            "IVF/HNSW share the Flat index's region store and metadata (hard-linked by `migrate_index`, which "
+            "builds their FAISS index: build s); HNSW is searched with the index's default ef_search.",
+            "Every gallery is loaded as `aladin serve` loads it (checksums verified, so each file is read once) "
+            "before it is timed.",
             "kNN and re-rank latencies start from encoded queries (synthetic 12-word queries); end-to-end starts "
             "from text (MiniLM + the model's text side, on CPU).",
             "RAM B/item = serialised FAISS index per item (it is loaded into memory); the region store is "
