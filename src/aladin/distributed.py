@@ -38,6 +38,14 @@ def init_from_env() -> bool:
     return True
 
 
+def shutdown() -> None:
+    """Leave the process group when the work is done: every rank waits at a barrier first, so none tears down
+    its connections while a peer still has a collective in flight (a no-op outside a process group)."""
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 

@@ -35,11 +35,13 @@ def _entry(rank: int, world: int, port: int, worker: Callable[..., None], args: 
     assert distributed.init_from_env() and distributed.world_size() == world
     try:
         worker(*args)
-        dist.barrier()  # no rank tears down its sockets while a peer still has a collective in flight
-    finally:
+    except BaseException:
         dist.destroy_process_group()
-    # The worker's results are on disk. Skip the interpreter's teardown, where gloo's C++ threads have
-    # (rarely, on a loaded CI machine) aborted a finished rank with "terminate called without an active exception".
+        raise
+    distributed.shutdown()  # as the CLI leaves a process group: a barrier, then the teardown
+    # The worker's results are on disk (workers close their files). Skip the interpreter's teardown, where gloo's
+    # C++ threads have (rarely, on a loaded CI machine) aborted a finished rank with "terminate called without an
+    # active exception".
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

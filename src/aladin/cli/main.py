@@ -217,6 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aladin: interrupted (rerun the same command to resume)", file=sys.stderr)
         return 130
+    if "aladin.distributed" in sys.modules:  # only commands that loaded torch can have joined a process group
+        from aladin import distributed
+
+        distributed.shutdown()
     return 0
 
 
