@@ -138,7 +138,8 @@ class ImageEncoderConfig:
     #: For the bundled EfficientNet encoders: name what the ImageNet classifier head sees in the whole image
     #: (the pooled map) and in each cell (the coarse cells when multi-scale) and append those class names as
     #: word-piece regions, as `tags_text_encoder` does for detector tags (its text encoder; "" = the default
-    #: text encoder's). The thresholds below are the ones measured by hand on the COCO subset (issue #28).
+    #: text encoder's). The thresholds, cap and boxes below won on validation against more and fewer tags and
+    #: cell boxes (COCO subset, three seeds each; README, "Classifier tags").
     classifier_tags: bool = False
     #: Whole-image tags: at most this many top classes of the pooled map, each with probability ≥ the minimum.
     tag_global_top: int = 5
