@@ -158,6 +158,16 @@ def start_server(
         time.sleep(0.2)
 
 
+def stop_server(server: subprocess.Popen, timeout_s: float) -> None:
+    """Ask the server to stop; kill it if it has not within `timeout_s`, so that no benchmark leaves one behind."""
+    server.terminate()
+    try:
+        server.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection speaking just enough of the protocol for GET requests: with 128
     clients in one process on 2 cores, a full HTTP client library's own overhead dominated what was measured."""
@@ -311,8 +321,7 @@ def serving(index: Path, flags: list[str], args: argparse.Namespace, log: Path) 
         asyncio.run(load("127.0.0.1", port, args.captions, Run("warm-up", 1), 3, args.backoff))
         yield port
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_server(server, timeout_s=30)
 
 
 def measure(port: int, mode: str, clients: int, seconds: float, args: argparse.Namespace) -> dict[str, Any]:

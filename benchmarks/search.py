@@ -39,7 +39,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -50,7 +49,7 @@ from typing import Any  # noqa: E402
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from load import free_port, start_server  # noqa: E402
+from load import free_port, start_server, stop_server  # noqa: E402
 
 from aladin.config import AladinConfig  # noqa: E402
 from aladin.encoders.image import grid_boxes  # noqa: E402
@@ -86,14 +85,13 @@ def latency(fns: dict[str, Callable[[int], Any]], n: int, warmup: int = 3) -> di
             fns[name](i)
             if i >= 0:
                 times[name].append(time.perf_counter() - start)
-    return {
-        name: {
-            "p50_ms": float(np.percentile(np.array(t) * 1e3, 50)),
-            "p95_ms": float(np.percentile(np.array(t) * 1e3, 95)),
-            "qps": float(n / sum(t)),
-        }
-        for name, t in times.items()
-    }
+    return {name: {**p50_p95([x * 1e3 for x in t]), "qps": float(n / sum(t))} for name, t in times.items()}
+
+
+def p50_p95(ms: list[float]) -> dict[str, float]:
+    """The median and 95th percentile of latencies in milliseconds."""
+    p50, p95 = np.percentile(ms, [50, 95])
+    return {"p50_ms": float(p50), "p95_ms": float(p95)}
 
 
 def memory_bandwidth(gib: float = 2.0) -> dict[str, float]:
@@ -346,11 +344,7 @@ def served_alone(searcher: Searcher, queries: EncodedQueries, count: int) -> dic
         "end to end": lambda i: searcher.search_text(texts[i % len(texts)], 10, RERANK),
     }
     stats = latency(fns, count)
-    timed = head_ms[-count:]  # without the warm-up calls
-    stats["alignment head"] = {
-        "p50_ms": float(np.percentile(timed, 50)),
-        "p95_ms": float(np.percentile(timed, 95)),
-    }
+    stats["alignment head"] = p50_p95(head_ms[-count:])  # without the warm-up calls
     return stats
 
 
@@ -379,13 +373,9 @@ def service_memory(folder: Path, model_dir: str, workdir: Path) -> dict[str, Any
     except (httpx.HTTPError, OSError) as exc:
         return {**out, "error": f"{type(exc).__name__}: {exc}"}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-    out["http_p50_ms"], out["http_p95_ms"] = (float(np.percentile(times, q)) for q in (50, 95))
+        stop_server(server, timeout_s=60)
+    http = p50_p95(times)
+    out["http_p50_ms"], out["http_p95_ms"] = http["p50_ms"], http["p95_ms"]
     out["rss_gib"], out["peak_rss_gib"] = status["VmRSS"] / 2**20, status["VmHWM"] / 2**20
     out["rss_anon_gib"] = status["RssAnon"] / 2**20  # its own memory: FAISS index, model, Python
     out["rss_index_files_gib"] = store_kib / 2**20  # pages of the index folder's files it has mapped
